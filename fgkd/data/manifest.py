@@ -1,0 +1,39 @@
+"""The one format every data set is turned into; nothing downstream reads anything else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import DataError
+
+MANIFEST = "manifest.parquet"
+COLUMNS = ("image_id", "path", "label", "class_name", "split")
+
+
+def read_manifest(root: str | Path) -> pd.DataFrame:
+    """Load and check ``root/manifest.parquet``; paths in it are relative to ``root``."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{path}: no manifest; run `fgkd prepare` for this data set first")
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: unreadable manifest ({err}); delete it and rerun `fgkd prepare`") from None
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing columns {missing}; rerun `fgkd prepare` to rebuild it")
+    if frame["image_id"].duplicated().any():
+        raise DataError(f"{path}: duplicate image_id values; rerun `fgkd prepare` to rebuild it")
+    bad_split = sorted(set(frame["split"]) - {"train", "test"})
+    if bad_split:
+        raise DataError(f"{path}: unknown split values {bad_split}; expected 'train' and 'test'")
+    classes = frame["label"].max() + 1 if len(frame) else 0
+    if len(frame) and (frame["label"].min() < 0 or frame.groupby("label")["class_name"].nunique().max() > 1):
+        raise DataError(f"{path}: labels and class names disagree; rerun `fgkd prepare` to rebuild it")
+    for relative in frame["path"]:
+        if Path(relative).is_absolute() or ".." in Path(relative).parts:
+            raise DataError(f"{path}: path {relative!r} escapes the data set root; rerun `fgkd prepare`")
+    frame.attrs["num_classes"] = int(classes)
+    return frame

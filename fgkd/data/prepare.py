@@ -1,0 +1,160 @@
+"""Turn a raw data set (folder or official archive) into a manifest plus resized JPEG copies.
+
+Work happens in a staging folder beside the output; the output appears only when every image
+decoded, so a failed or interrupted run never leaves a manifest. Staged images are kept between
+runs with the same settings: an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from ..atomic import atomic_path, replace_directory, write_parquet
+from ..errors import DataError
+from .manifest import MANIFEST
+from .sources import LOADERS, SPLITS, SourceImage, SourceSet
+
+JPEG_QUALITY = 90
+
+
+def unpack_archive(archive: Path, into: Path) -> Path:
+    """Extract a .tar(.gz/.bz2/.xz)/.tgz or .zip, refusing members that leave ``into``."""
+    try:
+        if tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as tar:
+                tar.extractall(into, filter="data")
+        elif zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                for member in zf.namelist():
+                    if Path(member).is_absolute() or ".." in Path(member).parts:
+                        raise DataError(f"{archive}: member {member!r} escapes the extraction folder; refusing this archive")
+                zf.extractall(into)
+        else:
+            raise DataError(f"{archive}: not a folder, a tar archive or a zip archive; pass the data set folder or its official archive")
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
+        raise DataError(f"{archive}: cannot unpack ({err}); the archive is damaged, re-download it") from None
+    return into
+
+
+def _convert(task: tuple[str, str, int, int]) -> str | None:
+    """Decode, crop, resize and save one image; returns an error message instead of raising."""
+    source, target, short_side, crop_bottom = task
+    try:
+        with Image.open(source) as image:
+            original_height = image.height
+            image.draft("RGB", (short_side, short_side))
+            image = image.convert("RGB")
+            if crop_bottom:
+                crop = round(crop_bottom * image.height / original_height)
+                image = image.crop((0, 0, image.width, image.height - crop))
+            scale = short_side / min(image.size)
+            if scale < 1:
+                image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                     Image.BICUBIC, reducing_gap=3.0)
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(target) as tmp:
+                image.save(tmp, format="JPEG", quality=JPEG_QUALITY)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return f"{source}: corrupt or truncated image ({err}); re-download it or remove it from the index"
+    return None
+
+
+def _check(sources: SourceSet, dataset: str) -> None:
+    root = sources.root.resolve()
+    for split in SPLITS:
+        if not any(img.split == split for img in sources.images):
+            raise DataError(f"{sources.root}: the {split} split of {dataset} is empty; the split index file is wrong or truncated")
+    trained = {img.label for img in sources.images if img.split == "train"}
+    for label, name in enumerate(sources.class_names):
+        if label not in trained:
+            raise DataError(f"{sources.root}: class {name!r} has no training images; the data set is incomplete")
+    for image in sources.images:
+        if not (root / image.path).resolve().is_relative_to(root):
+            raise DataError(f"{sources.root / image.path}: resolves outside the data set root (a link?); refusing it")
+        if not (root / image.path).is_file():
+            raise DataError(f"{sources.root / image.path}: image listed in the index but missing; "
+                            "the data set is incomplete (re-extract it)")
+        if not 0 <= image.label < len(sources.class_names):
+            raise DataError(f"{sources.root}: image {image.image_id} has label {image.label} outside 0..{len(sources.class_names) - 1}")
+
+
+def _target_path(image: SourceImage) -> str:
+    """Where the resized copy goes: under images/, keeping the source's relative name."""
+    relative = Path(image.path)
+    if relative.parts[0] == "images":
+        relative = relative.relative_to("images")
+    return (Path("images") / relative).with_suffix(".jpg").as_posix()
+
+
+def prepare(dataset: str, raw: str | Path, out: str | Path, resize: int = 512, workers: int | None = None,
+            progress: bool = True) -> Path:
+    """Check the whole data set, then write ``out/manifest.parquet`` and ``out/images/``."""
+    if dataset not in LOADERS:
+        raise DataError(f"unknown data set {dataset!r}; choose one of {', '.join(LOADERS)}")
+    if resize < 16:
+        raise DataError(f"--resize must be at least 16 pixels (got {resize})")
+    raw, out = Path(raw), Path(out)
+    if not raw.exists():
+        raise DataError(f"{raw}: no such file or folder; pass the data set folder or archive to --root")
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
+        raise DataError(f"{out}: exists and is not a prepared data set; refusing to overwrite it (choose another --out)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial"
+    settings = {"dataset": dataset, "raw": str(raw.resolve()), "resize": resize, "jpeg_quality": JPEG_QUALITY}
+    if staging.exists() and _read_json(staging / "settings.json") != settings:
+        shutil.rmtree(staging)
+    staging.mkdir(exist_ok=True)
+    (staging / "settings.json").write_text(json.dumps(settings))
+
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.unpacked-") as unpacked:
+        tree = raw if raw.is_dir() else unpack_archive(raw, Path(unpacked))
+        sources = LOADERS[dataset](tree)
+        _check(sources, dataset)
+        todo = [(str(sources.root / img.path), str(staging / _target_path(img)), resize, img.crop_bottom)
+                for img in sources.images if not (staging / _target_path(img)).exists()]
+        _convert_all(todo, workers, progress, f"prepare {dataset}")
+
+    frame = pd.DataFrame({
+        "image_id": pd.array([img.image_id for img in sources.images], dtype="int64"),
+        "path": [_target_path(img) for img in sources.images],
+        "label": pd.array([img.label for img in sources.images], dtype="int64"),
+        "class_name": [img.class_name for img in sources.images],
+        "split": [img.split for img in sources.images],
+    }).sort_values("image_id", kind="stable").reset_index(drop=True)
+    (staging / "settings.json").unlink()
+    write_parquet(frame, staging / MANIFEST)
+    replace_directory(staging, out)
+    return out / MANIFEST
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _convert_all(tasks: list, workers: int | None, progress: bool, label: str) -> None:
+    workers = workers or min(os.cpu_count() or 1, 8)
+    pool = ProcessPoolExecutor(workers) if workers > 1 and len(tasks) > 64 else None
+    results = pool.map(_convert, tasks, chunksize=32) if pool else map(_convert, tasks)
+    try:
+        with tqdm(total=len(tasks), desc=label, unit="img", disable=not progress or not tasks) as bar:
+            for error in results:
+                if error:
+                    raise DataError(error)
+                bar.update()
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)

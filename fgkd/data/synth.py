@@ -1,0 +1,320 @@
+"""A procedurally generated fine-grained data set, written in the CUB-200-2011 layout.
+
+Every image shows the same bird-like object (body, head, beak, eye, tail). Classes differ only in
+small markings drawn in a few *part slots* (head, wing, tail, belly). Each marking is one variant
+out of ``glyph x colour``; a class is one variant per slot, chosen so that, while there are no
+more classes than variants, every slot alone identifies the class. Everything else is nuisance
+drawn independently of the class: pose (rotation, mirror, scale, position), body colour,
+lighting, background clutter made of the very same glyphs, pixel noise, and random occlusion of
+individual parts. A network that relies on one part fails whenever that part is occluded;
+networks that found the other parts do not: the structure the orthogonal students exploit.
+
+Rendering is a pure function of (class code, nuisance), so two classes can be rendered under
+identical nuisance, and they then differ only inside the part regions (tested).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import FgkdError
+
+GLYPHS = ("disc", "square", "triangle", "ring", "hstripes", "vstripes", "cross", "diamond")
+COLOURS = {
+    "red": (220, 30, 40),
+    "yellow": (245, 215, 30),
+    "blue": (30, 80, 230),
+    "white": (245, 245, 245),
+    "black": (15, 15, 15),
+    "green": (40, 180, 60),
+}
+COLOUR_NAMES = tuple(COLOURS)
+VARIANTS_PER_SLOT = len(GLYPHS) * len(COLOURS)
+
+
+@dataclass(frozen=True)
+class PartSlot:
+    name: str
+    u: float  # centre in body units (object frame: x along the body, head at +x)
+    v: float
+    radius: float
+
+
+PART_SLOTS = (
+    PartSlot("head", 0.95, -0.42, 0.21),
+    PartSlot("wing", -0.15, -0.10, 0.30),
+    PartSlot("tail", -1.28, 0.0, 0.22),
+    PartSlot("belly", 0.38, 0.27, 0.22),
+)
+SUPERSAMPLE = 2
+OBJECT_LENGTH = 3.2  # body units from tail tip to beak tip
+
+
+@dataclass(frozen=True)
+class SynthParams:
+    """Difficulty knobs; the defaults are the embedded default data set."""
+
+    occlusion_prob: float = 0.25
+    clutter: int = 6
+    max_rotation_deg: float = 35.0
+    scale_range: tuple[float, float] = (0.5, 0.85)
+    noise_std: float = 6.0
+    part_jitter: float = 0.05
+
+
+@dataclass
+class Nuisance:
+    """Everything about an image that is not its class."""
+
+    angle: float
+    mirror: bool
+    scale: float  # pixels (at output size) per body unit
+    centre: tuple[float, float]
+    body_rgb: tuple[float, float, float]
+    background: tuple[tuple[float, float, float], tuple[float, float, float]]
+    background_angle: float
+    clutter: list[dict]
+    part_offsets: list[tuple[float, float, float]]  # du, dv, radius factor per slot
+    occluded: list[bool]
+    occluder_rgb: list[tuple[float, float, float]]
+    gain: float
+    cast: tuple[float, float, float]
+    shade: tuple[float, float]  # illumination gradient direction * strength
+    noise_seed: int
+    noise_std: float
+
+
+def class_codes(num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """One variant per slot for each class; distinct tuples, each slot injective when possible."""
+    slots = len(PART_SLOTS)
+    if num_classes <= VARIANTS_PER_SLOT:
+        return np.stack([rng.permutation(VARIANTS_PER_SLOT)[:num_classes] for _ in range(slots)], 1)
+    codes: set[tuple[int, ...]] = set()
+    while len(codes) < num_classes:
+        codes.add(tuple(int(x) for x in rng.integers(0, VARIANTS_PER_SLOT, slots)))
+    return np.array(sorted(codes))
+
+
+def variant_name(variant: int) -> str:
+    return f"{COLOUR_NAMES[variant // len(GLYPHS)]}-{GLYPHS[variant % len(GLYPHS)]}"
+
+
+def sample_nuisance(rng: np.random.Generator, size: int, params: SynthParams) -> Nuisance:
+    slots = len(PART_SLOTS)
+    scale = size * rng.uniform(*params.scale_range) / OBJECT_LENGTH
+    margin = 0.5 * OBJECT_LENGTH * scale * 0.6
+    centre = tuple(float(rng.uniform(min(margin, size / 2), max(size - margin, size / 2))) for _ in range(2))
+    occluded = list(rng.random(slots) < params.occlusion_prob)
+    if all(occluded):
+        occluded[int(rng.integers(slots))] = False
+    clutter = [
+        {
+            "glyph": int(rng.integers(len(GLYPHS))),
+            "rgb": tuple(float(c) for c in rng.uniform(0, 255, 3)),
+            "x": float(rng.uniform(0, size)),
+            "y": float(rng.uniform(0, size)),
+            "radius": float(scale * rng.uniform(0.15, 0.35)),
+            "angle": float(rng.uniform(0, 2 * math.pi)),
+        }
+        for _ in range(params.clutter)
+    ]
+    # Muted body colours, so that saturated part markings stay readable on any body.
+    grey = rng.uniform(80, 170)
+    body = tuple(float(np.clip(grey + d, 0, 255)) for d in rng.normal(0, 18, 3))
+    return Nuisance(
+        angle=float(np.deg2rad(rng.uniform(-params.max_rotation_deg, params.max_rotation_deg))),
+        mirror=bool(rng.random() < 0.5),
+        scale=float(scale),
+        centre=centre,
+        body_rgb=body,
+        background=tuple(tuple(float(c) for c in rng.uniform(40, 215, 3)) for _ in range(2)),
+        background_angle=float(rng.uniform(0, 2 * math.pi)),
+        clutter=clutter,
+        part_offsets=[
+            (float(rng.normal(0, params.part_jitter)), float(rng.normal(0, params.part_jitter)),
+             float(rng.uniform(0.9, 1.1)))
+            for _ in range(slots)
+        ],
+        occluded=[bool(o) for o in occluded],
+        occluder_rgb=[tuple(float(c) for c in rng.uniform(30, 225, 3)) for _ in range(slots)],
+        gain=float(rng.uniform(0.65, 1.25)),
+        cast=tuple(float(c) for c in rng.uniform(0.88, 1.12, 3)),
+        shade=tuple(float(c) for c in rng.normal(0, 0.25, 2)),
+        noise_seed=int(rng.integers(2**31)),
+        noise_std=float(rng.uniform(0, params.noise_std)),
+    )
+
+
+def _glyph_mask(glyph: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Membership of the unit-disc glyph at local coordinates (a, b)."""
+    rho = np.hypot(a, b)
+    name = GLYPHS[glyph]
+    if name == "disc":
+        return rho <= 0.8
+    if name == "square":
+        return (np.abs(a) <= 0.62) & (np.abs(b) <= 0.62)
+    if name == "triangle":
+        return (b <= 0.6) & (b >= -0.8 + 2.3 * np.abs(a))
+    if name == "ring":
+        return (rho >= 0.45) & (rho <= 0.88)
+    if name == "hstripes":
+        return (rho <= 0.9) & (np.floor((b + 1) * 2.5) % 2 == 0)
+    if name == "vstripes":
+        return (rho <= 0.9) & (np.floor((a + 1) * 2.5) % 2 == 0)
+    if name == "cross":
+        return (rho <= 0.9) & ((np.abs(a) <= 0.24) | (np.abs(b) <= 0.24))
+    return np.abs(a) + np.abs(b) <= 0.88  # diamond
+
+
+def _slot_geometry(slot: int, nuisance: Nuisance) -> tuple[float, float, float]:
+    du, dv, factor = nuisance.part_offsets[slot]
+    part = PART_SLOTS[slot]
+    return part.u + du, part.v + dv, part.radius * factor
+
+
+def _body_frame(nuisance: Nuisance, xs: np.ndarray, ys: np.ndarray, ss: int):
+    """Object-frame coordinates (u, v) of supersampled pixel centres."""
+    cx, cy = (c * ss for c in nuisance.centre)
+    dx, dy = xs - cx, ys - cy
+    cos, sin = math.cos(nuisance.angle), math.sin(nuisance.angle)
+    scale = nuisance.scale * ss
+    u = (cos * dx + sin * dy) / scale
+    v = (-sin * dx + cos * dy) / scale
+    return (-u if nuisance.mirror else u), v
+
+
+def _image_point(nuisance: Nuisance, u: float, v: float) -> tuple[float, float]:
+    """Inverse of ``_body_frame`` at output resolution."""
+    u = -u if nuisance.mirror else u
+    cos, sin = math.cos(nuisance.angle), math.sin(nuisance.angle)
+    return (nuisance.centre[0] + nuisance.scale * (cos * u - sin * v),
+            nuisance.centre[1] + nuisance.scale * (sin * u + cos * v))
+
+
+def render(code: np.ndarray, nuisance: Nuisance, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Render one image; returns (H x W x 3 uint8 image, H x W bool object mask)."""
+    ss = SUPERSAMPLE
+    n = size * ss
+    ys, xs = np.mgrid[0:n, 0:n].astype(np.float32) + 0.5
+    # Background: a two-colour gradient, then clutter glyphs behind the object.
+    t = (np.cos(nuisance.background_angle) * xs + np.sin(nuisance.background_angle) * ys) / n
+    t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+    c0, c1 = (np.array(c, np.float32) for c in nuisance.background)
+    canvas = c0 * (1 - t[..., None]) + c1 * t[..., None]
+    for item in nuisance.clutter:
+        r = item["radius"] * ss
+        ca, sa = math.cos(item["angle"]), math.sin(item["angle"])
+        dx, dy = xs - item["x"] * ss, ys - item["y"] * ss
+        mask = _glyph_mask(item["glyph"], (ca * dx + sa * dy) / r, (-sa * dx + ca * dy) / r)
+        canvas[mask] = item["rgb"]
+
+    u, v = _body_frame(nuisance, xs, ys, ss)
+    body = (u / 1.0) ** 2 + (v / 0.55) ** 2 <= 1.0
+    head = (u - 1.0) ** 2 + (v + 0.45) ** 2 <= 0.38**2
+    tail = (u <= -0.8) & (u >= -1.55) & (np.abs(v) <= 0.36 * (-0.8 - u) / 0.75 + 0.06)
+    beak = (u >= 1.3) & (u <= 1.65) & (np.abs(v + 0.45) <= 0.1 * (1.65 - u) / 0.35 + 0.01)
+    obj = body | head | tail | beak
+    canvas[body | head | tail] = nuisance.body_rgb
+    canvas[beak] = (200, 150, 40)
+    canvas[(u - 1.12) ** 2 + (v + 0.55) ** 2 <= 0.06**2] = (10, 10, 10)
+
+    for slot, variant in enumerate(code):
+        pu, pv, pr = _slot_geometry(slot, nuisance)
+        a, b = (u - pu) / pr, (v - pv) / pr
+        if nuisance.occluded[slot]:
+            canvas[(np.abs(a) <= 1.15) & (np.abs(b) <= 1.15)] = nuisance.occluder_rgb[slot]
+        else:
+            canvas[_glyph_mask(int(variant) % len(GLYPHS), a, b)] = COLOURS[COLOUR_NAMES[int(variant) // len(GLYPHS)]]
+
+    # Lighting: global gain, colour cast and a linear shading gradient; then sensor noise.
+    shade = 1.0 + nuisance.shade[0] * (xs / n - 0.5) + nuisance.shade[1] * (ys / n - 0.5)
+    canvas = canvas * (nuisance.gain * shade)[..., None] * np.array(nuisance.cast, np.float32)
+    image = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8)).resize((size, size), Image.BOX)
+    pixels = np.asarray(image, np.float32)
+    noise = np.random.default_rng(nuisance.noise_seed).normal(0, nuisance.noise_std, pixels.shape)
+    pixels = np.clip(np.round(pixels + noise), 0, 255).astype(np.uint8)
+    object_mask = obj.reshape(size, ss, size, ss).any(axis=(1, 3))
+    return pixels, object_mask
+
+
+def part_region(slot: int, nuisance: Nuisance, size: int, margin_px: float = 1.0) -> np.ndarray:
+    """Pixels (output resolution) that slot ``slot`` can touch, occluder square included."""
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    u, v = _body_frame(nuisance, xs, ys, 1)
+    pu, pv, pr = _slot_geometry(slot, nuisance)
+    reach = pr * 1.15 * math.sqrt(2) + margin_px / nuisance.scale
+    return np.hypot(u - pu, v - pv) <= reach
+
+
+def _rng(seed: int, stream: int, index: int) -> np.random.Generator:
+    """Independent random streams (codes, splits, images) so that each image is reproducible alone."""
+    return np.random.default_rng([seed, stream, index])
+
+
+def generate(out: str | Path, classes: int, images_per_class: int, size: int, seed: int,
+             params: SynthParams = SynthParams(), test_fraction: float = 0.5) -> Path:
+    """Write the data set under ``out/CUB_200_2011``; same arguments, same bytes."""
+    if classes < 2:
+        raise FgkdError(f"--classes must be at least 2 (got {classes})")
+    if images_per_class < 2:
+        raise FgkdError(f"--images-per-class must be at least 2, one for train and one for test (got {images_per_class})")
+    if size < 16:
+        raise FgkdError(f"--size must be at least 16 pixels (got {size})")
+    if not 0 < test_fraction < 1:
+        raise FgkdError(f"test fraction must be in (0, 1) (got {test_fraction})")
+    root = Path(out) / "CUB_200_2011"
+    if (root / "images.txt").exists():
+        raise FgkdError(f"{root} already holds a data set; remove it or choose another --out")
+    codes = class_codes(classes, _rng(seed, 0, 0))
+    names = [f"{c + 1:03d}.Species_{c + 1:03d}" for c in range(classes)]
+    n_test = min(max(1, round(images_per_class * test_fraction)), images_per_class - 1)
+    lines = {key: [] for key in ("images", "labels", "split", "boxes", "part_locs")}
+    image_id = 0
+    for label, name in enumerate(names):
+        folder = root / "images" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        test_members = set(_rng(seed, 1, label).permutation(images_per_class)[:n_test].tolist())
+        for j in range(images_per_class):
+            image_id += 1
+            nuisance = sample_nuisance(_rng(seed, 2, image_id), size, params)
+            pixels, mask = render(codes[label], nuisance, size)
+            relative = f"{name}/{name.split('.', 1)[1]}_{j + 1:04d}.jpg"
+            Image.fromarray(pixels).save(root / "images" / relative, quality=95)
+            ys, xs = np.nonzero(mask)
+            box = (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) if len(xs) else (0, 0, size, size)
+            lines["images"].append(f"{image_id} {relative}")
+            lines["labels"].append(f"{image_id} {label + 1}")
+            lines["split"].append(f"{image_id} {0 if j in test_members else 1}")
+            lines["boxes"].append(f"{image_id} " + " ".join(f"{float(x):.1f}" for x in box))
+            for slot, part in enumerate(PART_SLOTS):
+                x, y = _image_point(nuisance, *_slot_geometry(slot, nuisance)[:2])
+                visible = int(not nuisance.occluded[slot] and 0 <= x < size and 0 <= y < size)
+                lines["part_locs"].append(f"{image_id} {slot + 1} {x:.1f} {y:.1f} {visible}")
+
+    def write(name: str, rows: list[str]) -> None:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("\n".join(rows) + "\n")
+
+    write("classes.txt", [f"{i + 1} {n}" for i, n in enumerate(names)])
+    write("image_class_labels.txt", lines["labels"])
+    write("train_test_split.txt", lines["split"])
+    write("bounding_boxes.txt", lines["boxes"])
+    write("parts/parts.txt", [f"{i + 1} {p.name}" for i, p in enumerate(PART_SLOTS)])
+    write("parts/part_locs.txt", lines["part_locs"])
+    meta = {
+        "generator": "fgkd.data.synth",
+        "seed": seed, "classes": classes, "images_per_class": images_per_class, "size": size,
+        "test_fraction": test_fraction, "params": asdict(params),
+        "part_slots": [p.name for p in PART_SLOTS],
+        "class_parts": {n: [variant_name(int(v)) for v in codes[i]] for i, n in enumerate(names)},
+    }
+    (root / "synthetic.json").write_text(json.dumps(meta, indent=1) + "\n")
+    # images.txt last: its presence marks a complete data set.
+    write("images.txt", lines["images"])
+    return root

@@ -1,0 +1,116 @@
+"""Small data sets in each official layout, built from real encoded images.
+
+Each builder returns the expected manifest rows, computed independently of fgkd's adapters, so
+the tests compare fgkd's output against what the layout says, row by row.
+"""
+
+from __future__ import annotations
+
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+from PIL import Image
+
+
+def write_image(path: Path, width: int, height: int, seed: int, mode: str = "RGB", banner: int = 0) -> None:
+    """A JPEG with random blocks; ``banner`` bottom rows are pure magenta (the Aircraft copyright strip)."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, (max(1, height // 8), max(1, width // 8), 3), dtype=np.uint8)
+    pixels = np.kron(blocks, np.ones((8, 8, 1), dtype=np.uint8))[:height, :width]
+    pixels = np.pad(pixels, ((0, height - pixels.shape[0]), (0, width - pixels.shape[1]), (0, 0)), mode="edge")
+    if banner:
+        pixels[-banner:] = (255, 0, 255)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).convert(mode).save(path, format="JPEG", quality=95)
+
+
+def make_cub(raw: Path, classes: int = 3, per_class: int = 4) -> list[dict]:
+    root = raw / "CUB_200_2011"
+    names = [f"{c + 1:03d}.Bird_{chr(65 + c)}" for c in range(classes)]
+    rows, images, labels, splits = [], [], [], []
+    image_id = 0
+    for c, name in enumerate(names):
+        for j in range(per_class):
+            image_id += 1
+            relative = f"{name}/Bird_{chr(65 + c)}_{j:04d}_{image_id}.jpg"
+            # Varied sizes, one grey-scale image per class (CUB has a few).
+            write_image(root / "images" / relative, 40 + 8 * j, 32 + 4 * c, image_id, "L" if j == 1 else "RGB")
+            is_train = j % 2 == 0
+            images.append(f"{image_id} {relative}")
+            labels.append(f"{image_id} {c + 1}")
+            splits.append(f"{image_id} {int(is_train)}")
+            rows.append({"image_id": image_id, "path": f"images/{relative}", "label": c,
+                         "class_name": name.split(".", 1)[1], "split": "train" if is_train else "test"})
+    (root / "images.txt").write_text("\n".join(images) + "\n")
+    (root / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
+    (root / "train_test_split.txt").write_text("\n".join(splits) + "\n")
+    (root / "classes.txt").write_text("\n".join(f"{i + 1} {n}" for i, n in enumerate(names)) + "\n")
+    return rows
+
+
+def _annotations(records: list[tuple[int, str]]) -> np.ndarray:
+    dtype = [("bbox_x1", "O"), ("bbox_y1", "O"), ("bbox_x2", "O"), ("bbox_y2", "O"), ("class", "O"), ("fname", "O")]
+    table = np.zeros((1, len(records)), dtype=dtype)
+    for i, (class_id, fname) in enumerate(records):
+        table[0, i] = (np.uint8(1), np.uint8(2), np.uint8(30), np.uint8(20), np.uint8(class_id), fname)
+    return table
+
+
+def make_cars(raw: Path, classes: int = 3, per_class: int = 2) -> list[dict]:
+    """Devkit .mat files in devkit/, image folders beside it, as the official archives unpack."""
+    names = ["AM General Hummer SUV 2000", "Ram C/V Cargo Van Minivan 2012", "smart fortwo Convertible 2012",
+             "Tesla Model S Sedan 2012"][:classes]
+    devkit = raw / "devkit"
+    devkit.mkdir(parents=True)
+    meta = np.empty((1, classes), dtype=object)
+    meta[0, :] = names
+    scipy.io.savemat(devkit / "cars_meta.mat", {"class_names": meta})
+    rows, image_id = [], 0
+    for split, folder, mat in (("train", "cars_train", "cars_train_annos.mat"),
+                               ("test", "cars_test", "cars_test_annos_withlabels.mat")):
+        records = []
+        for k in range(classes * per_class):
+            class_id = classes - k % classes  # annotation order is not class order
+            fname = f"{k + 1:05d}.jpg"
+            image_id += 1
+            write_image(raw / folder / fname, 48, 36, 1000 + image_id)
+            records.append((class_id, fname))
+            rows.append({"image_id": image_id, "path": f"images/{folder}/{fname}", "label": class_id - 1,
+                         "class_name": names[class_id - 1], "split": split})
+        scipy.io.savemat(devkit / mat, {"annotations": _annotations(records)})
+    return rows
+
+
+def make_aircraft(raw: Path, classes: int = 3, per_class: int = 2) -> list[dict]:
+    data = raw / "fgvc-aircraft-2013b" / "data"
+    names = ["707-320", "A300B4", "Cessna 172", "DHC-8-100"][:classes]
+    (data / "images").mkdir(parents=True)
+    (data / "variants.txt").write_text("\n".join(names) + "\n")
+    rows, number = [], 1000000
+    for split, index in (("train", "images_variant_trainval.txt"), ("test", "images_variant_test.txt")):
+        lines = []
+        for c in range(classes):
+            for _ in range(per_class):
+                number += 7
+                write_image(data / "images" / f"{number:07d}.jpg", 64, 60, number, banner=20)
+                lines.append(f"{number:07d} {names[c]}")
+                rows.append({"image_id": number, "path": f"images/{number:07d}.jpg", "label": c,
+                             "class_name": names[c], "split": split})
+        (data / index).write_text("\n".join(lines) + "\n")
+    return rows
+
+
+def archive(folder: Path, target: Path) -> Path:
+    """Pack the contents of ``folder`` (not the folder itself) into a .tgz/.tar.gz or .zip."""
+    if target.suffix == ".zip":
+        with zipfile.ZipFile(target, "w") as zf:
+            for path in sorted(folder.rglob("*")):
+                zf.write(path, path.relative_to(folder).as_posix())
+    else:
+        with tarfile.open(target, "w:gz") as tar:
+            for path in sorted(folder.iterdir()):
+                tar.add(path, arcname=path.name)
+    return target

@@ -1,0 +1,88 @@
+"""`fgkd prepare` on fixture trees in each official layout, as folders and as archives."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from fgkd.cli import main
+from fgkd.data.prepare import prepare
+from fixtures import archive, make_aircraft, make_cars, make_cub
+
+BUILDERS = {"cub": make_cub, "cars": make_cars, "aircraft": make_aircraft}
+
+
+def assert_manifest_matches(out, expected_rows):
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    expected = pd.DataFrame(expected_rows).sort_values("image_id").reset_index(drop=True)
+    assert list(manifest.columns) == ["image_id", "path", "label", "class_name", "split"]
+    assert manifest["image_id"].dtype == "int64" and manifest["label"].dtype == "int64"
+    assert manifest.to_dict("records") == expected.to_dict("records")
+    for path in manifest["path"]:
+        with Image.open(out / path) as image:
+            assert image.format == "JPEG" and image.mode == "RGB"
+
+
+@pytest.mark.parametrize("dataset", BUILDERS)
+def test_folder_layout_gives_the_expected_manifest(tmp_path, dataset):
+    rows = BUILDERS[dataset](tmp_path / "raw")
+    prepare(dataset, tmp_path / "raw", tmp_path / "out", progress=False)
+    assert_manifest_matches(tmp_path / "out", rows)
+
+
+@pytest.mark.parametrize("dataset,name", [("cub", "CUB_200_2011.tgz"), ("aircraft", "fgvc-aircraft-2013b.tar.gz"),
+                                          ("cars", "stanford_cars.zip")])
+def test_official_archive_is_unpacked_first(tmp_path, dataset, name):
+    rows = BUILDERS[dataset](tmp_path / "raw")
+    packed = archive(tmp_path / "raw", tmp_path / name)
+    prepare(dataset, packed, tmp_path / "out", progress=False)
+    assert_manifest_matches(tmp_path / "out", rows)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no unpacked leftovers
+
+
+def test_resize_keeps_aspect_on_the_short_side_and_never_upscales(tmp_path):
+    make_cub(tmp_path / "raw", classes=2, per_class=3)
+    prepare("cub", tmp_path / "raw", tmp_path / "out", resize=24, progress=False)
+    manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    for path in manifest["path"]:
+        with Image.open(tmp_path / "raw" / "CUB_200_2011" / path) as original, Image.open(tmp_path / "out" / path) as small:
+            assert min(small.size) == 24
+            assert small.width / small.height == pytest.approx(original.width / original.height, abs=0.06)
+    prepare("cub", tmp_path / "raw", tmp_path / "big", resize=4096, progress=False)
+    for path in manifest["path"]:
+        with Image.open(tmp_path / "raw" / "CUB_200_2011" / path) as original, Image.open(tmp_path / "big" / path) as copy:
+            assert copy.size == original.size
+
+
+def test_aircraft_banner_is_cropped(tmp_path):
+    make_aircraft(tmp_path / "raw")
+    prepare("aircraft", tmp_path / "raw", tmp_path / "out", progress=False)
+    manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    with Image.open(tmp_path / "out" / manifest["path"][0]) as image:
+        assert image.size == (64, 40)
+        bottom = np.asarray(image)[-2:].reshape(-1, 3)
+        assert not any(r > 200 and g < 60 and b > 200 for r, g, b in bottom)  # no magenta banner left
+
+
+def test_synthetic_set_goes_through_the_cub_adapter(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["synth", "--out", str(tmp_path / "raw"), "--classes", "4",
+                                  "--images-per-class", "6", "--size", "48", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["prepare", "cub", "--root", str(tmp_path / "raw"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    assert len(manifest) == 24 and sorted(manifest["label"].unique()) == [0, 1, 2, 3]
+    assert set(manifest.groupby("label")["split"].value_counts().index.get_level_values(1)) == {"train", "test"}
+
+
+def test_rerun_replaces_a_prepared_output(tmp_path):
+    make_cub(tmp_path / "raw")
+    prepare("cub", tmp_path / "raw", tmp_path / "out", resize=24, progress=False)
+    (tmp_path / "out" / "stale.txt").write_text("from an older run")
+    prepare("cub", tmp_path / "raw", tmp_path / "out", resize=32, progress=False)
+    assert not (tmp_path / "out" / "stale.txt").exists()
+    manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    with Image.open(tmp_path / "out" / manifest["path"][0]) as image:
+        assert min(image.size) == 32

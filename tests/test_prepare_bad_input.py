@@ -1,0 +1,151 @@
+"""Every bad input gives one clear line naming the culprit, and no manifest."""
+
+import tarfile
+
+import pytest
+from click.testing import CliRunner
+
+from fgkd.cli import main
+from fgkd.data.prepare import prepare
+from fgkd.errors import DataError
+from fixtures import archive, make_aircraft, make_cub
+
+
+def cub_root(raw):
+    return raw / "CUB_200_2011"
+
+
+def first_image(raw):
+    return sorted((cub_root(raw) / "images").rglob("*.jpg"))[0]
+
+
+def remove_image(raw):
+    path = first_image(raw)
+    path.unlink()
+    return path.name
+
+
+def corrupt_image(raw):
+    path = first_image(raw)
+    path.write_bytes(b"this is not a jpeg" * 10)
+    return path.name
+
+
+def truncate_image(raw):
+    path = first_image(raw)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path.name
+
+
+def label_out_of_range(raw):
+    labels = cub_root(raw) / "image_class_labels.txt"
+    lines = labels.read_text().splitlines()
+    lines[2] = lines[2].split()[0] + " 99"
+    labels.write_text("\n".join(lines) + "\n")
+    return "image_class_labels.txt"
+
+
+def path_escapes_root(raw):
+    images = cub_root(raw) / "images.txt"
+    lines = images.read_text().splitlines()
+    lines[0] = lines[0].split()[0] + " ../../../etc/passwd"
+    images.write_text("\n".join(lines) + "\n")
+    return "escapes"
+
+
+def empty_test_split(raw):
+    split = cub_root(raw) / "train_test_split.txt"
+    split.write_text("".join(f"{line.split()[0]} 1\n" for line in split.read_text().splitlines()))
+    return "test split"
+
+
+def missing_index_file(raw):
+    (cub_root(raw) / "train_test_split.txt").unlink()
+    return "train_test_split.txt"
+
+
+def malformed_line(raw):
+    images = cub_root(raw) / "images.txt"
+    images.write_text(images.read_text() + "seven\n")
+    return "images.txt"
+
+
+def non_utf8_index(raw):
+    classes = cub_root(raw) / "classes.txt"
+    classes.write_bytes(classes.read_bytes() + b"9 caf\xe9\n")
+    return "classes.txt"
+
+
+FAULTS = [remove_image, corrupt_image, truncate_image, label_out_of_range, path_escapes_root, empty_test_split,
+          missing_index_file, malformed_line, non_utf8_index]
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.__name__ for f in FAULTS])
+def test_bad_input_is_named_and_leaves_no_manifest(tmp_path, fault):
+    make_cub(tmp_path / "raw")
+    culprit = fault(tmp_path / "raw")
+    with pytest.raises(DataError, match=culprit):
+        prepare("cub", tmp_path / "raw", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+    result = CliRunner().invoke(main, ["prepare", "cub", "--root", str(tmp_path / "raw"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    error_lines = [line for line in result.output.splitlines() if "Error" in line]
+    assert len(error_lines) == 1 and error_lines[0].startswith("Error: ") and culprit in error_lines[0]
+    assert result.output.rstrip().endswith(error_lines[0])
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_archive_of_another_data_set_is_refused_by_name(tmp_path):
+    make_aircraft(tmp_path / "raw")
+    packed = archive(tmp_path / "raw", tmp_path / "fgvc-aircraft-2013b.tar.gz")
+    with pytest.raises(DataError, match="does not look like CUB-200-2011.*fgvc-aircraft-2013b"):
+        prepare("cub", packed, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_damaged_archive_is_refused(tmp_path):
+    make_cub(tmp_path / "raw")
+    packed = archive(tmp_path / "raw", tmp_path / "CUB_200_2011.tgz")
+    packed.write_bytes(packed.read_bytes()[:300])
+    with pytest.raises(DataError, match="CUB_200_2011.tgz"):
+        prepare("cub", packed, tmp_path / "out", progress=False)
+
+
+def test_archive_member_escaping_the_folder_is_refused(tmp_path):
+    evil = tmp_path / "evil.tgz"
+    payload = tmp_path / "payload.txt"
+    payload.write_text("x")
+    with tarfile.open(evil, "w:gz") as tar:
+        tar.add(payload, arcname="../outside.txt")
+    with pytest.raises(DataError, match="evil.tgz"):
+        prepare("cub", evil, tmp_path / "sub" / "out", progress=False)
+    assert not (tmp_path / "outside.txt").exists()
+
+
+def test_existing_unrelated_folder_is_not_overwritten(tmp_path):
+    make_cub(tmp_path / "raw")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "thesis.tex").write_text("precious")
+    with pytest.raises(DataError, match="not a prepared data set"):
+        prepare("cub", tmp_path / "raw", tmp_path / "out", progress=False)
+    assert (tmp_path / "out" / "thesis.tex").read_text() == "precious"
+
+
+def test_interrupted_prepare_resumes_and_keeps_converted_images(tmp_path):
+    make_cub(tmp_path / "raw", classes=3, per_class=4)
+    last = sorted((cub_root(tmp_path / "raw") / "images").rglob("*.jpg"))[-1]
+    good = last.read_bytes()
+    last.write_bytes(b"broken")
+    with pytest.raises(DataError, match=last.name):
+        prepare("cub", tmp_path / "raw", tmp_path / "out", progress=False, workers=1)
+    staged = sorted((tmp_path / ".out.partial").rglob("*.jpg"))
+    assert len(staged) == 11  # every image before the broken one was kept
+    mtimes = {p: p.stat().st_mtime_ns for p in staged}
+    last.write_bytes(good)
+    prepare("cub", tmp_path / "raw", tmp_path / "out", progress=False, workers=1)
+    assert (tmp_path / "out" / "manifest.parquet").exists() and not (tmp_path / ".out.partial").exists()
+    for path, mtime in mtimes.items():
+        assert (tmp_path / "out" / path.relative_to(tmp_path / ".out.partial")).stat().st_mtime_ns == mtime
