@@ -58,3 +58,80 @@ def prepare(dataset, root, out, resize, workers):
 
     manifest = run_prepare(dataset, root, out, resize=resize, workers=workers)
     click.echo(f"wrote {manifest}")
+
+
+def _config_options(command):
+    """One --option per TrainConfig field, with the field's default and type."""
+    import dataclasses
+
+    from .train import CONFIG_HELP, TrainConfig
+
+    for field in reversed(dataclasses.fields(TrainConfig)):
+        flag = "--" + field.name.replace("_", "-")
+        if field.type == "bool":
+            flag = f"{flag}/--no-{field.name.replace('_', '-')}"
+        kind = {"int": int, "float": float, "str": str, "bool": bool}[field.type]
+        command = click.option(flag, field.name, type=kind, default=field.default, show_default=True,
+                               help=CONFIG_HELP.get(field.name))(command)
+    return command
+
+
+@main.command()
+@click.option("--stage", required=True, type=click.Choice(["teacher", "student", "auxkd"]))
+@click.option("--index", type=int, default=None, help="Student number k (students only).")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="A prepared data set.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for model.pt and history.parquet.")
+@click.option("--earlier", multiple=True, type=click.Path(), help="Frozen model.pt files, teacher first (repeat).")
+@click.option("--progress/--no-progress", default=True, help="Per-epoch progress bar.")
+@_config_options
+@_friendly
+def train(stage, index, data, out, earlier, progress, **config):
+    """Train one stage: the CE teacher, orthogonal student k, or the aux-KD student."""
+    from .train import TrainConfig, train as run_train
+
+    _log_to_stderr()
+    click.echo(f"wrote {run_train(stage, data, out, TrainConfig(**config), list(earlier), index, progress)}")
+
+
+@main.command()
+@click.option("--model", "model_path", required=True, type=click.Path(), help="A model.pt from `fgkd train`.")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="A prepared data set.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The logits Parquet file to write.")
+@click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Weights of the best validation epoch, or of the last epoch.")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--workers", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@_friendly
+def predict(model_path, data, out, which, batch_size, workers, device):
+    """Write the test-split logits of a trained model."""
+    from .ensemble import predict as run_predict
+
+    click.echo(f"wrote {run_predict(model_path, data, out, which, batch_size, workers, device)}")
+
+
+@main.command()
+@click.argument("logits", nargs=-1, required=True, type=click.Path())
+@click.option("--names", help="Comma-separated member names (default: the folder name of each file).")
+@click.option("--combine", type=click.Choice(["logits", "probs"]), default="logits", show_default=True,
+              help="Sum of logits (official) or mean of softmax probabilities.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The ensemble Parquet file to write.")
+@_friendly
+def ensemble(logits, names, combine, out):
+    """Accuracy of the first member, the first two, ... (and every subset when few) from cached logits."""
+    from pathlib import Path
+
+    from .atomic import write_parquet
+    from .ensemble import ensemble as run_ensemble
+
+    members = names.split(",") if names else [Path(p).parent.name for p in logits]
+    frame = run_ensemble(list(logits), members, combine)
+    write_parquet(frame, out)
+    for row in frame[frame["prefix"]].itertuples():
+        click.echo(f"{row.members:<60} top1 {row.top1:.4f}  top5 {row.top5:.4f}")
+
+
+def _log_to_stderr():
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")

@@ -1,0 +1,90 @@
+"""Test-set logits of a trained model, and ensembles computed from those cached logits alone."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .atomic import write_parquet
+from .data.dataset import ImageSizes, load_split, make_loader
+from .errors import FgkdError
+from .train import TrainConfig, check_classes, evaluate, load_model, select_device
+
+COMBINES = ("logits", "probs")
+ALL_SUBSETS_UP_TO = 6  # members; beyond that only the prefixes (2^n grows fast)
+
+
+def predict(model_path: str | Path, data: str | Path, out: str | Path, which: str = "best", batch_size: int = 64,
+            workers: int = 0, device: str = "auto") -> Path:
+    """One pass over the test split: out is a Parquet file with image_id, label, logit_000..."""
+    config = TrainConfig(device=device, workers=workers)
+    target = select_device(config)
+    model, meta = load_model(model_path, None, target, which)
+    test_set = load_split(data, "test", ImageSizes(meta["resize"], meta["crop"]))
+    check_classes(model_path, meta, test_set.num_classes)
+    result = evaluate(model, make_loader(test_set, batch_size, shuffle=False, workers=workers), target, config)
+    frame = pd.DataFrame(result["logits"], columns=[f"logit_{c:03d}" for c in range(result["logits"].shape[1])])
+    frame.insert(0, "label", result["labels"].astype("int64"))
+    frame.insert(0, "image_id", result["image_ids"].astype("int64"))
+    write_parquet(frame, out)
+    return Path(out)
+
+
+def read_logits(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image_ids, labels, logits) of a predict output."""
+    path = Path(path)
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as err:
+        raise FgkdError(f"{path}: unreadable logits file ({err}); rerun `fgkd predict`") from None
+    columns = [c for c in frame.columns if c.startswith("logit_")]
+    if not {"image_id", "label"} <= set(frame.columns) or not columns:
+        raise FgkdError(f"{path}: not a logits file (needs image_id, label, logit_*); rerun `fgkd predict`")
+    return frame["image_id"].to_numpy(), frame["label"].to_numpy(), frame[columns].to_numpy(np.float32)
+
+
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return float((top == labels[:, None]).any(axis=1).mean())
+
+
+def ensemble(logit_files: list[str | Path], names: list[str], combine: str = "logits",
+             all_subsets: bool | None = None) -> pd.DataFrame:
+    """Accuracy of every prefix (first member, first two, ...) and, for few members, of every subset.
+
+    ``logits``: sum of logits (the official code); ``probs``: mean of softmax probabilities.
+    """
+    if combine not in COMBINES:
+        raise FgkdError(f"combine: {combine!r} is not one of {', '.join(COMBINES)}")
+    if len(names) != len(logit_files) or not names:
+        raise FgkdError("give one name per logits file, and at least one file")
+    loaded = [read_logits(p) for p in logit_files]
+    ids, labels, _ = loaded[0]
+    for path, (other_ids, other_labels, _) in zip(logit_files[1:], loaded[1:]):
+        if not (np.array_equal(ids, other_ids) and np.array_equal(labels, other_labels)):
+            raise FgkdError(f"{path}: its images or labels differ from {logit_files[0]}; predict all members on the same data")
+    scores = np.stack([_member_scores(logits, combine) for _, _, logits in loaded])
+    n = len(names)
+    if all_subsets is None:
+        all_subsets = n <= ALL_SUBSETS_UP_TO
+    prefixes = [tuple(range(k)) for k in range(1, n + 1)]
+    subsets = [s for k in range(1, n + 1) for s in itertools.combinations(range(n), k)] if all_subsets else []
+    rows = []
+    for members in dict.fromkeys(prefixes + subsets):
+        combined = scores[list(members)].sum(axis=0)
+        rows.append({"members": "+".join(names[i] for i in members), "n_members": len(members),
+                     "prefix": members in prefixes, "combine": combine,
+                     "top1": topk_accuracy(combined, labels, 1), "top5": topk_accuracy(combined, labels, 5)})
+    return pd.DataFrame(rows)
+
+
+def _member_scores(logits: np.ndarray, combine: str) -> np.ndarray:
+    if combine == "logits":
+        return logits
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+

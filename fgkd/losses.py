@@ -1,0 +1,83 @@
+"""The losses of the method, as plain functions (formulas in the README's Method section)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinearly resize B x H x W maps to ``size``; a no-op when they already match."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+
+
+def attention_energy(feature_map: torch.Tensor) -> torch.Tensor:
+    """Channel sum of squares: B x C x H x W -> B x H x W."""
+    return feature_map.float().pow(2).sum(dim=1)
+
+
+def spatial_attention(feature_map: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Attention-transfer map (Zagoruyko & Komodakis 2017): channel sum of squares, flattened, L2-normalised.
+
+    B x C x H x W -> B x (H*W); with ``size``, the map is resized to it before flattening.
+    """
+    return normalise_attention(attention_energy(feature_map), size)
+
+
+def normalise_attention(energy: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """B x H x W energy maps -> (resized to ``size``) flattened, L2-normalised attention vectors."""
+    if size is not None:
+        energy = _resize_maps(energy, size)
+    return F.normalize(energy.flatten(1), dim=1)
+
+
+def orthogonal_loss(student_map: torch.Tensor, earlier_maps: list[torch.Tensor]) -> torch.Tensor:
+    """AT-orthogonal: batch mean of sum_j (q_student . q_j)^2; zero only for non-overlapping maps.
+
+    The earlier maps are constants: no gradient flows into them.
+    """
+    return sum((student_map * earlier.detach()).sum(dim=1).pow(2) for earlier in earlier_maps).mean()
+
+
+def class_activation_map(features: torch.Tensor) -> torch.Tensor:
+    """The official code's CAM: channel mean of (spatial mean of F_c) * F_c. B x C x H x W -> B x H x W."""
+    features = features.float()
+    weights = features.mean(dim=(2, 3), keepdim=True)
+    return (weights * features).mean(dim=1)
+
+
+def standardise(maps: torch.Tensor) -> torch.Tensor:
+    """Per image (map - mean) / std, with the unbiased std as the official code."""
+    flat = maps.flatten(1)
+    mean = flat.mean(dim=1, keepdim=True)
+    std = flat.std(dim=1, keepdim=True).clamp_min(1e-12)
+    return ((flat - mean) / std).view_as(maps)
+
+
+def or_reference_maps(features: torch.Tensor) -> torch.Tensor:
+    """What an earlier network contributes to the OR loss: |standardised CAM|, B x H x W."""
+    return standardise(class_activation_map(features)).abs()
+
+
+def or_loss_from_maps(student_features: torch.Tensor, earlier_maps: list[torch.Tensor]) -> torch.Tensor:
+    """``or_loss`` with the earlier networks' |z| maps computed once (they are frozen)."""
+    student = F.relu(standardise(class_activation_map(student_features)))
+    size = student.shape[-2:]
+    return sum((student * _resize_maps(earlier.detach(), size)).mean() for earlier in earlier_maps) / len(earlier_maps)
+
+
+def or_loss(student_features: torch.Tensor, earlier_features: list[torch.Tensor]) -> torch.Tensor:
+    """The OR loss of arXiv 2012.11389 (official code): mean(relu(z_student) * |z_earlier|), averaged over the list.
+
+    z is the per-image standardised CAM; earlier maps are resized to the student's resolution.
+    """
+    return or_loss_from_maps(student_features, [or_reference_maps(f.detach()) for f in earlier_features])
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
+    """Hinton KD: KL(softmax(teacher/T) || softmax(student/T)) * T^2, batch mean."""
+    log_student = F.log_softmax(student_logits.float() / T, dim=1)
+    log_teacher = F.log_softmax(teacher_logits.float() / T, dim=1)
+    return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * T * T

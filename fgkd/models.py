@@ -1,0 +1,165 @@
+"""Backbones from torchvision, the FGVC classification heads, and the aux-KD student.
+
+A network returns its logits and keeps the feature map used for attention (chosen by output
+stride: 32 is the last feature map, 16/8/4 are earlier, larger ones), captured by a forward hook
+so that torchvision's code stays untouched.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.resnet import BasicBlock, ResNet
+
+from .errors import FgkdError
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """How to cut a torchvision classifier into a trunk and where each output stride ends."""
+
+    family: str
+    channels: int  # of the final feature map
+    stride_modules: dict[int, str]  # output stride -> name of the trunk module whose output it is
+
+
+def _resnet_strides() -> dict[int, str]:
+    return {4: "layer1", 8: "layer2", 16: "layer3", 32: "layer4"}
+
+
+def _vgg_bn_strides() -> dict[int, str]:
+    return {4: "13", 8: "23", 16: "33", 32: "43"}  # the max-pools ending blocks 2..5 of vgg*_bn
+
+
+def _densenet_strides() -> dict[int, str]:
+    return {4: "denseblock1", 8: "denseblock2", 16: "denseblock3", 32: "norm5"}
+
+
+BACKBONES = {
+    "resnet10": Backbone("resnet", 512, _resnet_strides()),  # a small CPU-friendly ResNet, no weights
+    "resnet18": Backbone("resnet", 512, _resnet_strides()),
+    "resnet34": Backbone("resnet", 512, _resnet_strides()),
+    "resnet50": Backbone("resnet", 2048, _resnet_strides()),
+    "resnet101": Backbone("resnet", 2048, _resnet_strides()),
+    "vgg16_bn": Backbone("vgg", 512, _vgg_bn_strides()),
+    "vgg16": Backbone("vgg", 512, {4: "9", 8: "16", 16: "23", 32: "30"}),
+    "densenet121": Backbone("densenet", 1024, _densenet_strides()),
+    "densenet161": Backbone("densenet", 2208, _densenet_strides()),
+}
+HEADS = ("official", "gap")
+
+
+def _check_backbone(name: str) -> Backbone:
+    if name not in BACKBONES:
+        raise FgkdError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def _pretrained_weights(name: str):
+    """The torchvision weights enum entry, from TORCH_HOME's cache or downloaded; a clear error if neither."""
+    if name == "resnet10":
+        raise FgkdError("backbone 'resnet10' has no pretrained weights; set pretrained: false or pick a torchvision backbone")
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not cached.is_file():
+        try:
+            torch.hub.load_state_dict_from_url(weights.url, progress=False)
+        except Exception as err:  # URLError, socket errors, HTTP errors: all mean "not downloadable here"
+            raise FgkdError(
+                f"pretrained weights for {name} are not in the cache ({cached}) and cannot be downloaded ({err}); "
+                f"on a machine with internet run: python -c \"import torchvision; torchvision.models.get_model("
+                f"'{name}', weights='DEFAULT')\" and copy {cached.name} to {cached.parent} (or set TORCH_HOME), "
+                "or set pretrained: false"
+            ) from None
+    return weights
+
+
+def build_trunk(name: str, pretrained: bool) -> nn.Module:
+    """The convolutional part of a torchvision classifier: image -> final feature map."""
+    spec = _check_backbone(name)
+    if name == "resnet10":
+        model = ResNet(BasicBlock, [1, 1, 1, 1])
+    else:
+        model = torchvision.models.get_model(name, weights=_pretrained_weights(name) if pretrained else None)
+    if spec.family == "resnet":
+        return nn.Sequential(OrderedDict(list(model.named_children())[:-2]))
+    if spec.family == "densenet":
+        return nn.Sequential(OrderedDict([("features", model.features), ("relu", nn.ReLU())]))
+    return model.features
+
+
+def _trunk_module(trunk: nn.Module, backbone: str, stride: int) -> nn.Module:
+    spec = _check_backbone(backbone)
+    if stride not in spec.stride_modules:
+        raise FgkdError(f"attention_stride {stride} is not available; choose one of {sorted(spec.stride_modules)}")
+    name = spec.stride_modules[stride]
+    prefix = "features." if spec.family == "densenet" else ""
+    return trunk.get_submodule(prefix + name)
+
+
+class OfficialHead(nn.Module):
+    """Global max-pool -> BN -> Linear(hidden) -> BN -> ELU -> Linear, as the method's official code."""
+
+    def __init__(self, channels: int, hidden: int, num_classes: int):
+        super().__init__()
+        self.classifier = nn.Sequential(
+            nn.BatchNorm1d(channels), nn.Linear(channels, hidden), nn.BatchNorm1d(hidden), nn.ELU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.amax(features, dim=(2, 3)))
+
+
+class GapHead(nn.Module):
+    """Global average pool -> Linear: the plain torchvision head."""
+
+    def __init__(self, channels: int, hidden: int, num_classes: int):
+        super().__init__()
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(features.mean(dim=(2, 3)))
+
+
+def build_head(kind: str, channels: int, hidden: int, num_classes: int) -> nn.Module:
+    if kind not in HEADS:
+        raise FgkdError(f"unknown head {kind!r}; choose one of {', '.join(HEADS)}")
+    return (OfficialHead if kind == "official" else GapHead)(channels, hidden, num_classes)
+
+
+class FGVCNet(nn.Module):
+    """A trunk, a main head and ``aux_heads`` auxiliary heads, all on the final feature map.
+
+    ``forward`` returns the main logits, or (main, [aux...]) when there are auxiliary heads; the
+    attention feature map of the last call is in ``self.attention_features``.
+    """
+
+    def __init__(self, backbone: str, num_classes: int, head: str = "official", head_hidden: int = 512,
+                 attention_stride: int = 32, aux_heads: int = 0, pretrained: bool = False):
+        super().__init__()
+        channels = _check_backbone(backbone).channels
+        self.trunk = build_trunk(backbone, pretrained)
+        self.head = build_head(head, channels, head_hidden, num_classes)
+        self.aux = nn.ModuleList(build_head(head, channels, head_hidden, num_classes) for _ in range(aux_heads))
+        self.attention_features: torch.Tensor | None = None
+        _trunk_module(self.trunk, backbone, attention_stride).register_forward_hook(self._capture)
+
+    def _capture(self, module, inputs, output):
+        self.attention_features = output
+
+    def new_parameters(self) -> list[nn.Parameter]:
+        """The heads: trained with the larger learning rate of new layers."""
+        return [*self.head.parameters(), *self.aux.parameters()]
+
+    def forward(self, images: torch.Tensor):
+        features = self.trunk(images)
+        logits = self.head(features)
+        if len(self.aux) == 0:
+            return logits
+        return logits, [aux(features) for aux in self.aux]

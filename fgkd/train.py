@@ -1,0 +1,338 @@
+"""One training engine for every stage: teacher, orthogonal student k, aux-KD student.
+
+A plain loop in the style of torchvision's classification reference. Each epoch reseeds every
+random generator from (seed, stage, epoch), and a checkpoint is written after it, so a killed
+run resumes from the last finished epoch and ends with the very weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from .atomic import atomic_path, write_parquet
+from .data.dataset import ImageSizes, load_split, make_loader
+from .errors import FgkdError
+from .methods import AuxKD, CrossEntropy, FrozenNetworks, OrthogonalStudent
+from .methods.orthogonal import VARIANTS
+from .models import BACKBONES, HEADS, FGVCNet
+
+log = logging.getLogger("fgkd")
+STAGES = ("teacher", "student", "auxkd")
+MODEL_FORMAT = 1
+
+
+CONFIG_HELP = {
+    "backbone": "torchvision backbone (see fgkd.models.BACKBONES)",
+    "pretrained": "start from ImageNet weights (cached in TORCH_HOME)",
+    "head": "official (max-pool, BN, Linear(head_hidden), BN, ELU, Linear) or gap (avg-pool, Linear)",
+    "lr": "learning rate of the new layers (the heads)",
+    "backbone_lr": "learning rate of the trunk; the paper's 0.001 assumes pretrained weights",
+    "resize": "short side before cropping",
+    "crop": "square crop fed to the network",
+    "val_fraction": "share of train held out to pick the best epoch; 0 keeps the last epoch",
+    "seed": "each stage derives its own seed from it and its stage",
+    "workers": "DataLoader worker processes",
+    "orth": "orthogonal loss of the students: or (official) or at (attention transfer)",
+    "orth_weight": "p of the adaptive OR weight (OR term = p x CE), or the fixed lambda of AT; 0 = plain CE",
+    "attention_stride": "output stride of the attention feature map: 32 is the last, 16/8/4 earlier and larger",
+    "kd_temperature": "temperature T of the aux-KD losses",
+    "kd_alpha": "weight of KD against CE on each auxiliary head",
+    "amp": "auto (bf16 autocast on CUDA), bf16, off",
+    "channels_last": "auto (on CUDA), on, off",
+    "device": "auto, cpu, cuda, cuda:1, ...",
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one stage; the CLI exposes each field as --field-name (help in CONFIG_HELP)."""
+
+    backbone: str = "resnet18"
+    pretrained: bool = False
+    head: str = "official"
+    head_hidden: int = 512
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 0.01
+    backbone_lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    resize: int = 600
+    crop: int = 448
+    val_fraction: float = 0.1
+    seed: int = 0
+    workers: int = 0
+    orth: str = "or"
+    orth_weight: float = 0.1
+    attention_stride: int = 32
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.5
+    amp: str = "auto"
+    channels_last: str = "auto"
+    device: str = "auto"
+
+    def check(self) -> None:
+        choices = {"backbone": tuple(BACKBONES), "head": HEADS, "orth": VARIANTS, "amp": ("auto", "bf16", "off"),
+                   "channels_last": ("auto", "on", "off")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise FgkdError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        positive = ("head_hidden", "epochs", "batch_size", "resize", "crop", "kd_temperature")
+        for key in positive:
+            if not getattr(self, key) > 0:
+                raise FgkdError(f"{key} must be > 0 (got {getattr(self, key)})")
+        for key in ("lr", "backbone_lr", "momentum", "weight_decay", "orth_weight", "workers"):
+            if getattr(self, key) < 0:
+                raise FgkdError(f"{key} must be >= 0 (got {getattr(self, key)})")
+        if not 0 <= self.val_fraction < 1:
+            raise FgkdError(f"val_fraction must be in [0, 1) (got {self.val_fraction})")
+        if not 0 <= self.kd_alpha <= 1:
+            raise FgkdError(f"kd_alpha must be in [0, 1] (got {self.kd_alpha})")
+        if self.crop > self.resize:
+            raise FgkdError(f"crop ({self.crop}) must not exceed resize ({self.resize})")
+
+
+def stage_name(stage: str, index: int | None) -> str:
+    return f"student_{index}" if stage == "student" else stage
+
+
+def config_hash(config: TrainConfig, stage: str, index: int | None, earlier: list[dict]) -> str:
+    """Identity of a run: its config, its stage and the identities of the frozen networks it learns from."""
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("workers", "device")}
+    payload = json.dumps({"config": fields, "stage": stage_name(stage, index),
+                          "earlier": [m["config_hash"] for m in earlier]}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def derived_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def select_device(config: TrainConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
+
+
+def load_model(path: str | Path, num_classes: int | None = None, device: torch.device | str = "cpu",
+               which: str = "best") -> tuple[FGVCNet, dict]:
+    """A trained network and its metadata; refuses files of another format or class count."""
+    path = Path(path)
+    if not path.is_file():
+        raise FgkdError(f"{path}: no such model; train that stage first")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors of many kinds
+        raise FgkdError(f"{path}: not a readable fgkd model ({err}); delete it and retrain that stage") from None
+    if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
+        raise FgkdError(f"{path}: not an fgkd model of format {MODEL_FORMAT}; retrain that stage")
+    meta = saved["metadata"]
+    if num_classes is not None:
+        check_classes(path, meta, num_classes)
+    model = FGVCNet(meta["backbone"], meta["num_classes"], meta["head"], meta["head_hidden"],
+                    meta["attention_stride"], meta["aux_heads"])
+    model.load_state_dict(saved["state_dict"] if which == "best" else saved["last_state_dict"])
+    return model.to(device).eval(), meta
+
+
+def check_classes(path: str | Path, meta: dict, num_classes: int) -> None:
+    if meta["num_classes"] != num_classes:
+        raise FgkdError(f"{path}: trained for {meta['num_classes']} classes, the data set has {num_classes}; "
+                        "it belongs to another data set, retrain it")
+
+
+def _cosine(base: float, epoch: int, epochs: int) -> float:
+    """The official schedule: lr/2 * (cos(pi * epoch / epochs) + 1), set once per epoch."""
+    return base / 2 * (math.cos(math.pi * epoch / epochs) + 1)
+
+
+def _autocast(device: torch.device, config: TrainConfig):
+    enabled = config.amp == "bf16" or (config.amp == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _memory_format(device: torch.device, config: TrainConfig):
+    on = config.channels_last == "on" or (config.channels_last == "auto" and device.type == "cuda")
+    return torch.channels_last if on else torch.contiguous_format
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, loader, device: torch.device, config: TrainConfig) -> dict[str, np.ndarray]:
+    """Logits, labels and image ids of a whole loader (main head)."""
+    model.eval()
+    logits, labels, ids = [], [], []
+    for images, targets, image_ids in loader:
+        images = images.to(device, non_blocking=True, memory_format=_memory_format(device, config))
+        with _autocast(device, config):
+            out = model(images)
+        out = out[0] if isinstance(out, tuple) else out
+        logits.append(out.float().cpu())
+        labels.append(targets)
+        ids.append(image_ids)
+    return {"logits": torch.cat(logits).numpy(), "labels": torch.cat(labels).numpy(), "image_ids": torch.cat(ids).numpy()}
+
+
+def _accuracy(result: dict[str, np.ndarray]) -> float:
+    return float((result["logits"].argmax(1) == result["labels"]).mean()) if len(result["labels"]) else float("nan")
+
+
+def build_method(stage: str, model: FGVCNet, frozen: FrozenNetworks, config: TrainConfig) -> torch.nn.Module:
+    if stage == "teacher":
+        return CrossEntropy(model)
+    if stage == "student":
+        return OrthogonalStudent(model, frozen, config.orth, config.orth_weight)
+    return AuxKD(model, frozen, config.kd_temperature, config.kd_alpha)
+
+
+def train(stage: str, data: str | Path, out: str | Path, config: TrainConfig, earlier: list[str | Path] = (),
+          index: int | None = None, progress: bool = True) -> Path:
+    """Train one stage; writes out/model.pt and out/history.parquet, resuming from out/checkpoint.pt."""
+    if stage not in STAGES:
+        raise FgkdError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    if stage == "student" and (index is None or index < 1):
+        raise FgkdError("a student stage needs --index k >= 1")
+    if stage == "student" and len(earlier) != index:
+        raise FgkdError(f"student {index} learns against the teacher and students 1..{index - 1}: "
+                        f"expected {index} --earlier models, got {len(earlier)}")
+    if stage == "auxkd" and not earlier:
+        raise FgkdError("auxkd needs at least one --earlier model to imitate")
+    if stage == "teacher" and earlier:
+        raise FgkdError("the teacher trains with cross-entropy alone; pass no --earlier models")
+    config.check()
+    out = Path(out)
+    device = select_device(config)
+    sizes = ImageSizes(config.resize, config.crop)
+    train_set = load_split(data, "train", sizes, config.val_fraction, config.seed)
+    val_set = load_split(data, "val", sizes, config.val_fraction, config.seed)
+    num_classes = train_set.num_classes
+
+    frozen_models, frozen_meta = [], []
+    for path in earlier:
+        net, meta = load_model(path, num_classes, device)
+        frozen_models.append(net.to(memory_format=_memory_format(device, config)))
+        frozen_meta.append(meta)
+    run_hash = config_hash(config, stage, index, frozen_meta)
+    seed = derived_seed(config.seed, STAGES.index(stage), index or 0)
+
+    torch.manual_seed(seed)
+    model = FGVCNet(config.backbone, num_classes, config.head, config.head_hidden, config.attention_stride,
+                    aux_heads=len(earlier) if stage == "auxkd" else 0, pretrained=config.pretrained)
+    model = model.to(device, memory_format=_memory_format(device, config))
+    method = build_method(stage, model, FrozenNetworks(frozen_models), config)
+    new_ids = {id(p) for p in model.new_parameters()}
+    optimizer = torch.optim.SGD(
+        [{"params": model.new_parameters(), "lr": config.lr},
+         {"params": [p for p in model.parameters() if id(p) not in new_ids], "lr": config.backbone_lr}],
+        momentum=config.momentum, weight_decay=config.weight_decay)
+
+    checkpoint_path = out / "checkpoint.pt"
+    state = {"epoch": 0, "history": [], "best_val": -1.0, "best_epoch": -1, "best_state": None}
+    if checkpoint_path.exists():
+        state = _resume(checkpoint_path, run_hash, model, optimizer, state)
+
+    val_loader = make_loader(val_set, config.batch_size, shuffle=False, workers=config.workers) if len(val_set) else None
+    name = stage_name(stage, index)
+    for epoch in range(state["epoch"], config.epochs):
+        for group, base in zip(optimizer.param_groups, (config.lr, config.backbone_lr)):
+            group["lr"] = _cosine(base, epoch, config.epochs)
+        epoch_seed = derived_seed(seed, epoch)
+        torch.manual_seed(epoch_seed)
+        loader = make_loader(train_set, config.batch_size, shuffle=True, workers=config.workers, seed=epoch_seed,
+                             drop_last=len(train_set) > config.batch_size)
+        row = _train_epoch(method, optimizer, loader, device, config, f"{name} {epoch + 1}/{config.epochs}",
+                           progress, checkpoint_path)
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+               "backbone_lr": optimizer.param_groups[1]["lr"], **row}
+        row["val_acc"] = _accuracy(evaluate(model, val_loader, device, config)) if val_loader else float("nan")
+        state["history"].append(row)
+        if val_loader is None or row["val_acc"] > state["best_val"]:
+            state["best_val"], state["best_epoch"] = row["val_acc"], epoch + 1
+            state["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        state["epoch"] = epoch + 1
+        log.info("%s epoch %d/%d %s", name, epoch + 1, config.epochs,
+                 " ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch",)))
+        _save_checkpoint(checkpoint_path, run_hash, model, optimizer, state)
+
+    metadata = {
+        "backbone": config.backbone, "num_classes": num_classes, "head": config.head,
+        "head_hidden": config.head_hidden, "attention_stride": config.attention_stride,
+        "aux_heads": len(earlier) if stage == "auxkd" else 0, "stage": name, "config_hash": run_hash,
+        "resize": config.resize, "crop": config.crop, "best_epoch": state["best_epoch"], "epochs": config.epochs,
+        "config": json.dumps(dataclasses.asdict(config), sort_keys=True),
+    }
+    last = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save({"format": MODEL_FORMAT, "metadata": metadata, "state_dict": state["best_state"],
+                    "last_state_dict": last}, tmp)
+    history = pd.DataFrame(state["history"])
+    history.insert(0, "stage", name)
+    write_parquet(history, out / "history.parquet")
+    checkpoint_path.unlink(missing_ok=True)
+    return out / "model.pt"
+
+
+def _train_epoch(method, optimizer, loader, device, config, label, progress, checkpoint_path) -> dict[str, float]:
+    method.train()
+    sums: dict[str, float] = {}
+    correct = seen = 0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=label, unit="batch", leave=False, disable=not progress)
+    for step, (images, labels, _) in enumerate(bar):
+        images = images.to(device, non_blocking=True, memory_format=_memory_format(device, config))
+        labels = labels.to(device, non_blocking=True)
+        with _autocast(device, config):
+            output = method(images, labels)
+        loss = sum(output.losses.values())
+        if not torch.isfinite(loss):
+            terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in output.losses.items())
+            kept = f"the last good checkpoint is kept at {checkpoint_path}" if checkpoint_path.exists() else "no epoch had finished"
+            raise FgkdError(f"non-finite loss ({terms}) at {label}, step {step + 1}; {kept}. "
+                            "Lower the learning rate or check the data, then rerun")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        batch = len(labels)
+        for key, value in {**output.losses, **output.extras, "loss": loss}.items():
+            sums[key] = sums.get(key, 0.0) + float(value.detach()) * batch
+        correct += int((output.logits.argmax(1) == labels).sum())
+        seen += batch
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+    seconds = time.perf_counter() - start
+    if seen == 0:
+        raise FgkdError("the training split is empty; check the manifest and val_fraction")
+    return {**{k: v / seen for k, v in sums.items()}, "train_acc": correct / seen, "seconds": seconds,
+            "images_per_s": seen / seconds}
+
+
+def _save_checkpoint(path: Path, run_hash: str, model, optimizer, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"config_hash": run_hash, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "state": state}, tmp)
+
+
+def _resume(path: Path, run_hash: str, model, optimizer, fresh: dict) -> dict:
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        log.warning("%s: unreadable checkpoint (%s); starting this stage over", path, err)
+        return fresh
+    if saved.get("config_hash") != run_hash:
+        log.warning("%s: written by another configuration (hash %s, now %s); not resuming from it, starting over",
+                    path, saved.get("config_hash"), run_hash)
+        return fresh
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    log.info("%s: resuming after epoch %d", path, saved["state"]["epoch"])
+    return saved["state"]

@@ -1,0 +1,92 @@
+"""The losses against hand computations and the official code's formulas."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fgkd.losses import kd_loss, or_loss, orthogonal_loss, spatial_attention
+
+
+def test_spatial_attention_is_the_normalised_channel_energy():
+    features = torch.tensor([[[[1.0, 2.0], [0.0, 1.0]], [[1.0, 0.0], [2.0, 1.0]]]])  # 1 x 2 x 2 x 2
+    energy = torch.tensor([2.0, 4.0, 4.0, 2.0])
+    torch.testing.assert_close(spatial_attention(features), (energy / energy.norm()).unsqueeze(0))
+    q = spatial_attention(torch.randn(3, 5, 7, 7), size=(4, 4))
+    assert q.shape == (3, 16)
+    torch.testing.assert_close(q.norm(dim=1), torch.ones(3))
+
+
+def test_orthogonal_loss_identical_maps_give_the_maximum_disjoint_give_zero():
+    torch.manual_seed(0)
+    q = spatial_attention(torch.randn(4, 8, 6, 6))
+    assert orthogonal_loss(q, [q]).item() == pytest.approx(1.0)
+    assert orthogonal_loss(q, [q, q]).item() == pytest.approx(2.0)
+    left = torch.zeros(4, 8, 6, 6)
+    left[..., :3] = torch.rand(4, 8, 6, 3) + 0.1
+    right = left.flip(-1)
+    assert orthogonal_loss(spatial_attention(left), [spatial_attention(right)]).item() == 0.0
+    others = [spatial_attention(torch.randn(4, 8, 6, 6)) for _ in range(3)]
+    assert 0 < orthogonal_loss(q, others).item() < 3
+
+
+def official_or_loss(fs, ft):
+    """The official code's FeatureLoss, written out per image as it is there."""
+    def cam(feature):
+        out = torch.zeros(feature.shape[0], *feature.shape[2:])
+        for b in range(feature.shape[0]):
+            weights = feature[b].mean(dim=-2, keepdim=True).mean(dim=-1, keepdim=True)
+            out[b] = (weights * feature[b]).mean(dim=0)
+        return out
+
+    def gauss(maps):
+        return torch.stack([(m - m.mean()) / m.std() for m in maps])
+
+    return torch.mean(torch.clamp(gauss(cam(fs)), 0) * torch.abs(gauss(cam(ft))))
+
+
+def test_or_loss_equals_the_official_formula_on_random_tensors():
+    torch.manual_seed(1)
+    student = torch.randn(3, 16, 7, 7)
+    earlier = [torch.randn(3, 16, 7, 7), torch.randn(3, 16, 7, 7)]
+    expected = sum(official_or_loss(student, e) for e in earlier) / 2
+    torch.testing.assert_close(or_loss(student, earlier), expected)
+
+
+def test_or_loss_is_largest_where_the_student_looks_where_the_earlier_network_looks():
+    torch.manual_seed(2)
+    base = torch.rand(2, 8, 8, 8)
+    base[..., 2:4, 2:4] += 5  # a strong blob
+    moved = base.roll(shifts=(4, 4), dims=(2, 3))
+    assert or_loss(base, [base]) > 2 * or_loss(moved, [base])
+
+
+def test_or_loss_resizes_earlier_maps_to_the_student_resolution():
+    student = torch.randn(2, 4, 8, 8)
+    earlier = torch.randn(2, 4, 4, 4)
+    upsampled = F.interpolate(earlier, size=(8, 8), mode="nearest")
+    assert math.isfinite(or_loss(student, [earlier]).item())
+    assert or_loss(student, [earlier]).shape == or_loss(student, [upsampled]).shape == ()
+
+
+@pytest.mark.parametrize("loss", ["or", "at"])
+def test_gradient_flows_only_into_the_student(loss):
+    student = torch.randn(2, 4, 6, 6, requires_grad=True)
+    earlier = torch.randn(2, 4, 6, 6, requires_grad=True)
+    value = or_loss(student, [earlier]) if loss == "or" else \
+        orthogonal_loss(spatial_attention(student), [spatial_attention(earlier)])
+    value.backward()
+    assert earlier.grad is None
+    assert student.grad is not None and student.grad.abs().sum() > 0
+
+
+def test_kd_loss_is_the_batch_mean_kl_scaled_by_t_squared():
+    student = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]])
+    teacher = torch.tensor([[3.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    for T in (1.0, 2.0, 4.0):
+        p = torch.softmax(teacher / T, dim=1)
+        q = torch.softmax(student / T, dim=1)
+        kl = (p * (p.log() - q.log())).sum(dim=1).mean()
+        torch.testing.assert_close(kd_loss(student, teacher, T), kl * T * T)
+    assert kd_loss(teacher, teacher, 3.0).item() == pytest.approx(0.0, abs=1e-7)

@@ -1,0 +1,125 @@
+"""The training engine end to end on a tiny synthetic set: every stage, determinism, resume, errors."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fgkd.data.prepare import prepare
+from fgkd.data.synth import generate
+from fgkd.ensemble import ensemble, predict
+from fgkd.errors import FgkdError
+from fgkd.train import TrainConfig, load_model, train
+
+TINY = TrainConfig(backbone="resnet10", epochs=2, batch_size=8, resize=36, crop=32, lr=0.05, backbone_lr=0.05,
+                   val_fraction=0.25, attention_stride=8, head_hidden=32)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tiny")
+    generate(base / "raw", classes=4, images_per_class=12, size=32, seed=0)
+    prepare("cub", base / "raw", base / "prepared", progress=False)
+    return base / "prepared"
+
+
+def weights(path, which="best"):
+    return torch.load(path, weights_only=True)["state_dict" if which == "best" else "last_state_dict"]
+
+
+def test_every_stage_runs_and_writes_its_contract(data, tmp_path):
+    out = tmp_path / "results"
+    teacher = train("teacher", data, out / "teacher", TINY, progress=False)
+    s1 = train("student", data, out / "student_1", TINY, [teacher], index=1, progress=False)
+    s2 = train("student", data, out / "student_2", TINY.__class__(**{**TINY.__dict__, "orth": "at", "orth_weight": 1.0}),
+               [teacher, s1], index=2, progress=False)
+    members = [teacher, s1, s2]
+    logits = []
+    for model in members:
+        logits.append(predict(model, data, model.parent / "logits.parquet"))
+    aux = train("auxkd", data, out / "auxkd", TINY, members, progress=False)
+
+    history = pd.read_parquet(out / "student_1" / "history.parquet")
+    assert list(history["epoch"]) == [1, 2]
+    assert {"stage", "lr", "ce", "orth", "orth_raw", "loss", "train_acc", "val_acc", "seconds", "images_per_s"} <= set(history)
+    assert set(pd.read_parquet(out / "auxkd" / "history.parquet").columns) >= {"ce", "kd", "aux_ce"}
+    for path in (*members, aux):
+        assert not (path.parent / "checkpoint.pt").exists()
+    _, meta = load_model(aux)
+    assert meta["aux_heads"] == 3 and meta["stage"] == "auxkd"
+
+    frame = pd.read_parquet(logits[0])
+    assert list(frame.columns[:2]) == ["image_id", "label"] and frame.shape == (24, 2 + 4)
+    table = ensemble(logits, ["teacher", "student_1", "student_2"])
+    assert table["prefix"].sum() == 3 and len(table) == 7
+    single = table[table["members"] == "teacher"].iloc[0]
+    manual = (frame.filter(like="logit_").to_numpy().argmax(1) == frame["label"].to_numpy()).mean()
+    assert single["top1"] == pytest.approx(manual)
+    assert ensemble(logits, ["t", "s1", "s2"], combine="probs")["top1"].between(0, 1).all()
+
+
+def test_same_seed_same_history_and_weights(data, tmp_path):
+    a = train("teacher", data, tmp_path / "a", TINY, progress=False)
+    b = train("teacher", data, tmp_path / "b", TINY, progress=False)
+    c = train("teacher", data, tmp_path / "c", TrainConfig(**{**TINY.__dict__, "seed": 1}), progress=False)
+    timing = ["seconds", "images_per_s"]
+    ha, hb = (pd.read_parquet(p.parent / "history.parquet").drop(columns=timing) for p in (a, b))
+    pd.testing.assert_frame_equal(ha, hb, check_exact=True)
+    for key, value in weights(a, "last").items():
+        assert torch.equal(value, weights(b, "last")[key]), key
+    assert not torch.equal(weights(a, "last")["head.classifier.4.weight"], weights(c, "last")["head.classifier.4.weight"])
+
+
+def test_killed_run_resumes_to_the_same_final_weights(data, tmp_path):
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 8})
+    reference = train("teacher", data, tmp_path / "reference", config, progress=False)
+
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "fgkd", "train", "--stage", "teacher", "--data", str(data), "--out", str(out),
+            "--no-progress"]
+    for key, value in config.__dict__.items():
+        if key != "pretrained":
+            args += ["--" + key.replace("_", "-"), str(value)]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    assert process.poll() is None, process.communicate()[1].decode()[-2000:]
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert (out / "checkpoint.pt").exists() and not (out / "model.pt").exists(), "the run was not killed mid-way"
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["state"]["epoch"] < config.epochs
+
+    resumed = train("teacher", data, out, config, progress=False)
+    for which in ("best", "last"):
+        for key, value in weights(reference, which).items():
+            assert torch.equal(value, weights(resumed, which)[key]), (which, key)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(reference.parent / "history.parquet").drop(columns=["seconds", "images_per_s"]),
+        pd.read_parquet(resumed.parent / "history.parquet").drop(columns=["seconds", "images_per_s"]))
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_no_model(data, tmp_path):
+    config = TrainConfig(**{**TINY.__dict__, "lr": 1e30, "backbone_lr": 1e30, "epochs": 3})
+    with pytest.raises(FgkdError, match="non-finite loss"):
+        train("teacher", data, tmp_path / "nan", config, progress=False)
+    assert not (tmp_path / "nan" / "model.pt").exists()
+
+
+def test_wrong_earlier_models_are_refused(data, tmp_path):
+    teacher = train("teacher", data, tmp_path / "teacher", TrainConfig(**{**TINY.__dict__, "epochs": 1}), progress=False)
+    with pytest.raises(FgkdError, match="expected 2 --earlier models"):
+        train("student", data, tmp_path / "s2", TINY, [teacher], index=2, progress=False)
+    other = tmp_path / "other"
+    generate(other / "raw", classes=3, images_per_class=6, size=32, seed=1)
+    prepare("cub", other / "raw", other / "prepared", progress=False)
+    with pytest.raises(FgkdError, match="trained for 4 classes, the data set has 3"):
+        train("student", other / "prepared", tmp_path / "s1", TINY, [teacher], index=1, progress=False)
+    with pytest.raises(FgkdError, match="orth: 'xx'"):
+        train("teacher", data, tmp_path / "bad", TrainConfig(**{**TINY.__dict__, "orth": "xx"}), progress=False)
