@@ -135,3 +135,31 @@ def _log_to_stderr():
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+
+@main.command()
+@click.option("--model", "models", multiple=True, required=True, type=click.Path(), help="model.pt files (repeat).")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="A prepared data set.")
+@click.option("--images", default=8, show_default=True, help="Test images shown in the figure.")
+@click.option("--overlap", required=True, type=click.Path(dir_okay=False), help="Pairwise overlap Parquet to write.")
+@click.option("--figure", required=True, type=click.Path(dir_okay=False), help="Attention-map grid PNG to write.")
+@_friendly
+def attention(models, data, images, overlap, figure):
+    """Attention maps of several networks over the same test images, and their mean pairwise overlap."""
+    from .report import attention as run_attention
+
+    run_attention(list(models), data, images, overlap, figure)
+
+
+@main.command()
+@click.option("--results", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--pair", "pairs", multiple=True, required=True, help="dataset/backbone (repeat).")
+@click.option("--stages", required=True, help="Comma-separated stages: teacher,student_1,...,auxkd.")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@_friendly
+def report(results, pairs, stages, out):
+    """Collect all results into Parquet tables, summary.md, figures and DVC metrics."""
+    from .report import report as run_report
+
+    run_report(results, list(pairs), stages.split(","), out)
+    click.echo(f"wrote {out}")

@@ -1,0 +1,22 @@
+# fgkd: teacher -> orthogonal students -> ensembles -> aux-KD student -> reports.
+# `snakemake --cores all all` on one machine, `snakemake --profile slurm all` on a SLURM cluster.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        REPORTS,
