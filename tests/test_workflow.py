@@ -1,0 +1,179 @@
+"""The workflow for real: Snakemake runs, a real local SLURM cluster, real `dvc repro`.
+
+Each test works in a copy of the project whose config/config.yaml is the tiny smoke-test config.
+"""
+
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from fgkd.train import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = REPO / ".venv" / "bin"
+PROJECT_FILES = ["Snakefile", "workflow", "config", "slurm", "dvc.yaml", ".dvc", ".dvcignore", "fgkd"]
+
+
+def run(args, cwd, check=True, timeout=900):
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def project_copy(target: Path) -> Path:
+    target.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
+        else:
+            shutil.copy2(source, target / name)
+    shutil.copy2(REPO / "config" / "tiny.yaml", target / "config" / "config.yaml")
+    return target
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    """The 'Job stats' table of a Snakemake dry run."""
+    table = dry_run_output.split("Job stats:", 1)[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    project = project_copy(tmp_path_factory.mktemp("local") / "project")
+    run(["snakemake", "--cores", "2", "all"], project)
+    return project
+
+
+def test_local_run_writes_every_report(finished):
+    reports = finished / "results" / "reports"
+    metrics = pd.read_parquet(reports / "metrics.parquet")
+    assert set(metrics["method"]) == {"teacher", "student_1", "student_2", "ensemble", "auxkd"}
+    assert set(metrics["selection"]) == {"best", "last"}
+    assert {"dataset", "backbone", "members", "top1", "top5", "parameters", "train_seconds", "images_per_s",
+            "attention_overlap"} <= set(metrics.columns)
+    assert metrics["top1"].between(0, 1).all()
+    assert len(pd.read_parquet(reports / "ensembles.parquet")) == 7
+    assert set(pd.read_parquet(reports / "history.parquet")["stage"]) == {"teacher", "student_1", "student_2", "auxkd"}
+    assert "| synthetic | resnet10 |" in (reports / "summary.md").read_text()
+    for figure in ("training_curves.png", "ensemble_members.png", "attention_synthetic_resnet10.png"):
+        assert (reports / "figures" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rerun_with_nothing_changed_does_nothing(finished):
+    result = run(["snakemake", "--cores", "2", "all"], finished)
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_changing_one_students_weight_reruns_it_and_downstream_only(finished):
+    override = finished / "override.yaml"
+    override.write_text(yaml.safe_dump({"stages": {"student_2": {"orth_weight": 0.05}}}))
+    result = run(["snakemake", "--cores", "2", "all", "--dry-run", "--configfile", "config/config.yaml", str(override)],
+                 finished)
+    counts = job_counts(result.stdout)
+    assert counts.get("train") == 2  # student_2 and the aux-KD student that imitates it
+    assert counts.get("predict") == 2
+    assert "prepare" not in counts and "synth" not in counts
+    jobs = result.stdout
+    assert "results/synthetic/resnet10/student_2/model.pt" in jobs and "results/synthetic/resnet10/auxkd/model.pt" in jobs
+    assert "student_1/model.pt\n" not in jobs.split("Job stats:")[0].replace("input:", "")  # never an output
+
+
+def test_schema_lists_every_train_option():
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    assert set(schema["$defs"]["train_options"]["properties"]) == {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+@pytest.mark.parametrize("override,culprit", [
+    ({"train": {"epcohs": 3}}, "epcohs"),
+    ({"students": 0}, "students"),
+    ({"train": {"orth_weight": -1}}, "orth_weight"),
+    ({"train": {"kd_temperature": 0}}, "kd_temperature"),
+    ({"backbones": ["resnet5"]}, "resnet5"),
+])
+def test_config_errors_fail_before_any_job(tmp_path, override, culprit):
+    project = project_copy(tmp_path / "project")
+    (project / "bad.yaml").write_text(yaml.safe_dump(override))
+    result = run(["snakemake", "--cores", "1", "all", "--dry-run", "--configfile", "config/config.yaml", "bad.yaml"],
+                 project, check=False)
+    assert result.returncode != 0
+    assert culprit in result.stdout + result.stderr
+    assert not (project / "data").exists() and not (project / "results").exists()
+
+
+def snakemake_all_outputs(project: Path) -> set[str]:
+    result = run(["snakemake", "--cores", "1", "all", "--dry-run", "--forceall"], project)
+    block = result.stdout.split("rule all:", 1)[1]
+    inputs = re.search(r"input: (.*)", block).group(1)
+    return {p.strip() for p in inputs.split(",")}
+
+
+def test_dvc_outs_are_exactly_what_snakemake_all_produces(tmp_path):
+    project = project_copy(tmp_path / "project")
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["fgkd"]
+    declared = [next(iter(entry)) for key in ("outs", "metrics", "plots") for entry in stage[key]]
+    produced = snakemake_all_outputs(project)
+    covered = {p for p in produced if any(p == d or p.startswith(d + "/") for d in declared)}
+    assert covered == produced
+    for out in declared:
+        assert any(p == out or p.startswith(out + "/") for p in produced), f"{out} is not produced by `all`"
+    assert stage["cmd"] == "snakemake --cores all all"
+
+
+def test_dvc_repro_runs_the_pipeline_and_a_second_repro_does_nothing(tmp_path):
+    project = project_copy(tmp_path / "project")
+    run(["dvc", "config", "core.no_scm", "true"], project)
+    run(["dvc", "repro"], project)
+    assert (project / "results/reports/metrics.parquet").exists()
+    second = run(["dvc", "repro"], project)
+    assert "didn't change, skipping" in second.stdout or "up to date" in second.stdout.lower()
+    assert "Running stage" not in second.stdout
+    metrics = run(["dvc", "metrics", "show"], project)
+    assert "synthetic/resnet10" in metrics.stdout
+    plots = run(["dvc", "plots", "show", "--json"], project)
+    assert "val_acc" in plots.stdout
+
+
+def test_raw_data_round_trips_through_dvc(tmp_path):
+    from fixtures import make_cub
+
+    project = project_copy(tmp_path / "project")
+    run(["dvc", "config", "core.no_scm", "true"], project)
+    run(["dvc", "remote", "modify", "local", "url", str(tmp_path / "remote")], project)
+    make_cub(project / "data" / "raw" / "cub")
+    before = {p.relative_to(project): p.read_bytes() for p in (project / "data/raw/cub").rglob("*") if p.is_file()}
+    run(["dvc", "add", "data/raw/cub"], project)
+    run(["dvc", "push", "data/raw/cub.dvc"], project)
+    shutil.rmtree(project / "data" / "raw" / "cub")
+    shutil.rmtree(project / ".dvc" / "cache")
+    run(["dvc", "pull", "data/raw/cub.dvc"], project)
+    after = {p.relative_to(project): p.read_bytes() for p in (project / "data/raw/cub").rglob("*") if p.is_file()}
+    assert after == before
+
+
+@pytest.fixture
+def slurm_cluster():
+    script = REPO / "scripts" / "slurm-local"
+    start = subprocess.run([script, "start"], capture_output=True, text=True)
+    assert start.returncode == 0, f"could not start the local SLURM cluster (needs root and Debian's slurm packages):\n{start.stderr}"
+    yield
+    subprocess.run([script, "stop"], capture_output=True)
+
+
+def test_profile_slurm_runs_every_rule_as_a_slurm_job(tmp_path, slurm_cluster):
+    project = project_copy(tmp_path / "project")
+    shutil.copytree(REPO / "slurm", project / "slurm", dirs_exist_ok=True)
+    result = run(["snakemake", "--profile", "slurm", "all", "--config", "gpus_per_job=0"], project, timeout=1200)
+    output = result.stdout + result.stderr
+    submitted = set(re.findall(r"submitted with SLURM jobid \d+ \(log: \S*/rule_(\w+)/", output))
+    assert submitted == {"synth", "prepare", "train", "predict", "ensemble", "attention", "report"}, output[-3000:]
+    assert (project / "results/reports/summary.md").exists()
