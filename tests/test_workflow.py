@@ -177,3 +177,28 @@ def test_profile_slurm_runs_every_rule_as_a_slurm_job(tmp_path, slurm_cluster):
     submitted = set(re.findall(r"submitted with SLURM jobid \d+ \(log: \S*/rule_(\w+)/", output))
     assert submitted == {"synth", "prepare", "train", "predict", "ensemble", "attention", "report"}, output[-3000:]
     assert (project / "results/reports/summary.md").exists()
+
+
+def test_html_report_has_the_figures(finished):
+    run(["snakemake", "--report", "results/report.html"], finished)
+    html = (finished / "results" / "report.html").read_text(errors="replace")
+    for figure in ("training_curves.png", "ensemble_members.png", "attention_synthetic_resnet10.png"):
+        assert figure in html
+
+
+def test_paper_config_plans_three_datasets_by_two_backbones(tmp_path):
+    project = project_copy(tmp_path / "project")
+    shutil.copy2(REPO / "config" / "paper.yaml", project / "config" / "paper.yaml")
+    raw = project / "data" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "CUB_200_2011.tgz").write_bytes(b"")
+    (raw / "fgvc-aircraft-2013b.tar.gz").write_bytes(b"")
+    (raw / "stanford_cars").mkdir()
+    result = run(["snakemake", "all", "--dry-run", "--configfile", "config/paper.yaml"], project)
+    counts = job_counts(result.stdout)
+    stages = 1 + 3 + 1  # teacher, K = 3 students, aux-KD student
+    assert counts == {"prepare": 3, "train": 6 * stages, "predict": 6 * stages, "ensemble": 6, "attention": 6,
+                      "report": 1, "all": 1}
+    shutil.rmtree(raw / "stanford_cars")
+    missing = run(["snakemake", "all", "--dry-run", "--configfile", "config/paper.yaml"], project, check=False)
+    assert missing.returncode != 0 and "datasets.cars.raw" in missing.stdout + missing.stderr

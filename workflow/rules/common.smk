@@ -1,10 +1,21 @@
+from pathlib import Path
+
 # Helpers shared by the rules: stage names, the CLI flags of each stage, resources.
 
 STUDENTS = [f"student_{k}" for k in range(1, config["students"] + 1)]
 MEMBERS = ["teacher", *STUDENTS]
 STAGES = [*MEMBERS, "auxkd"]
 RESULT = "results/{dataset}/{backbone}"
-PAIRS = [(d, b) for d in config["datasets"] for b in config["backbones"]]
+for _name in config["run_datasets"]:
+    if _name not in config["datasets"]:
+        raise ValueError(f"run_datasets: {_name!r} is not defined under datasets ({', '.join(config['datasets'])})")
+    _raw = config["datasets"][_name].get("raw")
+    if _raw and not Path(_raw).exists():
+        raise ValueError(
+            f"datasets.{_name}.raw: {_raw} does not exist; put the official folder or archive there "
+            "(or `dvc pull` it), or change the path"
+        )
+PAIRS = [(d, b) for d in config["run_datasets"] for b in config["backbones"]]
 REPORTS = [
     "results/reports/metrics.parquet",
     "results/reports/ensembles.parquet",

@@ -1,6 +1,13 @@
 # Everything into results/reports: Parquet tables, summary.md, figures, DVC metrics and plots.
 
 
+def report_figure(path):
+    """Mark a figure for `snakemake --report`, with the caption of its kind."""
+    kind = Path(path).stem.split("_attention")[0]
+    kind = "attention" if kind.startswith("attention") else kind
+    return report(path, caption=f"../report/{kind}.rst", category="Figures")
+
+
 rule report:
     input:
         ensembles=[f"results/{d}/{b}/ensemble.parquet" for d, b in PAIRS],
@@ -9,7 +16,7 @@ rule report:
         logits=[f"results/{d}/{b}/{s}/{f}" for d, b in PAIRS for s in STAGES for f in ("logits.parquet", "logits_last.parquet")],
         histories=[f"results/{d}/{b}/{s}/history.parquet" for d, b in PAIRS for s in STAGES],
     output:
-        REPORTS,
+        [report_figure(p) if p.endswith(".png") else p for p in REPORTS],
     params:
         pairs=" ".join(f"--pair {d}/{b}" for d, b in PAIRS),
         stages=",".join(STAGES),
