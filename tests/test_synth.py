@@ -45,10 +45,14 @@ def test_cub_layout_and_counts(tmp_path):
 
 
 def test_each_part_slot_alone_identifies_the_class():
-    codes = synth.class_codes(20, np.random.default_rng(0))
-    assert codes.shape == (20, len(synth.PART_SLOTS))
+    n = synth.VARIANTS_PER_SLOT
+    codes = synth.class_codes(n, np.random.default_rng(0))
+    assert codes.shape == (n, len(synth.PART_SLOTS))
     for slot in range(codes.shape[1]):
-        assert len(set(codes[:, slot])) == 20
+        assert len(set(codes[:, slot])) == n
+        assert len({synth.variant_name(slot, v) for v in codes[:, slot]}) == n  # distinct markings too
+    glyphs = [{synth.marking(slot, v)[0] for v in range(n)} for slot in range(len(synth.PART_SLOTS))]
+    assert all(a.isdisjoint(b) for i, a in enumerate(glyphs) for b in glyphs[i + 1:])  # a marking names its slot
     many = synth.class_codes(200, np.random.default_rng(0))
     assert len({tuple(row) for row in many}) == 200
 

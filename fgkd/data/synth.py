@@ -1,12 +1,12 @@
 """A procedurally generated fine-grained data set, written in the CUB-200-2011 layout.
 
 Every image shows the same bird-like object (body, head, beak, eye, tail). Classes differ only in
-small markings drawn in a few *part slots* (head, wing, tail, belly). Each marking is one variant
-out of ``glyph x colour``; a class is one variant per slot, chosen so that, while there are no
-more classes than variants, every slot alone identifies the class. Everything else is nuisance
-drawn independently of the class: pose (rotation, mirror, scale, position), body colour,
-lighting, background clutter made of the very same glyphs, pixel noise, and random occlusion of
-individual parts. A network that relies on one part fails whenever that part is occluded;
+small markings drawn in a few *part slots* (head, wing, tail, belly). Each slot has its own two
+glyphs (as a bird's crest differs from its wing bar) in one of six colours; a class is one
+marking per slot, chosen so that, while there are no more classes than markings per slot (12),
+every slot alone identifies the class. Everything else is nuisance drawn independently of the
+class: pose (rotation, mirror, scale, position), body colour, lighting, background clutter of
+muted glyphs, pixel noise, and random occlusion of individual parts. A network that relies on one part fails whenever that part is occluded;
 networks that found the other parts do not: the structure the orthogonal students exploit.
 
 Rendering is a pure function of (class code, nuisance), so two classes can be rendered under
@@ -35,7 +35,8 @@ COLOURS = {
     "green": (40, 180, 60),
 }
 COLOUR_NAMES = tuple(COLOURS)
-VARIANTS_PER_SLOT = len(GLYPHS) * len(COLOURS)
+GLYPHS_PER_SLOT = 2
+VARIANTS_PER_SLOT = GLYPHS_PER_SLOT * len(COLOURS)
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,12 @@ class SynthParams:
     """Difficulty knobs; the defaults are the embedded default data set."""
 
     occlusion_prob: float = 0.25
-    clutter: int = 6
-    max_rotation_deg: float = 35.0
-    scale_range: tuple[float, float] = (0.5, 0.85)
+    clutter: int = 5
+    max_rotation_deg: float = 25.0
+    scale_range: tuple[float, float] = (0.65, 0.95)
     noise_std: float = 6.0
     part_jitter: float = 0.05
+    part_scale: float = 1.3
 
 
 @dataclass
@@ -101,8 +103,14 @@ def class_codes(num_classes: int, rng: np.random.Generator) -> np.ndarray:
     return np.array(sorted(codes))
 
 
-def variant_name(variant: int) -> str:
-    return f"{COLOUR_NAMES[variant // len(GLYPHS)]}-{GLYPHS[variant % len(GLYPHS)]}"
+def marking(slot: int, variant: int) -> tuple[int, str]:
+    """(glyph index, colour name) of a slot's variant: each slot draws from its own pair of glyphs."""
+    return GLYPHS_PER_SLOT * slot + variant % GLYPHS_PER_SLOT, COLOUR_NAMES[variant // GLYPHS_PER_SLOT]
+
+
+def variant_name(slot: int, variant: int) -> str:
+    glyph, colour = marking(slot, variant)
+    return f"{colour}-{GLYPHS[glyph]}"
 
 
 def sample_nuisance(rng: np.random.Generator, size: int, params: SynthParams) -> Nuisance:
@@ -116,7 +124,7 @@ def sample_nuisance(rng: np.random.Generator, size: int, params: SynthParams) ->
     clutter = [
         {
             "glyph": int(rng.integers(len(GLYPHS))),
-            "rgb": tuple(float(c) for c in rng.uniform(0, 255, 3)),
+            "rgb": tuple(float(c) for c in rng.uniform(70, 190, 3)),  # muted: never a part's colour
             "x": float(rng.uniform(0, size)),
             "y": float(rng.uniform(0, size)),
             "radius": float(scale * rng.uniform(0.15, 0.35)),
@@ -138,7 +146,7 @@ def sample_nuisance(rng: np.random.Generator, size: int, params: SynthParams) ->
         clutter=clutter,
         part_offsets=[
             (float(rng.normal(0, params.part_jitter)), float(rng.normal(0, params.part_jitter)),
-             float(rng.uniform(0.9, 1.1)))
+             float(params.part_scale * rng.uniform(0.9, 1.1)))
             for _ in range(slots)
         ],
         occluded=[bool(o) for o in occluded],
@@ -230,7 +238,8 @@ def render(code: np.ndarray, nuisance: Nuisance, size: int) -> tuple[np.ndarray,
         if nuisance.occluded[slot]:
             canvas[(np.abs(a) <= 1.15) & (np.abs(b) <= 1.15)] = nuisance.occluder_rgb[slot]
         else:
-            canvas[_glyph_mask(int(variant) % len(GLYPHS), a, b)] = COLOURS[COLOUR_NAMES[int(variant) // len(GLYPHS)]]
+            glyph, colour = marking(slot, int(variant))
+            canvas[_glyph_mask(glyph, a, b)] = COLOURS[colour]
 
     # Lighting: global gain, colour cast and a linear shading gradient; then sensor noise.
     shade = 1.0 + nuisance.shade[0] * (xs / n - 0.5) + nuisance.shade[1] * (ys / n - 0.5)
@@ -312,7 +321,7 @@ def generate(out: str | Path, classes: int, images_per_class: int, size: int, se
         "seed": seed, "classes": classes, "images_per_class": images_per_class, "size": size,
         "test_fraction": test_fraction, "params": asdict(params),
         "part_slots": [p.name for p in PART_SLOTS],
-        "class_parts": {n: [variant_name(int(v)) for v in codes[i]] for i, n in enumerate(names)},
+        "class_parts": {n: [variant_name(s, int(v)) for s, v in enumerate(codes[i])] for i, n in enumerate(names)},
     }
     (root / "synthetic.json").write_text(json.dumps(meta, indent=1) + "\n")
     # images.txt last: its presence marks a complete data set.
