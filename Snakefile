@@ -1,4 +1,5 @@
-# fgkd: teacher -> orthogonal students -> ensembles -> aux-KD student -> reports.
+# fgkd: teacher -> orthogonal students -> ensembles -> aux-KD student -> reports (`all`),
+# plus the ablation study (`ablations`).
 # `snakemake --cores all all` on one machine, `snakemake --profile slurm all` on a SLURM cluster.
 from snakemake.utils import min_version, validate
 
@@ -23,3 +24,9 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         REPORTS,
+
+
+rule ablations:
+    input:
+        REPORTS,
+        ABLATION_REPORTS,

@@ -82,15 +82,16 @@ def _config_options(command):
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="A prepared data set.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for model.pt and history.parquet.")
 @click.option("--earlier", multiple=True, type=click.Path(), help="Frozen model.pt files, teacher first (repeat).")
+@click.option("--name", default=None, help="Run name (default: teacher, student_k or auxkd); seeds the run.")
 @click.option("--progress/--no-progress", default=True, help="Per-epoch progress bar.")
 @_config_options
 @_friendly
-def train(stage, index, data, out, earlier, progress, **config):
+def train(stage, index, data, out, earlier, name, progress, **config):
     """Train one stage: the CE teacher, orthogonal student k, or the aux-KD student."""
     from .train import TrainConfig, train as run_train
 
     _log_to_stderr()
-    click.echo(f"wrote {run_train(stage, data, out, TrainConfig(**config), list(earlier), index, progress)}")
+    click.echo(f"wrote {run_train(stage, data, out, TrainConfig(**config), list(earlier), index, progress, name)}")
 
 
 @main.command()
@@ -153,13 +154,37 @@ def attention(models, data, images, overlap, figure):
 
 @main.command()
 @click.option("--results", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--pair", "pairs", multiple=True, required=True, help="dataset/backbone (repeat).")
-@click.option("--stages", required=True, help="Comma-separated stages: teacher,student_1,...,auxkd.")
+@click.option("--run", "runs", multiple=True, required=True, help="dataset/backbone/seed (repeat).")
+@click.option("--variants", required=True, help="Comma-separated variants; the first is the method.")
+@click.option("--students", required=True, type=int, help="Number of students K.")
+@click.option("--ablations", is_flag=True, help="Write the ablation report (variants, aux-KD baselines, parts).")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @_friendly
-def report(results, pairs, stages, out):
+def report(results, runs, variants, students, ablations, out):
     """Collect all results into Parquet tables, summary.md, figures and DVC metrics."""
-    from .report import report as run_report
+    from .report import ablation_report, report as main_report
 
-    run_report(results, list(pairs), stages.split(","), out)
+    parsed = []
+    for run in runs:
+        dataset, backbone, seed = run.split("/")
+        parsed.append((dataset, backbone, int(seed)))
+    names = variants.split(",")
+    if ablations:
+        ablation_report(results, parsed, names, students, out)
+    else:
+        main_report(results, parsed, names[0], students, out)
     click.echo(f"wrote {out}")
+
+
+@main.command("part-occlusion")
+@click.option("--raw", required=True, type=click.Path(exists=True, file_okay=False), help="The `fgkd synth` output.")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Its prepared copy.")
+@click.option("--model", "models", multiple=True, required=True, type=click.Path(), help="model.pt files (repeat).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The Parquet file to write.")
+@_friendly
+def part_occlusion(raw, data, models, out):
+    """Synthetic sets: top-1 of each network with one part hidden, or only one part visible."""
+    from .occlusion import part_occlusion as run
+
+    frame = run(raw, data, list(models), out)
+    click.echo(frame.pivot(index="condition", columns="network", values="top1").round(3).to_string())

@@ -1,4 +1,8 @@
-"""Attention maps of the trained networks, and the reports: Parquet tables, summary.md, figures."""
+"""Attention maps of the trained networks, and the reports: Parquet tables, summary.md, figures.
+
+Results live in results/{dataset}/{backbone}/seed{seed}/: the teacher and the aux-KD baselines
+(auxkd_ce, auxkd_single) there, each variant's students, aux-KD student, ensemble and attention
+maps in a folder of the variant's name below it."""
 
 from __future__ import annotations
 
@@ -82,75 +86,161 @@ def _parameters(model_path: Path) -> int:
     return int(sum(v.numel() for k, v in state.items() if v.is_floating_point() and "running_" not in k))
 
 
-def report(results: str | Path, pairs: list[str], stages: list[str], out: str | Path) -> None:
-    """Collect every (dataset, backbone) result into results/reports."""
-    results, out = Path(results), Path(out)
+def _accuracies(folder: Path) -> dict[str, tuple[float, float]]:
+    """selection -> (top1, top5) of one model's cached logits."""
+    scores = {}
+    for selection, name in (("best", "logits.parquet"), ("last", "logits_last.parquet")):
+        _, labels, logits = read_logits(folder / name)
+        scores[selection] = (topk_accuracy(logits, labels, 1), topk_accuracy(logits, labels, 5))
+    return scores
+
+
+def collect(results: Path, runs: list[tuple[str, str, int]], variants: list[str], students: int,
+            aux_stages: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(metrics, ensembles, histories) of every run x variant; aux stages belong to the first variant."""
     metrics, ensembles, histories = [], [], []
-    members = [s for s in stages if s != "auxkd"]
-    for pair in pairs:
-        dataset, backbone = pair.split("/")
-        base = results / dataset / backbone
-        overlap = pd.read_parquet(base / "attention.parquet")
-        history = {s: pd.read_parquet(base / s / "history.parquet") for s in stages}
-        for stage in stages:
-            histories.append(history[stage].assign(dataset=dataset, backbone=backbone))
+    student_names = [f"student_{k}" for k in range(1, students + 1)]
+    for dataset, backbone, seed in runs:
+        base = results / dataset / backbone / f"seed{seed}"
+        key = {"dataset": dataset, "backbone": backbone, "seed": seed}
+        shared = {"teacher": base / "teacher", **{a: base / a for a in aux_stages if a != "auxkd"}}
+        for stage, folder in shared.items():
+            histories.append(pd.read_parquet(folder / "history.parquet").assign(**key, variant="shared"))
+        for variant in variants:
+            folder = base / variant
+            networks = {"teacher": shared["teacher"], **{s: folder / s for s in student_names}}
+            if variant == variants[0]:
+                networks.update({a: shared.get(a, folder / a) for a in aux_stages})
+            for stage in [*student_names, *(["auxkd"] if "auxkd" in networks else [])]:
+                histories.append(pd.read_parquet(networks[stage] / "history.parquet").assign(**key, variant=variant))
+            for stage, path in networks.items():
+                history = pd.read_parquet(path / "history.parquet")
+                for selection, (top1, top5) in _accuracies(path).items():
+                    metrics.append({**key, "variant": variant, "method": stage, "members": stage,
+                                    "selection": selection, "top1": top1, "top5": top5,
+                                    "parameters": _parameters(path / "model.pt"),
+                                    "train_seconds": float(history["seconds"].sum()),
+                                    "images_per_s": float(history["images_per_s"].mean()),
+                                    "attention_overlap": np.nan})
+            members = ["teacher", *student_names]
+            ensembles.append(pd.read_parquet(folder / "ensemble.parquet").assign(**key, variant=variant))
+            overlap = float(pd.read_parquet(folder / "attention.parquet")["overlap"].mean())
             for selection, name in (("best", "logits.parquet"), ("last", "logits_last.parquet")):
-                _, labels, logits = read_logits(base / stage / name)
-                metrics.append({
-                    "dataset": dataset, "backbone": backbone, "method": stage, "members": stage,
-                    "selection": selection, "top1": topk_accuracy(logits, labels, 1),
-                    "top5": topk_accuracy(logits, labels, 5), "parameters": _parameters(base / stage / "model.pt"),
-                    "train_seconds": float(history[stage]["seconds"].sum()),
-                    "images_per_s": float(history[stage]["images_per_s"].mean()), "attention_overlap": np.nan})
-        table = pd.read_parquet(base / "ensemble.parquet").assign(dataset=dataset, backbone=backbone)
-        ensembles.append(table)
-        for selection, name in (("best", "logits.parquet"), ("last", "logits_last.parquet")):
-            full = ensemble([base / m / name for m in members], members).iloc[len(members) - 1]
-            metrics.append({
-                "dataset": dataset, "backbone": backbone, "method": "ensemble", "members": full["members"],
-                "selection": selection, "top1": full["top1"], "top5": full["top5"],
-                "parameters": sum(_parameters(base / m / "model.pt") for m in members),
-                "train_seconds": float(sum(history[m]["seconds"].sum() for m in members)),
-                "images_per_s": np.nan, "attention_overlap": float(overlap["overlap"].mean())})
-    metrics = pd.DataFrame(metrics)
-    ensembles = pd.concat(ensembles, ignore_index=True)
-    histories = pd.concat(histories, ignore_index=True)
+                full = ensemble([networks[m] / name for m in members], members).iloc[len(members) - 1]
+                metrics.append({**key, "variant": variant, "method": "ensemble", "members": full["members"],
+                                "selection": selection, "top1": full["top1"], "top5": full["top5"],
+                                "parameters": sum(_parameters(networks[m] / "model.pt") for m in members),
+                                "train_seconds": float(sum(pd.read_parquet(networks[m] / "history.parquet")["seconds"].sum()
+                                                           for m in members)),
+                                "images_per_s": np.nan, "attention_overlap": overlap})
+    return pd.DataFrame(metrics), pd.concat(ensembles, ignore_index=True), pd.concat(histories, ignore_index=True)
+
+
+def _mean_spread(values: pd.Series) -> str:
+    """'mean ± std' in percent over seeds (std 0 for one seed)."""
+    values = 100 * values.astype(float)
+    spread = values.std(ddof=1) if len(values) > 1 else 0.0
+    return f"{values.mean():.1f} ± {spread:.1f}"
+
+
+def _cell(frame: pd.DataFrame, **where) -> str:
+    rows = frame
+    for column, value in where.items():
+        rows = rows[rows[column] == value]
+    best, last = rows[rows.selection == "best"]["top1"], rows[rows.selection == "last"]["top1"]
+    return f"{_mean_spread(best)} ({100 * last.mean():.1f})" if len(best) else "n/a"
+
+
+def summary_table(metrics: pd.DataFrame, methods: list[str], variant: str) -> list[str]:
+    """The paper-style table for one variant: per dataset x backbone, mean ± std over seeds."""
+    seeds = metrics["seed"].nunique()
+    lines = [f"Top-1 test accuracy (%), mean ± std over {seeds} seed(s), model of the best validation epoch; "
+             "the last epoch's mean in brackets.", "",
+             "| dataset | backbone | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    for (dataset, backbone), group in metrics[metrics.variant == variant].groupby(["dataset", "backbone"], sort=False):
+        lines.append(f"| {dataset} | {backbone} | " + " | ".join(_cell(group, method=m) for m in methods) + " |")
+    return lines
+
+
+def report(results: str | Path, runs: list[tuple[str, str, int]], variant: str, students: int,
+           out: str | Path) -> None:
+    """The main reports of one variant (the method) into ``out``."""
+    results, out = Path(results), Path(out)
+    metrics, ensembles, histories = collect(results, runs, [variant], students, ["auxkd"])
     write_parquet(metrics, out / "metrics.parquet")
     write_parquet(ensembles, out / "ensembles.parquet")
     write_parquet(histories, out / "history.parquet")
-    _write_text(out / "summary.md", summary_table(metrics, stages))
+    methods = ["teacher", *[f"student_{k}" for k in range(1, students + 1)], "ensemble", "auxkd"]
+    _write_text(out / "summary.md", "\n".join(
+        ["# fgkd results", "", f"Variant `{variant}`; ensemble = teacher + {students} students (sum of logits).", "",
+         *summary_table(metrics, methods, variant)]) + "\n")
     best = metrics[metrics["selection"] == "best"]
+    summary = best.groupby(["dataset", "backbone", "method"], sort=False)["top1"].mean()
     _write_text(out / "metrics.json", json.dumps(
-        {f"{r.dataset}/{r.backbone}": {m: float(best[(best.dataset == r.dataset) & (best.backbone == r.backbone)
-                                                     & (best.method == m)]["top1"].iloc[0])
-                                       for m in [*stages, "ensemble"]}
-         for r in best.drop_duplicates(["dataset", "backbone"]).itertuples()}, indent=1) + "\n")
-    curves = histories[["dataset", "backbone", "stage", "epoch", "loss", "train_acc", "val_acc"]]
+        {f"{d}/{b}": {m: round(float(summary[(d, b, m)]), 6) for m in methods}
+         for d, b in best[["dataset", "backbone"]].drop_duplicates().itertuples(index=False)}, indent=1) + "\n")
+    curves = (histories.groupby(["dataset", "backbone", "stage", "epoch"], sort=False)[["loss", "train_acc", "val_acc"]]
+              .mean().reset_index())
     with atomic_path(out / "curves.csv") as tmp:
         curves.to_csv(tmp, index=False)
-    _training_curves(histories, out / "figures" / "training_curves.png")
+    _training_curves(curves, out / "figures" / "training_curves.png")
     _ensemble_members(ensembles, out / "figures" / "ensemble_members.png")
-    for pair in pairs:
-        dataset, backbone = pair.split("/")
-        source = results / dataset / backbone / "attention.png"
+    for dataset, backbone, seed in runs:
+        if seed != runs[0][2]:
+            continue
+        source = results / dataset / backbone / f"seed{seed}" / variant / "attention.png"
         with atomic_path(out / "figures" / f"attention_{dataset}_{backbone}.png") as tmp:
             tmp.write_bytes(source.read_bytes())
 
 
-def summary_table(metrics: pd.DataFrame, stages: list[str]) -> str:
-    """The paper-style table: top-1 (best-on-val epoch; last epoch in brackets) per dataset x backbone."""
-    columns = [s for s in stages if s != "auxkd"] + ["ensemble", "auxkd"]
-    lines = ["# fgkd results", "",
-             "Top-1 test accuracy (%): model of the best validation epoch, last epoch in brackets.", "",
-             "| dataset | backbone | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
+def ablation_report(results: str | Path, runs: list[tuple[str, str, int]], variants: list[str], students: int,
+                    out: str | Path) -> None:
+    """Variants side by side, the aux-KD baselines, attention overlap and part occlusion, into ``out``."""
+    results, out = Path(results), Path(out)
+    metrics, _, _ = collect(results, runs, variants, students, ["auxkd", "auxkd_ce", "auxkd_single"])
+    write_parquet(metrics, out / "metrics.parquet")
+    occlusion = []
+    for dataset, backbone, seed in runs:
+        for variant in variants:
+            path = results / dataset / backbone / f"seed{seed}" / variant / "part_occlusion.parquet"
+            if path.exists():
+                occlusion.append(pd.read_parquet(path).assign(dataset=dataset, backbone=backbone, seed=seed,
+                                                              variant=variant))
+    occlusion = pd.concat(occlusion, ignore_index=True) if occlusion else pd.DataFrame(
+        columns=["network", "condition", "top1", "dataset", "backbone", "seed", "variant"])
+    write_parquet(occlusion, out / "part_occlusion.parquet")
+    students_ = [f"student_{k}" for k in range(1, students + 1)]
+    lines = ["# fgkd ablations", "", "## Ensemble of teacher + students, by the students' loss", "",
+             "Top-1 (%), mean ± std over seeds (best-on-val; last epoch's mean in brackets). `lambda0` trains "
+             "the students with CE alone, each from its own seed: the plain ensemble of K+1 networks with the same "
+             "budget. Attention overlap: mean pairwise dot product of the members' L2-normalised attention maps.", "",
+             "| dataset | backbone | variant | " + " | ".join(students_) + " | ensemble | attention overlap |",
+             "|---|---|---|" + "---|" * (len(students_) + 2)]
     for (dataset, backbone), group in metrics.groupby(["dataset", "backbone"], sort=False):
-        cells = []
-        for column in columns:
-            best = group[(group.method == column) & (group.selection == "best")]["top1"].iloc[0]
-            last = group[(group.method == column) & (group.selection == "last")]["top1"].iloc[0]
-            cells.append(f"{100 * best:.1f} ({100 * last:.1f})")
-        lines.append(f"| {dataset} | {backbone} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        for variant in variants:
+            rows = group[group.variant == variant]
+            overlap = rows[(rows.method == "ensemble") & (rows.selection == "best")]["attention_overlap"]
+            lines.append(f"| {dataset} | {backbone} | {variant} | " +
+                         " | ".join(_cell(rows, method=m) for m in [*students_, "ensemble"]) +
+                         f" | {overlap.mean():.3f} ± {overlap.std(ddof=1) if len(overlap) > 1 else 0:.3f} |")
+    lines += ["", "## Aux-KD student against its baselines (same architecture)", "",
+              "| dataset | backbone | CE alone (auxkd_ce) | KD from the teacher (auxkd_single) | "
+              "multi-teacher aux KD (auxkd) |", "|---|---|---|---|---|"]
+    for (dataset, backbone), group in metrics[metrics.variant == variants[0]].groupby(["dataset", "backbone"], sort=False):
+        lines.append(f"| {dataset} | {backbone} | " +
+                     " | ".join(_cell(group, method=m) for m in ("auxkd_ce", "auxkd_single", "auxkd")) + " |")
+    if len(occlusion):
+        lines += ["", "## Per-part evidence (synthetic sets)", "",
+                  "Top-1 (%) on the test images re-rendered with one part hidden (`hidden:`) or with only one part "
+                  "visible (`only:`), mean over seeds.", ""]
+        for (dataset, backbone, variant), group in occlusion.groupby(["dataset", "backbone", "variant"], sort=False):
+            table = group.groupby(["condition", "network"], sort=False)["top1"].mean().unstack("network")
+            table = (100 * table[["teacher", *students_, "ensemble"]]).round(1)
+            lines += [f"**{dataset} / {backbone} / {variant}**", "", "| condition | " + " | ".join(table.columns) + " |",
+                      "|---|" + "---|" * len(table.columns)]
+            lines += [f"| {c} | " + " | ".join(f"{v:.1f}" for v in row) + " |" for c, row in table.iterrows()]
+            lines.append("")
+    _write_text(out / "summary.md", "\n".join(lines) + "\n")
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -158,15 +248,15 @@ def _write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def _training_curves(histories: pd.DataFrame, target: Path) -> None:
-    pairs = histories.groupby(["dataset", "backbone"], sort=False)
+def _training_curves(curves: pd.DataFrame, target: Path) -> None:
+    pairs = curves.groupby(["dataset", "backbone"], sort=False)
     fig, axes = plt.subplots(len(pairs), 2, figsize=(10, 3.2 * len(pairs)), squeeze=False)
     for row, ((dataset, backbone), group) in enumerate(pairs):
         for stage, curve in group.groupby("stage", sort=False):
             axes[row, 0].plot(curve["epoch"], curve["loss"], label=stage)
             axes[row, 1].plot(curve["epoch"], curve["val_acc"], label=stage)
-        axes[row, 0].set(title=f"{dataset} / {backbone}: training loss", xlabel="epoch")
-        axes[row, 1].set(title=f"{dataset} / {backbone}: validation top-1", xlabel="epoch")
+        axes[row, 0].set(title=f"{dataset} / {backbone}: training loss (mean over seeds)", xlabel="epoch")
+        axes[row, 1].set(title=f"{dataset} / {backbone}: validation top-1 (mean over seeds)", xlabel="epoch")
         axes[row, 1].legend(fontsize=7)
     fig.tight_layout()
     _save_figure(fig, target)
@@ -174,8 +264,11 @@ def _training_curves(histories: pd.DataFrame, target: Path) -> None:
 
 def _ensemble_members(ensembles: pd.DataFrame, target: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
-    for (dataset, backbone), group in ensembles[ensembles["prefix"]].groupby(["dataset", "backbone"], sort=False):
-        ax.plot(group["n_members"], 100 * group["top1"], marker="o", label=f"{dataset} / {backbone}")
+    prefixes = ensembles[ensembles["prefix"]]
+    for (dataset, backbone), group in prefixes.groupby(["dataset", "backbone"], sort=False):
+        stats = group.groupby("n_members")["top1"].agg(["mean", "std"]).fillna(0)
+        ax.errorbar(stats.index, 100 * stats["mean"], yerr=100 * stats["std"], marker="o", capsize=3,
+                    label=f"{dataset} / {backbone}")
     ax.set(xlabel="members (teacher, + student 1, + student 2, ...)", ylabel="top-1 (%)",
            title="Ensemble accuracy against the number of members")
     ax.legend(fontsize=7)

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,10 +109,10 @@ def stage_name(stage: str, index: int | None) -> str:
     return f"student_{index}" if stage == "student" else stage
 
 
-def config_hash(config: TrainConfig, stage: str, index: int | None, earlier: list[dict]) -> str:
-    """Identity of a run: its config, its stage and the identities of the frozen networks it learns from."""
+def config_hash(config: TrainConfig, name: str, earlier: list[dict]) -> str:
+    """Identity of a run: its config, its name and the identities of the frozen networks it learns from."""
     fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("workers", "device")}
-    payload = json.dumps({"config": fields, "stage": stage_name(stage, index),
+    payload = json.dumps({"config": fields, "stage": name,
                           "earlier": [m["config_hash"] for m in earlier]}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -197,8 +198,12 @@ def build_method(stage: str, model: FGVCNet, frozen: FrozenNetworks, config: Tra
 
 
 def train(stage: str, data: str | Path, out: str | Path, config: TrainConfig, earlier: list[str | Path] = (),
-          index: int | None = None, progress: bool = True) -> Path:
-    """Train one stage; writes out/model.pt and out/history.parquet, resuming from out/checkpoint.pt."""
+          index: int | None = None, progress: bool = True, name: str | None = None) -> Path:
+    """Train one stage; writes out/model.pt and out/history.parquet, resuming from out/checkpoint.pt.
+
+    ``name`` (default: teacher, student_k, auxkd) labels the run and, with the seed, seeds it: two runs
+    of the same stage under different names (a CE baseline beside the teacher) start differently.
+    """
     if stage not in STAGES:
         raise FgkdError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     if stage == "student" and (index is None or index < 1):
@@ -223,8 +228,9 @@ def train(stage: str, data: str | Path, out: str | Path, config: TrainConfig, ea
         net, meta = load_model(path, num_classes, device)
         frozen_models.append(net.to(memory_format=_memory_format(device, config)))
         frozen_meta.append(meta)
-    run_hash = config_hash(config, stage, index, frozen_meta)
-    seed = derived_seed(config.seed, STAGES.index(stage), index or 0)
+    name = name or stage_name(stage, index)
+    run_hash = config_hash(config, name, frozen_meta)
+    seed = derived_seed(config.seed, zlib.crc32(name.encode()))
 
     torch.manual_seed(seed)
     model = FGVCNet(config.backbone, num_classes, config.head, config.head_hidden, config.attention_stride,
@@ -243,7 +249,6 @@ def train(stage: str, data: str | Path, out: str | Path, config: TrainConfig, ea
         state = _resume(checkpoint_path, run_hash, model, optimizer, state)
 
     val_loader = make_loader(val_set, config.batch_size, shuffle=False, workers=config.workers) if len(val_set) else None
-    name = stage_name(stage, index)
     for epoch in range(state["epoch"], config.epochs):
         for group, base in zip(optimizer.param_groups, (config.lr, config.backbone_lr)):
             group["lr"] = _cosine(base, epoch, config.epochs)

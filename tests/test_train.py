@@ -123,3 +123,17 @@ def test_wrong_earlier_models_are_refused(data, tmp_path):
         train("student", other / "prepared", tmp_path / "s1", TINY, [teacher], index=1, progress=False)
     with pytest.raises(FgkdError, match="orth: 'xx'"):
         train("teacher", data, tmp_path / "bad", TrainConfig(**{**TINY.__dict__, "orth": "xx"}), progress=False)
+
+
+def test_part_occlusion_as_generated_matches_predict_on_the_prepared_files(data, tmp_path):
+    from fgkd.occlusion import part_occlusion
+
+    teacher = train("teacher", data, tmp_path / "teacher", TINY, progress=False)
+    logits = predict(teacher, data, tmp_path / "logits.parquet")
+    frame = pd.read_parquet(logits)
+    expected = (frame.filter(like="logit_").to_numpy().argmax(1) == frame["label"].to_numpy()).mean()
+    table = part_occlusion(data.parent / "raw", data, [teacher], tmp_path / "occlusion.parquet")
+    as_generated = table[(table.network == "teacher") & (table.condition == "as generated")]["top1"].iloc[0]
+    assert as_generated == pytest.approx(expected)
+    assert set(table["condition"]) >= {"all visible", "hidden:head", "only:tail"}
+    assert set(table["network"]) == {"teacher", "ensemble"}

@@ -50,7 +50,7 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     project = project_copy(tmp_path_factory.mktemp("local") / "project")
-    run(["snakemake", "--cores", "2", "all"], project)
+    run(["snakemake", "--cores", "2", "ablations"], project)  # everything `all` makes, and the ablations
     return project
 
 
@@ -59,6 +59,7 @@ def test_local_run_writes_every_report(finished):
     metrics = pd.read_parquet(reports / "metrics.parquet")
     assert set(metrics["method"]) == {"teacher", "student_1", "student_2", "ensemble", "auxkd"}
     assert set(metrics["selection"]) == {"best", "last"}
+    assert set(metrics["variant"]) == {"or"} and set(metrics["seed"]) == {0}
     assert {"dataset", "backbone", "members", "top1", "top5", "parameters", "train_seconds", "images_per_s",
             "attention_overlap"} <= set(metrics.columns)
     assert metrics["top1"].between(0, 1).all()
@@ -67,6 +68,23 @@ def test_local_run_writes_every_report(finished):
     assert "| synthetic | resnet10 |" in (reports / "summary.md").read_text()
     for figure in ("training_curves.png", "ensemble_members.png", "attention_synthetic_resnet10.png"):
         assert (reports / "figures" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ablations_compare_variants_aux_baselines_and_parts(finished):
+    reports = finished / "results" / "reports" / "ablations"
+    metrics = pd.read_parquet(reports / "metrics.parquet")
+    assert set(metrics["variant"]) == {"or", "lambda0"}
+    assert {"auxkd", "auxkd_ce", "auxkd_single"} <= set(metrics[metrics.variant == "or"]["method"])
+    ensembles = metrics[metrics.method == "ensemble"]
+    assert ensembles["attention_overlap"].between(0, 1).all()
+    occlusion = pd.read_parquet(reports / "part_occlusion.parquet")
+    assert set(occlusion["variant"]) == {"or", "lambda0"}
+    assert {"hidden:head", "only:belly", "as generated"} <= set(occlusion["condition"])
+    text = (reports / "summary.md").read_text()
+    assert "| synthetic | resnet10 | lambda0 |" in text and "Per-part evidence" in text
+    # the lambda0 students share the teacher with the method's, never retrain it
+    assert (finished / "results/synthetic/resnet10/seed0/lambda0/student_1/model.pt").exists()
+    assert not (finished / "results/synthetic/resnet10/seed0/lambda0/teacher").exists()
 
 
 def test_rerun_with_nothing_changed_does_nothing(finished):
@@ -80,12 +98,12 @@ def test_changing_one_students_weight_reruns_it_and_downstream_only(finished):
     result = run(["snakemake", "--cores", "2", "all", "--dry-run", "--configfile", "config/config.yaml", str(override)],
                  finished)
     counts = job_counts(result.stdout)
-    assert counts.get("train") == 2  # student_2 and the aux-KD student that imitates it
+    assert counts.get("train_variant") == 2  # student_2 and the aux-KD student that imitates it
     assert counts.get("predict") == 2
-    assert "prepare" not in counts and "synth" not in counts
-    jobs = result.stdout
-    assert "results/synthetic/resnet10/student_2/model.pt" in jobs and "results/synthetic/resnet10/auxkd/model.pt" in jobs
-    assert "student_1/model.pt\n" not in jobs.split("Job stats:")[0].replace("input:", "")  # never an output
+    assert not {"prepare", "synth", "train_shared"} & set(counts)
+    outputs = re.findall(r"output: (\S+)", result.stdout)
+    assert {"results/synthetic/resnet10/seed0/or/student_2/model.pt,", "results/synthetic/resnet10/seed0/or/auxkd/model.pt,"} <= set(outputs)
+    assert not any("student_1/model.pt" in o or "teacher/model.pt" in o for o in outputs)
 
 
 def test_schema_lists_every_train_option():
@@ -175,7 +193,8 @@ def test_profile_slurm_runs_every_rule_as_a_slurm_job(tmp_path, slurm_cluster):
     result = run(["snakemake", "--profile", "slurm", "all", "--config", "gpus_per_job=0"], project, timeout=1200)
     output = result.stdout + result.stderr
     submitted = set(re.findall(r"submitted with SLURM jobid \d+ \(log: \S*/rule_(\w+)/", output))
-    assert submitted == {"synth", "prepare", "train", "predict", "ensemble", "attention", "report"}, output[-3000:]
+    assert submitted == {"synth", "prepare", "train_shared", "train_variant", "predict", "ensemble", "attention",
+                         "report"}, output[-3000:]
     assert (project / "results/reports/summary.md").exists()
 
 
@@ -196,9 +215,9 @@ def test_paper_config_plans_three_datasets_by_two_backbones(tmp_path):
     (raw / "stanford_cars").mkdir()
     result = run(["snakemake", "all", "--dry-run", "--configfile", "config/paper.yaml"], project)
     counts = job_counts(result.stdout)
-    stages = 1 + 3 + 1  # teacher, K = 3 students, aux-KD student
-    assert counts == {"prepare": 3, "train": 6 * stages, "predict": 6 * stages, "ensemble": 6, "attention": 6,
-                      "report": 1, "all": 1}
+    runs = 3 * 2 * 3  # data sets x backbones x seeds
+    assert counts == {"prepare": 3, "train_shared": runs, "train_variant": runs * (3 + 1), "predict": runs * 5,
+                      "ensemble": runs, "attention": runs, "report": 1, "all": 1}
     shutil.rmtree(raw / "stanford_cars")
     missing = run(["snakemake", "all", "--dry-run", "--configfile", "config/paper.yaml"], project, check=False)
     assert missing.returncode != 0 and "datasets.cars.raw" in missing.stdout + missing.stderr

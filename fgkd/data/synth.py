@@ -54,6 +54,8 @@ PART_SLOTS = (
     PartSlot("belly", 0.38, 0.27, 0.22),
 )
 SUPERSAMPLE = 2
+SYNTH_JPEG_QUALITY = 95
+CODE_STREAM, SPLIT_STREAM, IMAGE_STREAM = 0, 1, 2  # independent random streams of one seed
 OBJECT_LENGTH = 3.2  # body units from tail tip to beak tip
 
 
@@ -261,7 +263,7 @@ def part_region(slot: int, nuisance: Nuisance, size: int, margin_px: float = 1.0
     return np.hypot(u - pu, v - pv) <= reach
 
 
-def _rng(seed: int, stream: int, index: int) -> np.random.Generator:
+def stream_rng(seed: int, stream: int, index: int) -> np.random.Generator:
     """Independent random streams (codes, splits, images) so that each image is reproducible alone."""
     return np.random.default_rng([seed, stream, index])
 
@@ -280,7 +282,7 @@ def generate(out: str | Path, classes: int, images_per_class: int, size: int, se
     root = Path(out) / "CUB_200_2011"
     if (root / "images.txt").exists():
         raise FgkdError(f"{root} already holds a data set; remove it or choose another --out")
-    codes = class_codes(classes, _rng(seed, 0, 0))
+    codes = class_codes(classes, stream_rng(seed, CODE_STREAM, 0))
     names = [f"{c + 1:03d}.Species_{c + 1:03d}" for c in range(classes)]
     n_test = min(max(1, round(images_per_class * test_fraction)), images_per_class - 1)
     lines = {key: [] for key in ("images", "labels", "split", "boxes", "part_locs")}
@@ -288,13 +290,13 @@ def generate(out: str | Path, classes: int, images_per_class: int, size: int, se
     for label, name in enumerate(names):
         folder = root / "images" / name
         folder.mkdir(parents=True, exist_ok=True)
-        test_members = set(_rng(seed, 1, label).permutation(images_per_class)[:n_test].tolist())
+        test_members = set(stream_rng(seed, SPLIT_STREAM, label).permutation(images_per_class)[:n_test].tolist())
         for j in range(images_per_class):
             image_id += 1
-            nuisance = sample_nuisance(_rng(seed, 2, image_id), size, params)
+            nuisance = sample_nuisance(stream_rng(seed, IMAGE_STREAM, image_id), size, params)
             pixels, mask = render(codes[label], nuisance, size)
             relative = f"{name}/{name.split('.', 1)[1]}_{j + 1:04d}.jpg"
-            Image.fromarray(pixels).save(root / "images" / relative, quality=95)
+            Image.fromarray(pixels).save(root / "images" / relative, quality=SYNTH_JPEG_QUALITY)
             ys, xs = np.nonzero(mask)
             box = (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) if len(xs) else (0, 0, size, size)
             lines["images"].append(f"{image_id} {relative}")

@@ -1,11 +1,17 @@
+# Helpers shared by the rules: names, paths, the CLI flags of each stage.
 from pathlib import Path
-
-# Helpers shared by the rules: stage names, the CLI flags of each stage, resources.
 
 STUDENTS = [f"student_{k}" for k in range(1, config["students"] + 1)]
 MEMBERS = ["teacher", *STUDENTS]
-STAGES = [*MEMBERS, "auxkd"]
-RESULT = "results/{dataset}/{backbone}"
+SHARED_STAGES = ["teacher", "auxkd_ce", "auxkd_single"]  # do not depend on the students' variant
+SEED_DIR = "results/{dataset}/{backbone}/seed{seed}"
+VARIANT_DIR = SEED_DIR + "/{variant}"
+METHOD = config["method"]
+ABLATIONS = config.get("ablations", [])
+
+for _name in [METHOD, *ABLATIONS]:
+    if _name not in config["variants"]:
+        raise ValueError(f"method/ablations: {_name!r} is not defined under variants ({', '.join(config['variants'])})")
 for _name in config["run_datasets"]:
     if _name not in config["datasets"]:
         raise ValueError(f"run_datasets: {_name!r} is not defined under datasets ({', '.join(config['datasets'])})")
@@ -15,7 +21,27 @@ for _name in config["run_datasets"]:
             f"datasets.{_name}.raw: {_raw} does not exist; put the official folder or archive there "
             "(or `dvc pull` it), or change the path"
         )
+
+RUNS = [(d, b, s) for d in config["run_datasets"] for b in config["backbones"] for s in config["seeds"]]
 PAIRS = [(d, b) for d in config["run_datasets"] for b in config["backbones"]]
+SYNTHETIC = [d for d in config["run_datasets"] if "synth" in config["datasets"][d]]
+
+
+def seed_dir(dataset, backbone, seed):
+    return SEED_DIR.format(dataset=dataset, backbone=backbone, seed=seed)
+
+
+def variant_dir(dataset, backbone, seed, variant):
+    return VARIANT_DIR.format(dataset=dataset, backbone=backbone, seed=seed, variant=variant)
+
+
+def member_dirs(dataset, backbone, seed, variant):
+    """Teacher (shared by every variant) and the variant's students, in order."""
+    return [f"{seed_dir(dataset, backbone, seed)}/teacher"] + [
+        f"{variant_dir(dataset, backbone, seed, variant)}/{s}" for s in STUDENTS
+    ]
+
+
 REPORTS = [
     "results/reports/metrics.parquet",
     "results/reports/ensembles.parquet",
@@ -27,19 +53,33 @@ REPORTS = [
     "results/reports/figures/ensemble_members.png",
     *[f"results/reports/figures/attention_{d}_{b}.png" for d, b in PAIRS],
 ]
+ABLATION_REPORTS = [
+    "results/reports/ablations/metrics.parquet",
+    "results/reports/ablations/part_occlusion.parquet",
+    "results/reports/ablations/summary.md",
+]
 
 
 wildcard_constraints:
     dataset="|".join(config["datasets"]),
     backbone="[A-Za-z0-9_]+",
-    stage="teacher|student_[0-9]+|auxkd",
+    seed="[0-9]+",
+    variant="|".join(config["variants"]),
+    shared="|".join(SHARED_STAGES),
+    stage="student_[0-9]+|auxkd",
 
 
-def train_options(dataset, backbone, stage):
-    """config train, then the data set's train, the wildcard's backbone, then the stage's overrides
-    (a stage may choose its own backbone: a smaller aux-KD student)."""
-    options = {**config["train"], **config["datasets"][dataset].get("train", {}), "backbone": backbone}
-    options.update(config.get("stages", {}).get(stage, {}))
+def train_options(wildcards, stage, variant=None):
+    """train, the data set's train, backbone and seed from the path, the variant (students only),
+    then the stage's overrides (aux-KD baselines inherit the aux-KD student's)."""
+    options = {**config["train"], **config["datasets"][wildcards.dataset].get("train", {})}
+    options.update(backbone=wildcards.backbone, seed=int(wildcards.seed))
+    if variant is not None and stage.startswith("student"):
+        options.update(config["variants"][variant])
+    stages = config.get("stages", {})
+    if stage in ("auxkd_ce", "auxkd_single"):
+        options.update(stages.get("auxkd", {}))
+    options.update(stages.get(stage, {}))
     return options
 
 
@@ -52,11 +92,3 @@ def cli_flags(options):
         else:
             flags.append(f"{flag} {value}")
     return " ".join(flags)
-
-
-def earlier_models(wildcards):
-    """The frozen networks a stage learns from: students look back at all before them, aux KD at all."""
-    if wildcards.stage == "teacher":
-        return []
-    before = MEMBERS if wildcards.stage == "auxkd" else MEMBERS[: int(wildcards.stage.split("_")[1])]
-    return [f"results/{wildcards.dataset}/{wildcards.backbone}/{m}/model.pt" for m in before]

@@ -1,26 +1,50 @@
-# Everything into results/reports: Parquet tables, summary.md, figures, DVC metrics and plots.
+# Everything into results/reports: Parquet tables, summary.md, figures, DVC metrics and plots;
+# the ablation study into results/reports/ablations.
 
 
 def report_figure(path):
     """Mark a figure for `snakemake --report`, with the caption of its kind."""
-    kind = Path(path).stem.split("_attention")[0]
+    kind = Path(path).stem
     kind = "attention" if kind.startswith("attention") else kind
     return report(path, caption=f"../report/{kind}.rst", category="Figures")
 
 
+def run_files(variants, names, aux=()):
+    files = []
+    for d, b, s in RUNS:
+        for stage in ("teacher", *aux):
+            files += [f"{seed_dir(d, b, s)}/{stage}/{n}" for n in ("history.parquet", "logits.parquet", "logits_last.parquet")]
+        for v in variants:
+            vd = variant_dir(d, b, s, v)
+            stages = [*STUDENTS, *(["auxkd"] if v == METHOD else [])]
+            files += [f"{vd}/{stage}/{n}" for stage in stages for n in ("history.parquet", "logits.parquet", "logits_last.parquet")]
+            files += [f"{vd}/{n}" for n in names]
+    return files
+
+
+RUN_FLAGS = " ".join(f"--run {d}/{b}/{s}" for d, b, s in RUNS)
+
+
 rule report:
     input:
-        ensembles=[f"results/{d}/{b}/ensemble.parquet" for d, b in PAIRS],
-        attention=[f"results/{d}/{b}/attention.parquet" for d, b in PAIRS],
-        figures=[f"results/{d}/{b}/attention.png" for d, b in PAIRS],
-        logits=[f"results/{d}/{b}/{s}/{f}" for d, b in PAIRS for s in STAGES for f in ("logits.parquet", "logits_last.parquet")],
-        histories=[f"results/{d}/{b}/{s}/history.parquet" for d, b in PAIRS for s in STAGES],
+        run_files([METHOD], ["ensemble.parquet", "attention.parquet", "attention.png"]),
     output:
         [report_figure(p) if p.endswith(".png") else p for p in REPORTS],
-    params:
-        pairs=" ".join(f"--pair {d}/{b}" for d, b in PAIRS),
-        stages=",".join(STAGES),
     log:
         "logs/report.log",
     shell:
-        "fgkd report --results results {params.pairs} --stages {params.stages} --out results/reports > {log} 2>&1"
+        f"fgkd report --results results {RUN_FLAGS} --variants {METHOD} --students {config['students']}"
+        " --out results/reports > {log} 2>&1"
+
+
+rule report_ablations:
+    input:
+        run_files([METHOD, *ABLATIONS], ["ensemble.parquet", "attention.parquet"], aux=("auxkd_ce", "auxkd_single")),
+        [f"{variant_dir(d, b, s, v)}/part_occlusion.parquet" for d, b, s in RUNS if d in SYNTHETIC for v in [METHOD, *ABLATIONS]],
+    output:
+        ABLATION_REPORTS,
+    log:
+        "logs/report_ablations.log",
+    shell:
+        f"fgkd report --ablations --results results {RUN_FLAGS} --variants {','.join([METHOD, *ABLATIONS])}"
+        f" --students {config['students']} --out results/reports/ablations > {{log}} 2>&1"

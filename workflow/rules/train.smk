@@ -1,24 +1,54 @@
-# Every stage is one `fgkd train`: the CE teacher, orthogonal student k, the aux-KD student.
+# Every network is one `fgkd train`. Stages shared by all variants (the CE teacher, the aux-KD
+# baselines) live in the seed folder; the students and the aux-KD student of a variant below it.
+
+SHARED_CLI = {"teacher": "--stage teacher", "auxkd_ce": "--stage teacher --name auxkd_ce",
+              "auxkd_single": "--stage auxkd --name auxkd_single"}
+TRAIN_RESOURCES = dict(gpu=config.get("gpus_per_job", 1), mem_mb=16000, runtime=24 * 60)
 
 
-rule train:
+rule train_shared:
     input:
         data="data/prepared/{dataset}",
-        earlier=earlier_models,
+        earlier=lambda wc: [f"{SEED_DIR}/teacher/model.pt".format(**wc)] if wc.shared == "auxkd_single" else [],
     output:
-        model=f"{RESULT}/{{stage}}/model.pt",
-        history=f"{RESULT}/{{stage}}/history.parquet",
+        model=f"{SEED_DIR}/{{shared}}/model.pt",
+        history=f"{SEED_DIR}/{{shared}}/history.parquet",
     params:
-        stage=lambda wc: "student --index " + wc.stage.split("_")[1] if wc.stage.startswith("student") else wc.stage,
+        stage=lambda wc: SHARED_CLI[wc.shared],
         earlier=lambda wc, input: " ".join(f"--earlier {m}" for m in input.earlier),
-        flags=lambda wc: cli_flags(train_options(wc.dataset, wc.backbone, wc.stage)),
+        flags=lambda wc: cli_flags(train_options(wc, wc.shared)),
     threads: 2
     resources:
-        gpu=config.get("gpus_per_job", 1),
-        mem_mb=16000,
-        runtime=24 * 60,
+        **TRAIN_RESOURCES,
     log:
-        f"logs/train/{{dataset}}/{{backbone}}/{{stage}}.log",
+        f"logs/train/{{dataset}}/{{backbone}}/seed{{seed}}/{{shared}}.log",
     shell:
-        "fgkd train --stage {params.stage} {params.earlier} --data {input.data}"
-        " --out $(dirname {output.model}) {params.flags} --workers {threads} --no-progress > {log} 2>&1"
+        "fgkd train {params.stage} {params.earlier} --data {input.data} --out $(dirname {output.model})"
+        " {params.flags} --no-progress > {log} 2>&1"
+
+
+def variant_earlier(wc):
+    """Student k learns against the teacher and students 1..k-1; the aux-KD student imitates all."""
+    members = [f"{d}/model.pt" for d in member_dirs(wc.dataset, wc.backbone, wc.seed, wc.variant)]
+    return members if wc.stage == "auxkd" else members[: int(wc.stage.split("_")[1])]
+
+
+rule train_variant:
+    input:
+        data="data/prepared/{dataset}",
+        earlier=variant_earlier,
+    output:
+        model=f"{VARIANT_DIR}/{{stage}}/model.pt",
+        history=f"{VARIANT_DIR}/{{stage}}/history.parquet",
+    params:
+        stage=lambda wc: "--stage auxkd" if wc.stage == "auxkd" else f"--stage student --index {wc.stage.split('_')[1]}",
+        earlier=lambda wc, input: " ".join(f"--earlier {m}" for m in input.earlier),
+        flags=lambda wc: cli_flags(train_options(wc, wc.stage, wc.variant)),
+    threads: 2
+    resources:
+        **TRAIN_RESOURCES,
+    log:
+        f"logs/train/{{dataset}}/{{backbone}}/seed{{seed}}/{{variant}}/{{stage}}.log",
+    shell:
+        "fgkd train {params.stage} {params.earlier} --data {input.data} --out $(dirname {output.model})"
+        " {params.flags} --no-progress > {log} 2>&1"
