@@ -12,6 +12,8 @@ import hashlib
 import json
 import logging
 import math
+import signal
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -244,31 +246,37 @@ def train(stage: str, data: str | Path, out: str | Path, config: TrainConfig, ea
         momentum=config.momentum, weight_decay=config.weight_decay)
 
     checkpoint_path = out / "checkpoint.pt"
-    state = {"epoch": 0, "history": [], "best_val": -1.0, "best_epoch": -1, "best_state": None}
+    state = {"epoch": 0, "history": [], "best_val": -1.0, "best_epoch": -1, "best_state": None, "partial": None}
     if checkpoint_path.exists():
         state = _resume(checkpoint_path, run_hash, model, optimizer, state)
 
+    def save(partial: dict | None = None) -> None:
+        _save_checkpoint(checkpoint_path, run_hash, model, optimizer, {**state, "partial": partial})
+
     val_loader = make_loader(val_set, config.batch_size, shuffle=False, workers=config.workers) if len(val_set) else None
-    for epoch in range(state["epoch"], config.epochs):
-        for group, base in zip(optimizer.param_groups, (config.lr, config.backbone_lr)):
-            group["lr"] = _cosine(base, epoch, config.epochs)
-        epoch_seed = derived_seed(seed, epoch)
-        torch.manual_seed(epoch_seed)
-        loader = make_loader(train_set, config.batch_size, shuffle=True, workers=config.workers, seed=epoch_seed,
-                             drop_last=len(train_set) > config.batch_size)
-        row = _train_epoch(method, optimizer, loader, device, config, f"{name} {epoch + 1}/{config.epochs}",
-                           progress, checkpoint_path)
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-               "backbone_lr": optimizer.param_groups[1]["lr"], **row}
-        row["val_acc"] = _accuracy(evaluate(model, val_loader, device, config)) if val_loader else float("nan")
-        state["history"].append(row)
-        if val_loader is None or row["val_acc"] > state["best_val"]:
-            state["best_val"], state["best_epoch"] = row["val_acc"], epoch + 1
-            state["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        state["epoch"] = epoch + 1
-        log.info("%s epoch %d/%d %s", name, epoch + 1, config.epochs,
-                 " ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch",)))
-        _save_checkpoint(checkpoint_path, run_hash, model, optimizer, state)
+    with StopRequest() as stop:
+        for epoch in range(state["epoch"], config.epochs):
+            for group, base in zip(optimizer.param_groups, (config.lr, config.backbone_lr)):
+                group["lr"] = _cosine(base, epoch, config.epochs)
+            epoch_seed = derived_seed(seed, epoch)
+            torch.manual_seed(epoch_seed)
+            loader = make_loader(train_set, config.batch_size, shuffle=True, workers=config.workers, seed=epoch_seed,
+                                 drop_last=len(train_set) > config.batch_size)
+            label = f"{name} {epoch + 1}/{config.epochs}"
+            row = _train_epoch(method, optimizer, loader, device, config, label, progress, checkpoint_path,
+                               state.get("partial"), stop, save)
+            state["partial"] = None
+            row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+                   "backbone_lr": optimizer.param_groups[1]["lr"], **row}
+            row["val_acc"] = _accuracy(evaluate(model, val_loader, device, config)) if val_loader else float("nan")
+            state["history"].append(row)
+            if val_loader is None or row["val_acc"] > state["best_val"]:
+                state["best_val"], state["best_epoch"] = row["val_acc"], epoch + 1
+                state["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            state["epoch"] = epoch + 1
+            log.info("%s epoch %d/%d %s", name, epoch + 1, config.epochs,
+                     " ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch",)))
+            save()
 
     metadata = {
         "backbone": config.backbone, "num_classes": num_classes, "head": config.head,
@@ -288,13 +296,42 @@ def train(stage: str, data: str | Path, out: str | Path, config: TrainConfig, ea
     return out / "model.pt"
 
 
-def _train_epoch(method, optimizer, loader, device, config, label, progress, checkpoint_path) -> dict[str, float]:
+class StopRequest:
+    """SIGTERM/SIGUSR1 (SLURM preemption, time limit, scancel --signal) ask the loop to stop after the
+    current step; the run then saves a mid-epoch checkpoint and exits, and a rerun resumes exactly."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        return False
+
+
+def _train_epoch(method, optimizer, loader, device, config, label, progress, checkpoint_path, partial, stop,
+                 save) -> dict[str, float]:
+    """One epoch; ``partial`` (from a mid-epoch checkpoint) skips the steps already done, whose batches
+    are still drawn so that the random streams match an uninterrupted epoch."""
     method.train()
-    sums: dict[str, float] = {}
-    correct = seen = 0
-    start = time.perf_counter()
+    partial = partial or {"step": 0, "sums": {}, "correct": 0, "seen": 0, "seconds": 0.0}
+    sums, correct, seen = dict(partial["sums"]), partial["correct"], partial["seen"]
+    start = time.perf_counter() - partial["seconds"]
     bar = tqdm(loader, desc=label, unit="batch", leave=False, disable=not progress)
     for step, (images, labels, _) in enumerate(bar):
+        if step < partial["step"]:
+            continue
         images = images.to(device, non_blocking=True, memory_format=_memory_format(device, config))
         labels = labels.to(device, non_blocking=True)
         with _autocast(device, config):
@@ -314,6 +351,11 @@ def _train_epoch(method, optimizer, loader, device, config, label, progress, che
         correct += int((output.logits.argmax(1) == labels).sum())
         seen += batch
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        if stop.received:
+            save({"step": step + 1, "sums": sums, "correct": correct, "seen": seen,
+                  "seconds": time.perf_counter() - start})
+            raise FgkdError(f"stopped by {stop.received} at {label}, step {step + 1}; checkpoint saved to "
+                            f"{checkpoint_path}: rerun the same command to resume")
     seconds = time.perf_counter() - start
     if seen == 0:
         raise FgkdError("the training split is empty; check the manifest and val_fraction")

@@ -81,12 +81,7 @@ def test_killed_run_resumes_to_the_same_final_weights(data, tmp_path):
     reference = train("teacher", data, tmp_path / "reference", config, progress=False)
 
     out = tmp_path / "killed"
-    args = [sys.executable, "-m", "fgkd", "train", "--stage", "teacher", "--data", str(data), "--out", str(out),
-            "--no-progress"]
-    for key, value in config.__dict__.items():
-        if key != "pretrained":
-            args += ["--" + key.replace("_", "-"), str(value)]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(_cli_train_args(config, out, data), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not (out / "checkpoint.pt").exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.005)
@@ -137,3 +132,36 @@ def test_part_occlusion_as_generated_matches_predict_on_the_prepared_files(data,
     assert as_generated == pytest.approx(expected)
     assert set(table["condition"]) >= {"all visible", "hidden:head", "only:tail"}
     assert set(table["network"]) == {"teacher", "ensemble"}
+
+
+def _cli_train_args(config, out, data):
+    args = [sys.executable, "-m", "fgkd", "train", "--stage", "teacher", "--data", str(data), "--out", str(out),
+            "--no-progress"]
+    for key, value in config.__dict__.items():
+        if key != "pretrained":
+            args += ["--" + key.replace("_", "-"), str(value)]
+    return args
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_preemption_signal_saves_a_mid_epoch_checkpoint_and_the_rerun_resumes_exactly(data, tmp_path, signum):
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 6})
+    reference = train("teacher", data, tmp_path / "reference", config, progress=False)
+    out = tmp_path / "preempted"
+    process = subprocess.Popen(_cli_train_args(config, out, data), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1, stderr.decode()[-2000:]
+    assert f"stopped by {signal.Signals(signum).name}" in stderr.decode()
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)["state"]
+    assert saved["partial"] is not None and saved["partial"]["step"] >= 1  # stopped inside an epoch
+    resumed = train("teacher", data, out, config, progress=False)
+    for which in ("best", "last"):
+        for key, value in weights(reference, which).items():
+            assert torch.equal(value, weights(resumed, which)[key]), (which, key)
+    timing = ["seconds", "images_per_s"]
+    pd.testing.assert_frame_equal(pd.read_parquet(reference.parent / "history.parquet").drop(columns=timing),
+                                  pd.read_parquet(resumed.parent / "history.parquet").drop(columns=timing))
