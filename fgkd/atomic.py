@@ -13,20 +13,42 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from .errors import FgkdError
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; on success rename it onto ``target``."""
+    """Yield a temporary path beside ``target``; on success rename it onto ``target``.
+
+    Any failure to write (full disk, read-only or missing folder) becomes one FgkdError naming the
+    file; the previous ``target``, if any, is left as it was.
+    """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         os.replace(tmp_path, target)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
+        raise FgkdError(f"{target}: could not be written ({_describe(err)}; {_free_space(target)}); any earlier "
+                        "version is untouched. Free disk space or choose a writable results folder, then rerun") from None
     finally:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
+
+
+def _describe(err: BaseException) -> str:
+    return err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0][:200]
+
+
+def _free_space(target: Path) -> str:
+    for folder in (target.parent, *target.parents):
+        if folder.exists():
+            return f"{shutil.disk_usage(folder).free // 1024} KiB free there"
+    return "folder missing"
 
 
 def write_parquet(frame, target: str | os.PathLike) -> None:

@@ -6,7 +6,7 @@ import functools
 
 import click
 
-from .errors import FgkdError
+from .errors import FgkdError, one_line
 
 
 def _friendly(command):
@@ -17,7 +17,7 @@ def _friendly(command):
         try:
             return command(*args, **kwargs)
         except FgkdError as err:
-            raise click.ClickException(str(err)) from None
+            raise click.ClickException(one_line(err)) from None
 
     return wrapper
 

@@ -11,3 +11,12 @@ class FgkdError(Exception):
 
 class DataError(FgkdError):
     """A data set on disk is missing, malformed or inconsistent."""
+
+
+def one_line(err: BaseException) -> str:
+    """The message of an error, without the worker traceback that DataLoader wraps around it."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
