@@ -381,5 +381,7 @@ def _resume(path: Path, run_hash: str, model, optimizer, fresh: dict) -> dict:
         return fresh
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
-    log.info("%s: resuming after epoch %d", path, saved["state"]["epoch"])
+    partial = saved["state"].get("partial")
+    log.info("%s: resuming after epoch %d%s", path, saved["state"]["epoch"],
+             f" and {partial['step']} steps of the next" if partial else "")
     return saved["state"]

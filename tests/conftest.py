@@ -1,4 +1,24 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))
+
+from fgkd.train import TrainConfig  # noqa: E402
+
+# A network and schedule small enough for a CPU test run in seconds.
+TINY = TrainConfig(backbone="resnet10", epochs=2, batch_size=8, resize=36, crop=32, lr=0.05, backbone_lr=0.05,
+                   val_fraction=0.25, attention_stride=8, head_hidden=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A prepared synthetic set: 4 classes x 12 images of 32 px (raw data in its sibling folder raw/)."""
+    from fgkd.data.prepare import prepare
+    from fgkd.data.synth import generate
+
+    base = tmp_path_factory.mktemp("tiny")
+    generate(base / "raw", classes=4, images_per_class=12, size=32, seed=0)
+    prepare("cub", base / "raw", base / "prepared", progress=False)
+    return base / "prepared"

@@ -7,6 +7,7 @@ the tests compare fgkd's output against what the layout says, row by row.
 from __future__ import annotations
 
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -114,3 +115,10 @@ def archive(folder: Path, target: Path) -> Path:
             for path in sorted(folder.iterdir()):
                 tar.add(path, arcname=path.name)
     return target
+
+
+def wait_for_file(path: Path, process, timeout: float = 300) -> None:
+    """Poll until ``path`` exists, the process ends, or ``timeout`` seconds pass."""
+    deadline = time.time() + timeout
+    while not path.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.005)

@@ -5,29 +5,21 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from click.testing import CliRunner
 
 from fgkd.cli import main
-from fgkd.data.prepare import prepare
-from fgkd.data.synth import generate
 from fgkd.errors import FgkdError
 from fgkd.train import TrainConfig, train
+from conftest import TINY
+from fixtures import wait_for_file
 from test_workflow import BIN, project_copy, run
 
-TINY = TrainConfig(backbone="resnet10", epochs=2, batch_size=8, resize=36, crop=32, lr=0.05, backbone_lr=0.05,
-                   val_fraction=0.25, attention_stride=8, head_hidden=32)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    base = tmp_path_factory.mktemp("faults")
-    generate(base / "raw", classes=4, images_per_class=12, size=32, seed=0)
-    prepare("cub", base / "raw", base / "prepared", progress=False)
-    return base / "prepared"
+@pytest.fixture
+def data(tiny_data):
+    return tiny_data
 
 
 @pytest.fixture
@@ -93,8 +85,7 @@ def test_checkpoint_of_another_configuration_is_never_reused(data, tmp_path, cap
             "--no-progress"] + [a for k, v in other.__dict__.items() if k != "pretrained"
                                 for a in ("--" + k.replace("_", "-"), str(v))]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not (out / "checkpoint.pt").exists() and process.poll() is None:
-        time.sleep(0.005)
+    wait_for_file(out / "checkpoint.pt", process)
     process.kill()
     process.wait()
     assert (out / "checkpoint.pt").exists()
@@ -120,9 +111,7 @@ def test_kill_9_of_snakemake_then_the_same_command_resumes_to_the_same_weights(t
     process = subprocess.Popen(["snakemake", "--cores", "2", target], cwd=killed, env=env, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = killed / "results/synthetic/resnet10/seed0/teacher/checkpoint.pt"
-    deadline = time.time() + 300
-    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for_file(checkpoint, process)
     os.killpg(process.pid, signal.SIGKILL)  # snakemake and the training it started
     process.wait()
     assert checkpoint.exists() and not (killed / target).exists(), "the run was not killed mid-way"

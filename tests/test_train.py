@@ -4,9 +4,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -16,17 +14,12 @@ from fgkd.data.synth import generate
 from fgkd.ensemble import ensemble, predict
 from fgkd.errors import FgkdError
 from fgkd.train import TrainConfig, load_model, train
+from conftest import TINY
+from fixtures import wait_for_file
 
-TINY = TrainConfig(backbone="resnet10", epochs=2, batch_size=8, resize=36, crop=32, lr=0.05, backbone_lr=0.05,
-                   val_fraction=0.25, attention_stride=8, head_hidden=32)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    base = tmp_path_factory.mktemp("tiny")
-    generate(base / "raw", classes=4, images_per_class=12, size=32, seed=0)
-    prepare("cub", base / "raw", base / "prepared", progress=False)
-    return base / "prepared"
+@pytest.fixture
+def data(tiny_data):
+    return tiny_data
 
 
 def weights(path, which="best"):
@@ -82,9 +75,7 @@ def test_killed_run_resumes_to_the_same_final_weights(data, tmp_path):
 
     out = tmp_path / "killed"
     process = subprocess.Popen(_cli_train_args(config, out, data), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not (out / "checkpoint.pt").exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
+    wait_for_file(out / "checkpoint.pt", process)
     assert process.poll() is None, process.communicate()[1].decode()[-2000:]
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
@@ -149,9 +140,7 @@ def test_preemption_signal_saves_a_mid_epoch_checkpoint_and_the_rerun_resumes_ex
     reference = train("teacher", data, tmp_path / "reference", config, progress=False)
     out = tmp_path / "preempted"
     process = subprocess.Popen(_cli_train_args(config, out, data), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not (out / "checkpoint.pt").exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
+    wait_for_file(out / "checkpoint.pt", process)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 1, stderr.decode()[-2000:]

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from fgkd.train import TrainConfig
+from fixtures import wait_for_file
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".venv" / "bin"
@@ -221,3 +223,31 @@ def test_paper_config_plans_three_datasets_by_two_backbones(tmp_path):
     shutil.rmtree(raw / "stanford_cars")
     missing = run(["snakemake", "all", "--dry-run", "--configfile", "config/paper.yaml"], project, check=False)
     assert missing.returncode != 0 and "datasets.cars.raw" in missing.stdout + missing.stderr
+
+
+def test_slurm_signal_before_the_time_limit_checkpoints_and_the_retry_resumes(tmp_path, slurm_cluster):
+    projects = {name: project_copy(tmp_path / name) for name in ("reference", "slurm")}
+    for project in projects.values():
+        config = project / "config" / "config.yaml"
+        config.write_text(config.read_text().replace("epochs: 1", "epochs: 12"))
+    target = "results/synthetic/resnet10/seed0/teacher/model.pt"
+    run(["snakemake", "--cores", "2", target], projects["reference"])
+
+    project = projects["slurm"]
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    process = subprocess.Popen(["snakemake", "--profile", "slurm", target, "--config", "gpus_per_job=0"], cwd=project,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    checkpoint = project / "results/synthetic/resnet10/seed0/teacher/checkpoint.pt"
+    wait_for_file(checkpoint, process, timeout=600)
+    running = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i"], capture_output=True, text=True).stdout.split()
+    assert len(running) == 1, running
+    subprocess.run(["scancel", "--signal=USR1", running[0]], check=True)  # what --signal=USR1@120 sends
+    output, _ = process.communicate(timeout=900)
+    assert process.returncode == 0, output[-3000:]
+    assert "Trying to restart job" in output or "retry" in output.lower()
+    log = (project / "logs/train/synthetic/resnet10/seed0/teacher.log").read_text()
+    assert "resuming after epoch" in log and "steps of the next" in log
+    a = torch.load(projects["reference"] / target, weights_only=True)
+    b = torch.load(project / target, weights_only=True)
+    for which in ("state_dict", "last_state_dict"):
+        assert all(torch.equal(a[which][k], b[which][k]) for k in a[which])
