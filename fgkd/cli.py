@@ -188,3 +188,16 @@ def part_occlusion(raw, data, models, out):
 
     frame = run(raw, data, list(models), out)
     click.echo(frame.pivot(index="condition", columns="network", values="top1").round(3).to_string())
+
+
+@main.command("publish-results")
+@click.option("--reports", default="results/reports", show_default=True, type=click.Path(file_okay=False))
+@click.option("--readme", default="README.md", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--figures", default="docs/results", show_default=True, type=click.Path(file_okay=False))
+@_friendly
+def publish_results(reports, readme, figures):
+    """Fill the README's Results section from the reports (after `snakemake --cores all ablations`)."""
+    from .report import publish
+
+    publish(reports, readme, figures)
+    click.echo(f"updated {readme} and {figures}")

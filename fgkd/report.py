@@ -22,6 +22,7 @@ import torch.nn.functional as F  # noqa: E402
 from .atomic import atomic_path, write_parquet  # noqa: E402
 from .data.dataset import IMAGENET_MEAN, IMAGENET_STD, ImageSizes, load_split  # noqa: E402
 from .ensemble import ensemble, read_logits, topk_accuracy  # noqa: E402
+from .errors import FgkdError  # noqa: E402
 from .losses import attention_energy, normalise_attention  # noqa: E402
 from .train import load_model  # noqa: E402
 
@@ -274,3 +275,29 @@ def _ensemble_members(ensembles: pd.DataFrame, target: Path) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     _save_figure(fig, target)
+
+
+RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def publish(reports: str | Path, readme: str | Path, figures: str | Path) -> None:
+    """Put the reports' tables between the README's results markers and copy the figures beside it."""
+    reports, readme, figures = Path(reports), Path(readme), Path(figures)
+    text = readme.read_text()
+    if RESULTS_START not in text or RESULTS_END not in text:
+        raise FgkdError(f"{readme}: no {RESULTS_START} ... {RESULTS_END} block to fill")
+    blocks = []
+    for summary in (reports / "summary.md", reports / "ablations" / "summary.md"):
+        if not summary.is_file():
+            raise FgkdError(f"{summary}: missing; run `snakemake --cores all ablations` first")
+        body = summary.read_text().split("\n", 1)[1]  # drop the file's own title
+        blocks.append(body.replace("\n## ", "\n#### ").strip())
+    links = []
+    for png in sorted((reports / "figures").glob("*.png")):
+        with atomic_path(figures / png.name) as tmp:
+            tmp.write_bytes(png.read_bytes())
+        links.append(f"![{png.stem}]({(figures / png.name).relative_to(readme.parent).as_posix()})")
+    generated = "\n\n".join([*blocks, *links])
+    head, rest = text.split(RESULTS_START, 1)
+    _, tail = rest.split(RESULTS_END, 1)
+    _write_text(readme, f"{head}{RESULTS_START}\n{generated}\n{RESULTS_END}{tail}")

@@ -251,3 +251,15 @@ def test_slurm_signal_before_the_time_limit_checkpoints_and_the_retry_resumes(tm
     b = torch.load(project / target, weights_only=True)
     for which in ("state_dict", "last_state_dict"):
         assert all(torch.equal(a[which][k], b[which][k]) for k in a[which])
+
+
+def test_publish_results_fills_the_readme_block(finished, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\nbefore\n<!-- results:start -->\nold\n<!-- results:end -->\nafter\n")
+    run(["fgkd", "publish-results", "--reports", str(finished / "results/reports"), "--readme", str(readme),
+         "--figures", str(tmp_path / "docs/results")], finished)
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("# x\n\nbefore\n") and text.endswith("after\n")
+    assert "| synthetic | resnet10 |" in text and "Per-part evidence" in text
+    assert "![ensemble_members](docs/results/ensemble_members.png)" in text
+    assert (tmp_path / "docs/results/training_curves.png").exists()
