@@ -30,6 +30,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
         os.close(fd)
         tmp_path = Path(tmp)
+        tmp_path.chmod(0o666 & ~_umask())  # mkstemp makes 0600; results are shared like any other file
         yield tmp_path
         os.replace(tmp_path, target)
     except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
@@ -38,6 +39,12 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path is not None:
             tmp_path.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _describe(err: BaseException) -> str:

@@ -86,3 +86,17 @@ def test_rerun_replaces_a_prepared_output(tmp_path):
     manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
     with Image.open(tmp_path / "out" / manifest["path"][0]) as image:
         assert min(image.size) == 32
+
+
+def test_outputs_are_readable_by_others_as_the_umask_allows(tmp_path):
+    import os
+    import stat
+
+    from fgkd.atomic import write_parquet
+
+    previous = os.umask(0o022)
+    try:
+        write_parquet(pd.DataFrame({"a": [1]}), tmp_path / "x.parquet")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "x.parquet").stat().st_mode) == 0o644
