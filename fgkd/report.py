@@ -6,6 +6,7 @@ maps in a folder of the variant's name below it."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from pathlib import Path
@@ -101,21 +102,22 @@ def collect(results: Path, runs: list[tuple[str, str, int]], variants: list[str]
     """(metrics, ensembles, histories) of every run x variant; aux stages belong to the first variant."""
     metrics, ensembles, histories = [], [], []
     student_names = [f"student_{k}" for k in range(1, students + 1)]
+    read_history = functools.cache(lambda folder: pd.read_parquet(folder / "history.parquet"))
     for dataset, backbone, seed in runs:
         base = results / dataset / backbone / f"seed{seed}"
         key = {"dataset": dataset, "backbone": backbone, "seed": seed}
         shared = {"teacher": base / "teacher", **{a: base / a for a in aux_stages if a != "auxkd"}}
         for stage, folder in shared.items():
-            histories.append(pd.read_parquet(folder / "history.parquet").assign(**key, variant="shared"))
+            histories.append(read_history(folder).assign(**key, variant="shared"))
         for variant in variants:
             folder = base / variant
             networks = {"teacher": shared["teacher"], **{s: folder / s for s in student_names}}
             if variant == variants[0]:
                 networks.update({a: shared.get(a, folder / a) for a in aux_stages})
             for stage in [*student_names, *(["auxkd"] if "auxkd" in networks else [])]:
-                histories.append(pd.read_parquet(networks[stage] / "history.parquet").assign(**key, variant=variant))
+                histories.append(read_history(networks[stage]).assign(**key, variant=variant))
             for stage, path in networks.items():
-                history = pd.read_parquet(path / "history.parquet")
+                history = read_history(path)
                 for selection, (top1, top5) in _accuracies(path).items():
                     metrics.append({**key, "variant": variant, "method": stage, "members": stage,
                                     "selection": selection, "top1": top1, "top5": top5,
@@ -131,8 +133,7 @@ def collect(results: Path, runs: list[tuple[str, str, int]], variants: list[str]
                 metrics.append({**key, "variant": variant, "method": "ensemble", "members": full["members"],
                                 "selection": selection, "top1": full["top1"], "top5": full["top5"],
                                 "parameters": sum(_parameters(networks[m] / "model.pt") for m in members),
-                                "train_seconds": float(sum(pd.read_parquet(networks[m] / "history.parquet")["seconds"].sum()
-                                                           for m in members)),
+                                "train_seconds": float(sum(read_history(networks[m])["seconds"].sum() for m in members)),
                                 "images_per_s": np.nan, "attention_overlap": overlap})
     return pd.DataFrame(metrics), pd.concat(ensembles, ignore_index=True), pd.concat(histories, ignore_index=True)
 

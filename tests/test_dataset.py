@@ -6,24 +6,19 @@ import torch
 
 from fgkd.data.dataset import ImageSizes, load_split, make_loader, split_train_val
 from fgkd.data.manifest import read_manifest
-from fgkd.data.prepare import prepare
-from fgkd.data.synth import generate
 from fgkd.errors import DataError
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    base = tmp_path_factory.mktemp("data")
-    generate(base / "raw", classes=4, images_per_class=10, size=48, seed=0)
-    prepare("cub", base / "raw", base / "prepared", progress=False)
-    return base / "prepared"
+@pytest.fixture
+def prepared(tiny_data):
+    return tiny_data
 
 
 def test_items_are_normalised_crops_with_labels(prepared):
     sizes = ImageSizes(resize=40, crop=32)
     train = load_split(prepared, "train", sizes)
     test = load_split(prepared, "test", sizes)
-    assert len(train) == 20 and len(test) == 20 and train.num_classes == 4
+    assert len(train) == 24 and len(test) == 24 and train.num_classes == 4
     image, label, image_id = train[0]
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32
     assert 0 <= int(label) < 4
