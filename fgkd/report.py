@@ -103,6 +103,7 @@ def collect(results: Path, runs: list[tuple[str, str, int]], variants: list[str]
     metrics, ensembles, histories = [], [], []
     student_names = [f"student_{k}" for k in range(1, students + 1)]
     read_history = functools.cache(lambda folder: pd.read_parquet(folder / "history.parquet"))
+    parameters = functools.cache(lambda folder: _parameters(folder / "model.pt"))
     for dataset, backbone, seed in runs:
         base = results / dataset / backbone / f"seed{seed}"
         key = {"dataset": dataset, "backbone": backbone, "seed": seed}
@@ -121,7 +122,7 @@ def collect(results: Path, runs: list[tuple[str, str, int]], variants: list[str]
                 for selection, (top1, top5) in _accuracies(path).items():
                     metrics.append({**key, "variant": variant, "method": stage, "members": stage,
                                     "selection": selection, "top1": top1, "top5": top5,
-                                    "parameters": _parameters(path / "model.pt"),
+                                    "parameters": parameters(path),
                                     "train_seconds": float(history["seconds"].sum()),
                                     "images_per_s": float(history["images_per_s"].mean()),
                                     "attention_overlap": np.nan})
@@ -132,7 +133,7 @@ def collect(results: Path, runs: list[tuple[str, str, int]], variants: list[str]
                 full = ensemble([networks[m] / name for m in members], members).iloc[len(members) - 1]
                 metrics.append({**key, "variant": variant, "method": "ensemble", "members": full["members"],
                                 "selection": selection, "top1": full["top1"], "top5": full["top5"],
-                                "parameters": sum(_parameters(networks[m] / "model.pt") for m in members),
+                                "parameters": sum(parameters(networks[m]) for m in members),
                                 "train_seconds": float(sum(read_history(networks[m])["seconds"].sum() for m in members)),
                                 "images_per_s": np.nan, "attention_overlap": overlap})
     return pd.DataFrame(metrics), pd.concat(ensembles, ignore_index=True), pd.concat(histories, ignore_index=True)

@@ -9,15 +9,18 @@ def report_figure(path):
     return report(path, caption=f"../report/{kind}.rst", category="Figures")
 
 
+MODEL_FILES = ("history.parquet", "logits.parquet", "logits_last.parquet")  # what a report reads of each network
+
+
 def run_files(variants, names, aux=()):
     files = []
     for d, b, s in RUNS:
         for stage in ("teacher", *aux):
-            files += [f"{seed_dir(d, b, s)}/{stage}/{n}" for n in ("history.parquet", "logits.parquet", "logits_last.parquet")]
+            files += [f"{seed_dir(d, b, s)}/{stage}/{n}" for n in MODEL_FILES]
         for v in variants:
             vd = variant_dir(d, b, s, v)
             stages = [*STUDENTS, *(["auxkd"] if v == METHOD else [])]
-            files += [f"{vd}/{stage}/{n}" for stage in stages for n in ("history.parquet", "logits.parquet", "logits_last.parquet")]
+            files += [f"{vd}/{stage}/{n}" for stage in stages for n in MODEL_FILES]
             files += [f"{vd}/{n}" for n in names]
     return files
 
