@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import click
 
@@ -84,14 +85,28 @@ def _config_options(command):
 @click.option("--earlier", multiple=True, type=click.Path(), help="Frozen model.pt files, teacher first (repeat).")
 @click.option("--name", default=None, help="Run name (default: teacher, student_k or auxkd); seeds the run.")
 @click.option("--progress/--no-progress", default=True, help="Per-epoch progress bar.")
+@click.option("--processes", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Data-parallel processes on this node, one per GPU (started through torchrun); "
+                   "--batch-size is per process.")
 @_config_options
 @_friendly
-def train(stage, index, data, out, earlier, name, progress, **config):
-    """Train one stage: the CE teacher, orthogonal student k, or the aux-KD student."""
+def train(stage, index, data, out, earlier, name, progress, processes, **config):
+    """Train one stage: the CE teacher, orthogonal student k, or the aux-KD student.
+
+    Several GPUs of one node: --processes N, or torchrun --nproc-per-node N -m fgkd train ... yourself.
+    """
+    import sys
+
+    from .distributed import from_environment, launch
     from .train import TrainConfig, train as run_train
 
-    _log_to_stderr()
-    click.echo(f"wrote {run_train(stage, data, out, TrainConfig(**config), list(earlier), index, progress, name)}")
+    if processes > 1 and "WORLD_SIZE" not in os.environ:
+        launch(processes, sys.argv[1:])
+    processes = from_environment()
+    _log_to_stderr(processes.main)
+    written = run_train(stage, data, out, TrainConfig(**config), list(earlier), index, progress, name, processes)
+    if processes.main:
+        click.echo(f"wrote {written}")
 
 
 @main.command()
@@ -132,10 +147,12 @@ def ensemble(logits, names, combine, out):
         click.echo(f"{row.members:<60} top1 {row.top1:.4f}  top5 {row.top5:.4f}")
 
 
-def _log_to_stderr():
+def _log_to_stderr(main_process: bool = True):
+    """Progress lines from one process only (under torchrun, the others log warnings and errors)."""
     import logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S")
 
 
 @main.command()

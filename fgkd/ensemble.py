@@ -25,7 +25,7 @@ def predict(model_path: str | Path, data: str | Path, out: str | Path, which: st
     model, meta = load_model(model_path, None, target, which)
     test_set = load_split(data, "test", ImageSizes(meta["resize"], meta["crop"]))
     check_classes(model_path, meta, test_set.num_classes)
-    result = evaluate(model, make_loader(test_set, batch_size, shuffle=False, workers=workers), target, config)
+    result = evaluate(model, make_loader(test_set, batch_size, workers), target, config)
     frame = pd.DataFrame(result["logits"], columns=[f"logit_{c:03d}" for c in range(result["logits"].shape[1])])
     frame.insert(0, "label", result["labels"].astype("int64"))
     frame.insert(0, "image_id", result["image_ids"].astype("int64"))

@@ -3,6 +3,8 @@
 A plain loop in the style of torchvision's classification reference. Each epoch reseeds every
 random generator from (seed, stage, epoch), and a checkpoint is written after it, so a killed
 run resumes from the last finished epoch and ends with the very weights of an uninterrupted one.
+Under torchrun the same loop runs data-parallel (DistributedDataParallel): ``batch_size`` is per
+process, and N processes step through the images of one process with batch N x ``batch_size``.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from . import distributed
 from .atomic import atomic_path, write_parquet
-from .data.dataset import ImageSizes, load_split, make_loader
+from .data.dataset import ImageSizes, derived_seed, load_split, make_loader, make_train_loader
+from .distributed import Processes
 from .errors import FgkdError
 from .methods import AuxKD, CrossEntropy, FrozenNetworks, OrthogonalStudent
 from .methods.orthogonal import VARIANTS
@@ -54,7 +58,10 @@ CONFIG_HELP = {
     "kd_alpha": "weight of KD against CE on each auxiliary head",
     "amp": "auto (bf16 autocast on CUDA), bf16, off",
     "channels_last": "auto (on CUDA), on, off",
-    "device": "auto, cpu, cuda, cuda:1, ...",
+    "device": "auto, cpu, cuda, cuda:1, ... (under torchrun, auto = each process its own GPU)",
+    "sync_batchnorm": "under torchrun: batch-norm statistics over all processes' images (N processes then train "
+                      "like one with N x batch_size)",
+    "compile": "torch.compile the trained network: off, on",
 }
 
 
@@ -85,10 +92,13 @@ class TrainConfig:
     amp: str = "auto"
     channels_last: str = "auto"
     device: str = "auto"
+    sync_batchnorm: bool = True
+    compile: str = "off"
 
     def check(self) -> None:
         choices = {"backbone": tuple(BACKBONES), "head": HEADS, "orth": VARIANTS, "amp": ("auto", "bf16", "off"),
-                   "channels_last": ("auto", "on", "off")}
+                   "channels_last": ("auto", "on", "off"),
+                   "compile": ("off", "on")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise FgkdError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
@@ -111,21 +121,18 @@ def stage_name(stage: str, index: int | None) -> str:
     return f"student_{index}" if stage == "student" else stage
 
 
-def config_hash(config: TrainConfig, name: str, earlier: list[dict]) -> str:
-    """Identity of a run: its config, its name and the identities of the frozen networks it learns from."""
-    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("workers", "device")}
-    payload = json.dumps({"config": fields, "stage": name,
+def config_hash(config: TrainConfig, name: str, earlier: list[dict], processes: int = 1) -> str:
+    """Identity of a run: its config, its name, its number of processes (batch_size is per process) and
+    the identities of the frozen networks it learns from."""
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("workers", "device", "compile")}
+    payload = json.dumps({"config": fields, "stage": name, "processes": processes,
                           "earlier": [m["config_hash"] for m in earlier]}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def derived_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
-
-
-def select_device(config: TrainConfig) -> torch.device:
+def select_device(config: TrainConfig, processes: Processes = Processes()) -> torch.device:
     if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{processes.local_rank}" if torch.cuda.is_available() else "cpu")
     return torch.device(config.device)
 
 
@@ -187,8 +194,15 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, config: Train
     return {"logits": torch.cat(logits).numpy(), "labels": torch.cat(labels).numpy(), "image_ids": torch.cat(ids).numpy()}
 
 
-def _accuracy(result: dict[str, np.ndarray]) -> float:
-    return float((result["logits"].argmax(1) == result["labels"]).mean()) if len(result["labels"]) else float("nan")
+def _val_accuracy(model, val_set, device, config: TrainConfig, processes: Processes) -> float:
+    """Top-1 on the validation split, each process scoring its share of the images."""
+    if not len(val_set):
+        return float("nan")
+    loader = make_loader(val_set, config.batch_size, config.workers, processes.rank, processes.world)
+    result = evaluate(model, loader, device, config) if len(loader) else {"logits": np.zeros((0, 1)), "labels": []}
+    correct, count = distributed.all_sum(
+        [float((result["logits"].argmax(1) == result["labels"]).sum()), float(len(result["labels"]))], processes, device)
+    return correct / count
 
 
 def build_method(stage: str, model: FGVCNet, frozen: FrozenNetworks, config: TrainConfig) -> torch.nn.Module:
@@ -200,11 +214,13 @@ def build_method(stage: str, model: FGVCNet, frozen: FrozenNetworks, config: Tra
 
 
 def train(stage: str, data: str | Path, out: str | Path, config: TrainConfig, earlier: list[str | Path] = (),
-          index: int | None = None, progress: bool = True, name: str | None = None) -> Path:
+          index: int | None = None, progress: bool = True, name: str | None = None,
+          processes: Processes | None = None) -> Path:
     """Train one stage; writes out/model.pt and out/history.parquet, resuming from out/checkpoint.pt.
 
     ``name`` (default: teacher, student_k, auxkd) labels the run and, with the seed, seeds it: two runs
     of the same stage under different names (a CE baseline beside the teacher) start differently.
+    ``processes`` (default: from torchrun's environment) makes it one of several data-parallel processes.
     """
     if stage not in STAGES:
         raise FgkdError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
@@ -218,8 +234,15 @@ def train(stage: str, data: str | Path, out: str | Path, config: TrainConfig, ea
     if stage == "teacher" and earlier:
         raise FgkdError("the teacher trains with cross-entropy alone; pass no --earlier models")
     config.check()
-    out = Path(out)
-    device = select_device(config)
+    processes = processes or distributed.from_environment()
+    device = select_device(config, processes)
+    with distributed.process_group(processes, device):
+        return _train(stage, data, Path(out), config, earlier, index, progress and processes.main,
+                      name or stage_name(stage, index), processes, device)
+
+
+def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress, name, processes: Processes,
+           device: torch.device) -> Path:
     sizes = ImageSizes(config.resize, config.crop)
     train_set = load_split(data, "train", sizes, config.val_fraction, config.seed)
     val_set = load_split(data, "val", sizes, config.val_fraction, config.seed)
@@ -230,13 +253,14 @@ def train(stage: str, data: str | Path, out: str | Path, config: TrainConfig, ea
         net, meta = load_model(path, num_classes, device)
         frozen_models.append(net.to(memory_format=_memory_format(device, config)))
         frozen_meta.append(meta)
-    name = name or stage_name(stage, index)
-    run_hash = config_hash(config, name, frozen_meta)
+    run_hash = config_hash(config, name, frozen_meta, processes.world)
     seed = derived_seed(config.seed, zlib.crc32(name.encode()))
 
     torch.manual_seed(seed)
     model = FGVCNet(config.backbone, num_classes, config.head, config.head_hidden, config.attention_stride,
                     aux_heads=len(earlier) if stage == "auxkd" else 0, pretrained=config.pretrained)
+    if processes.distributed and config.sync_batchnorm:
+        model = distributed.sync_batchnorm(model, device)
     model = model.to(device, memory_format=_memory_format(device, config))
     method = build_method(stage, model, FrozenNetworks(frozen_models), config)
     new_ids = {id(p) for p in model.new_parameters()}
@@ -248,52 +272,67 @@ def train(stage: str, data: str | Path, out: str | Path, config: TrainConfig, ea
     checkpoint_path = out / "checkpoint.pt"
     state = {"epoch": 0, "history": [], "best_val": -1.0, "best_epoch": -1, "best_state": None, "partial": None}
     if checkpoint_path.exists():
-        state = _resume(checkpoint_path, run_hash, model, optimizer, state)
+        state = _resume(checkpoint_path, run_hash, model, optimizer, state, processes)
 
     def save(partial: dict | None = None) -> None:
-        _save_checkpoint(checkpoint_path, run_hash, model, optimizer, {**state, "partial": partial})
+        if processes.main:
+            _save_checkpoint(checkpoint_path, run_hash, model, optimizer, {**state, "partial": partial})
 
-    val_loader = make_loader(val_set, config.batch_size, shuffle=False, workers=config.workers) if len(val_set) else None
+    step = method
+    if processes.distributed:
+        # Buffers (batch-norm statistics) are made one at the end of each epoch, not before every step.
+        step = torch.nn.parallel.DistributedDataParallel(
+            method, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False)
+    if config.compile == "on":
+        step = torch.compile(step)
     with StopRequest() as stop:
         for epoch in range(state["epoch"], config.epochs):
             for group, base in zip(optimizer.param_groups, (config.lr, config.backbone_lr)):
                 group["lr"] = _cosine(base, epoch, config.epochs)
             epoch_seed = derived_seed(seed, epoch)
             torch.manual_seed(epoch_seed)
-            loader = make_loader(train_set, config.batch_size, shuffle=True, workers=config.workers, seed=epoch_seed,
-                                 drop_last=len(train_set) > config.batch_size)
+            partial = state.get("partial")
+            loader = make_train_loader(train_set, config.batch_size, epoch_seed, config.workers, processes.rank,
+                                       processes.world, skip_batches=partial["step"] if partial else 0)
             label = f"{name} {epoch + 1}/{config.epochs}"
-            row = _train_epoch(method, optimizer, loader, device, config, label, progress, checkpoint_path,
-                               state.get("partial"), stop, save)
+            row = _train_epoch(step, method, optimizer, loader, device, config, label, progress, checkpoint_path,
+                               partial, stop, save, processes)
             state["partial"] = None
+            distributed.broadcast_buffers(model, processes)
             row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                    "backbone_lr": optimizer.param_groups[1]["lr"], **row}
-            row["val_acc"] = _accuracy(evaluate(model, val_loader, device, config)) if val_loader else float("nan")
+            row["val_acc"] = _val_accuracy(model, val_set, device, config, processes)
             state["history"].append(row)
-            if val_loader is None or row["val_acc"] > state["best_val"]:
+            if not len(val_set) or row["val_acc"] > state["best_val"]:
                 state["best_val"], state["best_epoch"] = row["val_acc"], epoch + 1
-                state["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                state["best_state"] = _plain_state(model)
             state["epoch"] = epoch + 1
-            log.info("%s epoch %d/%d %s", name, epoch + 1, config.epochs,
-                     " ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch",)))
+            if processes.main:
+                log.info("%s epoch %d/%d %s", name, epoch + 1, config.epochs,
+                         " ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch",)))
             save()
 
-    metadata = {
-        "backbone": config.backbone, "num_classes": num_classes, "head": config.head,
-        "head_hidden": config.head_hidden, "attention_stride": config.attention_stride,
-        "aux_heads": len(earlier) if stage == "auxkd" else 0, "stage": name, "config_hash": run_hash,
-        "resize": config.resize, "crop": config.crop, "best_epoch": state["best_epoch"], "epochs": config.epochs,
-        "config": json.dumps(dataclasses.asdict(config), sort_keys=True),
-    }
-    last = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(out / "model.pt") as tmp:
-        torch.save({"format": MODEL_FORMAT, "metadata": metadata, "state_dict": state["best_state"],
-                    "last_state_dict": last}, tmp)
-    history = pd.DataFrame(state["history"])
-    history.insert(0, "stage", name)
-    write_parquet(history, out / "history.parquet")
-    checkpoint_path.unlink(missing_ok=True)
+    if processes.main:
+        metadata = {
+            "backbone": config.backbone, "num_classes": num_classes, "head": config.head,
+            "head_hidden": config.head_hidden, "attention_stride": config.attention_stride,
+            "aux_heads": len(earlier) if stage == "auxkd" else 0, "stage": name, "config_hash": run_hash,
+            "resize": config.resize, "crop": config.crop, "best_epoch": state["best_epoch"], "epochs": config.epochs,
+            "processes": processes.world, "config": json.dumps(dataclasses.asdict(config), sort_keys=True),
+        }
+        with atomic_path(out / "model.pt") as tmp:
+            torch.save({"format": MODEL_FORMAT, "metadata": metadata, "state_dict": state["best_state"],
+                        "last_state_dict": _plain_state(model)}, tmp)
+        history = pd.DataFrame(state["history"])
+        history.insert(0, "stage", name)
+        write_parquet(history, out / "history.parquet")
+        checkpoint_path.unlink(missing_ok=True)
     return out / "model.pt"
+
+
+def _plain_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the weights, loadable into a plain FGVCNet (SyncBatchNorm keeps BatchNorm's names)."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 class StopRequest:
@@ -320,27 +359,29 @@ class StopRequest:
         return False
 
 
-def _train_epoch(method, optimizer, loader, device, config, label, progress, checkpoint_path, partial, stop,
-                 save) -> dict[str, float]:
-    """One epoch; ``partial`` (from a mid-epoch checkpoint) skips the steps already done, whose batches
-    are still drawn so that the random streams match an uninterrupted epoch."""
+def _train_epoch(step, method, optimizer, loader, device, config, label, progress, checkpoint_path, partial, stop,
+                 save, processes: Processes) -> dict[str, float]:
+    """One epoch of ``step`` (the method, or its DDP wrapper). After a mid-epoch checkpoint, ``partial``
+    carries the finished steps (the loader already skips their images) and the sums over all processes
+    (kept by the main process only, so that the end-of-epoch all-sum counts them once)."""
     method.train()
     partial = partial or {"step": 0, "sums": {}, "correct": 0, "seen": 0, "seconds": 0.0}
-    sums, correct, seen = dict(partial["sums"]), partial["correct"], partial["seen"]
+    keep = processes.main
+    sums = dict(partial["sums"]) if keep else dict.fromkeys(partial["sums"], 0.0)
+    correct, seen = (partial["correct"], partial["seen"]) if keep else (0, 0)
     start = time.perf_counter() - partial["seconds"]
     bar = tqdm(loader, desc=label, unit="batch", leave=False, disable=not progress)
-    for step, (images, labels, _) in enumerate(bar):
-        if step < partial["step"]:
-            continue
+    for number, (images, labels, _) in enumerate(bar, start=partial["step"] + 1):
         images = images.to(device, non_blocking=True, memory_format=_memory_format(device, config))
         labels = labels.to(device, non_blocking=True)
         with _autocast(device, config):
-            output = method(images, labels)
+            output = step(images, labels)
         loss = sum(output.losses.values())
-        if not torch.isfinite(loss):
+        non_finite, stopping = _agree(not torch.isfinite(loss), bool(stop.received), processes, device)
+        if non_finite:
             terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in output.losses.items())
             kept = f"the last good checkpoint is kept at {checkpoint_path}" if checkpoint_path.exists() else "no epoch had finished"
-            raise FgkdError(f"non-finite loss ({terms}) at {label}, step {step + 1}; {kept}. "
+            raise FgkdError(f"non-finite loss ({terms}) at {label}, step {number}; {kept}. "
                             "Lower the learning rate or check the data, then rerun")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -350,17 +391,32 @@ def _train_epoch(method, optimizer, loader, device, config, label, progress, che
             sums[key] = sums.get(key, 0.0) + float(value.detach()) * batch
         correct += int((output.logits.argmax(1) == labels).sum())
         seen += batch
-        bar.set_postfix(loss=f"{float(loss.detach()):.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
-        if stop.received:
-            save({"step": step + 1, "sums": sums, "correct": correct, "seen": seen,
-                  "seconds": time.perf_counter() - start})
-            raise FgkdError(f"stopped by {stop.received} at {label}, step {step + 1}; checkpoint saved to "
-                            f"{checkpoint_path}: rerun the same command to resume")
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}", img_s=f"{seen * processes.world / (time.perf_counter() - start):.0f}")
+        if stopping:
+            totals = _all_sums(sums, correct, seen, processes, device)
+            save({"step": number, **totals, "seconds": time.perf_counter() - start})
+            raise FgkdError(f"stopped by {stop.received or 'a signal to another process'} at {label}, step {number}; "
+                            f"checkpoint saved to {checkpoint_path}: rerun the same command to resume")
     seconds = time.perf_counter() - start
-    if seen == 0:
+    totals = _all_sums(sums, correct, seen, processes, device)
+    if totals["seen"] == 0:
         raise FgkdError("the training split is empty; check the manifest and val_fraction")
-    return {**{k: v / seen for k, v in sums.items()}, "train_acc": correct / seen, "seconds": seconds,
-            "images_per_s": seen / seconds}
+    return {**{k: v / totals["seen"] for k, v in totals["sums"].items()}, "train_acc": totals["correct"] / totals["seen"],
+            "seconds": seconds, "images_per_s": totals["seen"] / seconds}
+
+
+def _agree(non_finite: bool, stopping: bool, processes: Processes, device) -> tuple[bool, bool]:
+    """All processes stop at the same step: a NaN or a signal in one is a NaN or a signal in all."""
+    if not processes.distributed:
+        return non_finite, stopping
+    flags = distributed.all_sum([float(non_finite), float(stopping)], processes, device)
+    return flags[0] > 0, flags[1] > 0
+
+
+def _all_sums(sums: dict, correct: int, seen: int, processes: Processes, device) -> dict:
+    keys = sorted(sums)
+    values = distributed.all_sum([sums[k] for k in keys] + [correct, seen], processes, device)
+    return {"sums": dict(zip(keys, values[:-2])), "correct": int(values[-2]), "seen": int(values[-1])}
 
 
 def _save_checkpoint(path: Path, run_hash: str, model, optimizer, state: dict) -> None:
@@ -369,7 +425,7 @@ def _save_checkpoint(path: Path, run_hash: str, model, optimizer, state: dict) -
                     "state": state}, tmp)
 
 
-def _resume(path: Path, run_hash: str, model, optimizer, fresh: dict) -> dict:
+def _resume(path: Path, run_hash: str, model, optimizer, fresh: dict, processes: Processes) -> dict:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -382,6 +438,7 @@ def _resume(path: Path, run_hash: str, model, optimizer, fresh: dict) -> dict:
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     partial = saved["state"].get("partial")
-    log.info("%s: resuming after epoch %d%s", path, saved["state"]["epoch"],
-             f" and {partial['step']} steps of the next" if partial else "")
+    if processes.main:
+        log.info("%s: resuming after epoch %d%s", path, saved["state"]["epoch"],
+                 f" and {partial['step']} steps of the next" if partial else "")
     return saved["state"]

@@ -122,3 +122,15 @@ def wait_for_file(path: Path, process, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while not path.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.005)
+
+
+def cli_train_args(config, out: Path, data: Path, *extra: str) -> list[str]:
+    """`fgkd train --stage teacher` with every field of a TrainConfig as its option."""
+    import sys
+
+    args = [sys.executable, "-m", "fgkd", "train", "--stage", "teacher", "--data", str(data), "--out", str(out),
+            "--no-progress", *extra]
+    for key, value in config.__dict__.items():
+        flag = key.replace("_", "-")
+        args += [f"--{flag}" if value else f"--no-{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)]
+    return args

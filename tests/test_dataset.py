@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from fgkd.data.dataset import ImageSizes, load_split, make_loader, split_train_val
+from fgkd.data.dataset import ImageSizes, load_split, make_loader, make_train_loader, split_train_val
 from fgkd.data.manifest import read_manifest
 from fgkd.errors import DataError
 
@@ -38,14 +38,33 @@ def test_validation_split_is_stratified_and_disjoint(prepared):
     assert len(none) == 0
 
 
-def test_loader_is_deterministic_for_a_seed(prepared):
+def test_training_batches_depend_on_the_seed_alone_not_on_workers_or_processes(prepared):
     dataset = load_split(prepared, "train", ImageSizes(40, 32))
-    first = [ids.tolist() for _, _, ids in make_loader(dataset, 8, shuffle=True, seed=5)]
-    second = [ids.tolist() for _, _, ids in make_loader(dataset, 8, shuffle=True, seed=5)]
-    other = [ids.tolist() for _, _, ids in make_loader(dataset, 8, shuffle=True, seed=6)]
-    assert first == second and first != other
-    batch = next(iter(make_loader(dataset, 8, shuffle=True, seed=5, workers=2)))
-    assert batch[0].shape == (8, 3, 32, 32)
+
+    def batches(seed, batch_size=8, workers=0, rank=0, world=1, skip=0):
+        return [(images, ids.tolist()) for images, _, ids in
+                make_train_loader(dataset, batch_size, seed, workers, rank, world, skip_batches=skip)]
+
+    first = batches(5)
+    assert [ids for _, ids in first] == [ids for _, ids in batches(5)]
+    assert [ids for _, ids in first] != [ids for _, ids in batches(6)]
+    with_workers = batches(5, workers=2)
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(first, with_workers))  # same crops and flips
+    # Two processes with half the batch: step by step, the same images with the same augmentation.
+    halves = [batches(5, batch_size=4, rank=rank, world=2) for rank in (0, 1)]
+    for (images, ids), (a, ids_a), (b, ids_b) in zip(first, *halves):
+        assert sorted(ids) == sorted(ids_a + ids_b)
+        whole = dict(zip(ids, images))
+        assert all(torch.equal(whole[i], image) for i, image in zip(ids_a + ids_b, torch.cat([a, b])))
+    # A resumed epoch skips finished steps without changing the rest.
+    assert [ids for _, ids in batches(5, skip=1)] == [ids for _, ids in first[1:]]
+    assert next(iter(make_train_loader(dataset, 8, 5)))[0].shape == (8, 3, 32, 32)
+
+
+def test_evaluation_shards_cover_every_image_once(prepared):
+    dataset = load_split(prepared, "test", ImageSizes(40, 32))
+    shards = [[i for _, _, ids in make_loader(dataset, 5, rank=r, world=3) for i in ids.tolist()] for r in range(3)]
+    assert sorted(sum(shards, [])) == sorted(dataset.image_ids.tolist())
 
 
 def test_corrupt_prepared_image_is_named(prepared, tmp_path):

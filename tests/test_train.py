@@ -3,7 +3,6 @@
 import os
 import signal
 import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -15,7 +14,7 @@ from fgkd.ensemble import ensemble, predict
 from fgkd.errors import FgkdError
 from fgkd.train import TrainConfig, load_model, train
 from conftest import TINY
-from fixtures import wait_for_file
+from fixtures import cli_train_args, wait_for_file
 
 @pytest.fixture
 def data(tiny_data):
@@ -74,7 +73,7 @@ def test_killed_run_resumes_to_the_same_final_weights(data, tmp_path):
     reference = train("teacher", data, tmp_path / "reference", config, progress=False)
 
     out = tmp_path / "killed"
-    process = subprocess.Popen(_cli_train_args(config, out, data), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(cli_train_args(config, out, data), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wait_for_file(out / "checkpoint.pt", process)
     assert process.poll() is None, process.communicate()[1].decode()[-2000:]
     os.kill(process.pid, signal.SIGKILL)
@@ -125,21 +124,12 @@ def test_part_occlusion_as_generated_matches_predict_on_the_prepared_files(data,
     assert set(table["network"]) == {"teacher", "ensemble"}
 
 
-def _cli_train_args(config, out, data):
-    args = [sys.executable, "-m", "fgkd", "train", "--stage", "teacher", "--data", str(data), "--out", str(out),
-            "--no-progress"]
-    for key, value in config.__dict__.items():
-        if key != "pretrained":
-            args += ["--" + key.replace("_", "-"), str(value)]
-    return args
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
 def test_preemption_signal_saves_a_mid_epoch_checkpoint_and_the_rerun_resumes_exactly(data, tmp_path, signum):
     config = TrainConfig(**{**TINY.__dict__, "epochs": 6})
     reference = train("teacher", data, tmp_path / "reference", config, progress=False)
     out = tmp_path / "preempted"
-    process = subprocess.Popen(_cli_train_args(config, out, data), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(cli_train_args(config, out, data), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_for_file(out / "checkpoint.pt", process)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
@@ -154,3 +144,14 @@ def test_preemption_signal_saves_a_mid_epoch_checkpoint_and_the_rerun_resumes_ex
     timing = ["seconds", "images_per_s"]
     pd.testing.assert_frame_equal(pd.read_parquet(reference.parent / "history.parquet").drop(columns=timing),
                                   pd.read_parquet(resumed.parent / "history.parquet").drop(columns=timing))
+
+
+def test_compiled_network_trains_like_the_eager_one(data, tmp_path):
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 1})
+    eager = train("teacher", data, tmp_path / "eager", config, progress=False)
+    compiled = train("teacher", data, tmp_path / "compiled", TrainConfig(**{**config.__dict__, "compile": "on"}),
+                     progress=False)
+    a, b = (pd.read_parquet(p.parent / "history.parquet") for p in (eager, compiled))
+    assert b["loss"].iloc[0] == pytest.approx(a["loss"].iloc[0], rel=1e-4)  # fused kernels round differently
+    assert b["train_acc"].iloc[0] == a["train_acc"].iloc[0]
+    assert set(weights(compiled)) == set(weights(eager))  # saved without torch.compile's wrapper names

@@ -189,15 +189,18 @@ def slurm_cluster():
     subprocess.run([script, "stop"], capture_output=True)
 
 
-def test_profile_slurm_runs_every_rule_as_a_slurm_job(tmp_path, slurm_cluster):
+def test_profile_slurm_runs_every_rule_as_a_slurm_job_training_with_two_processes(tmp_path, slurm_cluster):
     project = project_copy(tmp_path / "project")
     shutil.copytree(REPO / "slurm", project / "slurm", dirs_exist_ok=True)
-    result = run(["snakemake", "--profile", "slurm", "all", "--config", "gpus_per_job=0"], project, timeout=1200)
+    result = run(["snakemake", "--profile", "slurm", "all", "--config", "gpus_per_job=0", "train_processes=2"], project,
+                 timeout=1200)
     output = result.stdout + result.stderr
     submitted = set(re.findall(r"submitted with SLURM jobid \d+ \(log: \S*/rule_(\w+)/", output))
     assert submitted == {"synth", "prepare", "train_shared", "train_variant", "predict", "ensemble", "attention",
                          "report"}, output[-3000:]
     assert (project / "results/reports/summary.md").exists()
+    models = sorted((project / "results").rglob("model.pt"))
+    assert models and {torch.load(m, weights_only=True)["metadata"]["processes"] for m in models} == {2}
 
 
 def test_html_report_has_the_figures(finished):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from PIL import Image
 from torchvision.transforms import v2
 
@@ -89,17 +89,59 @@ def load_split(root: str | Path, split: str, sizes: ImageSizes, val_fraction: fl
     return ManifestDataset(root, rows, frame.attrs["num_classes"], fgvc_transform(sizes, train=augment))
 
 
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
+def derived_seed(*parts: int) -> int:
+    """A well-mixed seed from several integers (SeedSequence: nearby inputs, unrelated outputs)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int = 0, seed: int = 0,
-                drop_last: bool = False) -> DataLoader:
-    """Seeded shuffling and worker RNGs (same seed, same batches); pinned memory on CUDA."""
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=generator,
-        worker_init_fn=_seed_worker, pin_memory=torch.cuda.is_available(), drop_last=drop_last,
-        persistent_workers=workers > 0,
-    )
+class SeededAugmentation(Dataset):
+    """Draws each image's random crop and flip from (epoch seed, image index), not from a shared stream:
+    the batches are the same whatever the number of loader workers or of training processes, and a
+    resumed epoch can skip images without decoding them."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        state = torch.get_rng_state()
+        torch.default_generator.manual_seed(derived_seed(self.seed, index))
+        try:
+            return self.dataset[index]
+        finally:
+            torch.set_rng_state(state)
+
+
+class EpochSampler(Sampler[int]):
+    """One epoch's shuffled order, dealt round-robin to ``world`` processes (the tail that does not divide
+    evenly is dropped): step s of ``world`` processes with batch b sees the images of step s of one
+    process with batch world x b. ``start`` skips this process's first images (a resumed epoch)."""
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1, start: int = 0):
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
+        self.indices = order[: size - size % world][rank::world][start:].tolist()
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def make_train_loader(dataset: Dataset, batch_size: int, seed: int, workers: int = 0, rank: int = 0, world: int = 1,
+                      skip_batches: int = 0) -> DataLoader:
+    """One epoch of training batches of this process; the last incomplete batch is dropped (unless it is
+    the only one). Pinned memory on CUDA."""
+    per_process = (len(dataset) - len(dataset) % world) // world
+    sampler = EpochSampler(len(dataset), seed, rank, world, start=skip_batches * batch_size)
+    return DataLoader(SeededAugmentation(dataset, seed), batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      generator=torch.Generator().manual_seed(seed), pin_memory=torch.cuda.is_available(),
+                      drop_last=per_process > batch_size)
+
+
+def make_loader(dataset: Dataset, batch_size: int, workers: int = 0, rank: int = 0, world: int = 1) -> DataLoader:
+    """Every ``world``-th image from ``rank`` on, in order (evaluation). Pinned memory on CUDA."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=range(rank, len(dataset), world), num_workers=workers,
+                      pin_memory=torch.cuda.is_available())

@@ -22,6 +22,11 @@ for _name in config["run_datasets"]:
             "(or `dvc pull` it), or change the path"
         )
 
+# Training jobs ask for gpus_per_job GPUs and run that many data-parallel processes (train_processes
+# overrides it: several CPU processes on a CPU cluster); evaluation jobs need one GPU at most.
+TRAIN_PROCESSES = config.get("train_processes") or max(1, config["gpus_per_job"])
+EVAL_GPUS = min(1, config["gpus_per_job"])
+
 RUNS = [(d, b, s) for d in config["run_datasets"] for b in config["backbones"] for s in config["seeds"]]
 PAIRS = [(d, b) for d in config["run_datasets"] for b in config["backbones"]]
 SYNTHETIC = [d for d in config["run_datasets"] if "synth" in config["datasets"][d]]

@@ -13,7 +13,7 @@ rule predict:
         batch_size=config.get("predict", {}).get("batch_size", 64),
     threads: 2
     resources:
-        gpu=config.get("gpus_per_job", 1),
+        gpu=EVAL_GPUS,
         mem_mb=8000,
         runtime=60,
     log:
@@ -50,7 +50,7 @@ rule attention:
         images=config.get("attention", {}).get("images", 8),
         models=lambda wc, input: " ".join(f"--model {m}" for m in input.models),
     resources:
-        gpu=config.get("gpus_per_job", 1),
+        gpu=EVAL_GPUS,
         mem_mb=8000,
         runtime=60,
     log:

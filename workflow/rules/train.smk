@@ -1,9 +1,13 @@
 # Every network is one `fgkd train`. Stages shared by all variants (the CE teacher, the aux-KD
 # baselines) live in the seed folder; the students and the aux-KD student of a variant below it.
+# With train_processes (default: gpus_per_job) above 1, each job trains data-parallel: `fgkd train
+# --processes N` starts N processes through torchrun inside the job, one per GPU.
 
 SHARED_CLI = {"teacher": "--stage teacher", "auxkd_ce": "--stage teacher --name auxkd_ce",
               "auxkd_single": "--stage auxkd --name auxkd_single"}
-TRAIN_RESOURCES = dict(gpu=config.get("gpus_per_job", 1), mem_mb=16000, runtime=24 * 60)
+TRAIN_RESOURCES = dict(gpu=config["gpus_per_job"], mem_mb=16000, runtime=24 * 60)
+# Each process feeds itself with its loader workers.
+TRAIN_THREADS = max(2, TRAIN_PROCESSES * max(1, config["train"].get("workers", 0)))
 
 
 rule train_shared:
@@ -17,14 +21,14 @@ rule train_shared:
         stage=lambda wc: SHARED_CLI[wc.shared],
         earlier=lambda wc, input: " ".join(f"--earlier {m}" for m in input.earlier),
         flags=lambda wc: cli_flags(train_options(wc, wc.shared)),
-    threads: 2
+    threads: TRAIN_THREADS
     resources:
         **TRAIN_RESOURCES,
     log:
         f"logs/train/{{dataset}}/{{backbone}}/seed{{seed}}/{{shared}}.log",
     shell:
         "fgkd train {params.stage} {params.earlier} --data {input.data} --out $(dirname {output.model})"
-        " {params.flags} --no-progress > {log} 2>&1"
+        " {params.flags} --processes {TRAIN_PROCESSES} --no-progress > {log} 2>&1"
 
 
 def variant_earlier(wc):
@@ -44,11 +48,11 @@ rule train_variant:
         stage=lambda wc: "--stage auxkd" if wc.stage == "auxkd" else f"--stage student --index {wc.stage.split('_')[1]}",
         earlier=lambda wc, input: " ".join(f"--earlier {m}" for m in input.earlier),
         flags=lambda wc: cli_flags(train_options(wc, wc.stage, wc.variant)),
-    threads: 2
+    threads: TRAIN_THREADS
     resources:
         **TRAIN_RESOURCES,
     log:
         f"logs/train/{{dataset}}/{{backbone}}/seed{{seed}}/{{variant}}/{{stage}}.log",
     shell:
         "fgkd train {params.stage} {params.earlier} --data {input.data} --out $(dirname {output.model})"
-        " {params.flags} --no-progress > {log} 2>&1"
+        " {params.flags} --processes {TRAIN_PROCESSES} --no-progress > {log} 2>&1"

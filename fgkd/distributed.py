@@ -1,0 +1,128 @@
+"""Data-parallel training under torchrun: which process this is, and the few collectives the loop needs.
+
+Without torchrun (no WORLD_SIZE in the environment) everything here is a no-op for one process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Processes:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Only the main process writes files and logs."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def from_environment() -> Processes:
+    """The variables torchrun sets for each process it starts."""
+    return Processes(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                     int(os.environ.get("LOCAL_RANK", 0)))
+
+
+@contextmanager
+def process_group(processes: Processes, device: torch.device):
+    """nccl between GPUs, gloo between CPU processes; torn down on the way out, also on errors."""
+    if not processes.distributed:
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=processes.rank,
+                            world_size=processes.world, device_id=device if device.type == "cuda" else None)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def all_sum(values: list[float], processes: Processes, device: torch.device) -> list[float]:
+    """Element-wise sum over the processes (float64, so that counts stay exact)."""
+    if not processes.distributed:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def broadcast_buffers(module: torch.nn.Module, processes: Processes) -> None:
+    """Batch-norm running statistics of the main process to all: without SyncBatchNorm each process
+    updates its own from its own images, and what is evaluated and saved must be one model."""
+    if processes.distributed:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+class ProcessSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm whose batch statistics span the images of all processes, in plain tensor ops and
+    differentiable collectives: torch's SyncBatchNorm has CUDA kernels only, and without it a CPU
+    (gloo) data-parallel run would not train like one process with the whole batch."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D)")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(input)
+        dims = [0, *range(2, input.dim())]
+        shape = [1, -1, *[1] * (input.dim() - 2)]
+        count = _sum(torch.tensor(float(input.numel() // input.shape[1]), device=input.device))
+        mean = _sum(input.sum(dims)) / count
+        centred = input - mean.view(shape)
+        var = _sum((centred * centred).sum(dims)) / count
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean, factor)
+                self.running_var.lerp_(var * count / (count - 1), factor)
+        out = centred * torch.rsqrt(var.view(shape) + self.eps)
+        return out * self.weight.view(shape) + self.bias.view(shape) if self.affine else out
+
+
+def _sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over the processes; its gradient is the sum of the processes' gradients."""
+    return funcol.wait_tensor(funcol.all_reduce(tensor, "sum", dist.group.WORLD))
+
+
+def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Every batch-norm layer made to normalise over all processes' images (torch's SyncBatchNorm on GPUs)."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        synced = ProcessSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                      module.track_running_stats)
+        synced.load_state_dict(module.state_dict())
+        return synced.train(module.training)
+    for name, child in module.named_children():
+        module.add_module(name, sync_batchnorm(child, device))
+    return module
+
+
+def launch(count: int, argv: list[str]) -> None:
+    """Replace this process by torchrun starting ``count`` copies of ``fgkd <argv>`` on this node.
+
+    torchrun passes SIGTERM to its workers, and here SIGUSR1 too (SLURM's warning before the time
+    limit): each then saves the mid-epoch checkpoint and the launcher exits only after they have."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={count}",
+               "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1", "-m", "fgkd", *argv]
+    os.execv(sys.executable, command)

@@ -1,0 +1,87 @@
+"""Data-parallel training through torchrun (gloo on CPU): N processes train like one with N x the batch."""
+
+import signal
+import subprocess
+
+import pandas as pd
+import pytest
+import torch
+
+from fgkd.data.prepare import prepare
+from fgkd.data.synth import generate
+from fgkd.train import TrainConfig, load_model, train
+from fixtures import cli_train_args, wait_for_file
+
+# Batch-norm layers in the trunk and in the official head, so that synchronised statistics matter; one batch
+# of all 48 training images per epoch (24 per process).
+CONFIG = TrainConfig(backbone="resnet10", head="official", head_hidden=32, epochs=2, batch_size=48, resize=36, crop=32,
+                     lr=0.05, backbone_lr=0.05, val_fraction=0.25, attention_stride=8)
+# The tolerance. Epoch 1 (same weights, same images) differs only by the order of float sums: 1e-5.
+# Epoch 2 follows one update, and float32 gradients of this network are accurate to about 7e-4 relative
+# (measured against float64), whichever way they are summed: 1e-3. (A doubled learning rate moves epoch 2's
+# loss by 6%.) Over many steps the runs drift further apart, as max-pooling and ReLU route a gradient
+# elsewhere when two values tie within rounding: they are equal in law, not bit for bit.
+FIRST_EPOCH_RTOL, UPDATE_RTOL = 1e-5, 1e-3
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ddp")
+    generate(base / "raw", classes=4, images_per_class=32, size=32, seed=3)
+    prepare("cub", base / "raw", base / "prepared", progress=False)
+    return base / "prepared"
+
+
+def per_process(config: TrainConfig, processes: int) -> TrainConfig:
+    return TrainConfig(**{**config.__dict__, "batch_size": config.batch_size // processes})
+
+
+def run_two_processes(config: TrainConfig, out, data, *extra):
+    result = subprocess.run(cli_train_args(per_process(config, 2), out, data, "--processes", "2", *extra),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return pd.read_parquet(out / "history.parquet")
+
+
+def test_two_processes_train_like_one_process_with_the_doubled_batch(data, tmp_path):
+    one = pd.read_parquet(train("teacher", data, tmp_path / "one", CONFIG, progress=False).parent / "history.parquet")
+    two = run_two_processes(CONFIG, tmp_path / "two", data)
+    unsynced = run_two_processes(TrainConfig(**{**CONFIG.__dict__, "sync_batchnorm": False}), tmp_path / "unsynced", data)
+
+    assert two["loss"].iloc[0] == pytest.approx(one["loss"].iloc[0], rel=FIRST_EPOCH_RTOL)
+    assert two["loss"].iloc[1] == pytest.approx(one["loss"].iloc[1], rel=UPDATE_RTOL)
+    assert two["train_acc"].tolist() == one["train_acc"].tolist()
+    assert two["val_acc"].tolist() == one["val_acc"].tolist()  # every validation image scored once over both
+    # Per-process batch statistics are another training: the test would see a broken synchronisation.
+    assert unsynced["loss"].iloc[0] != pytest.approx(one["loss"].iloc[0], rel=100 * FIRST_EPOCH_RTOL)
+
+    model, meta = load_model(tmp_path / "two" / "model.pt")  # a plain network again: no SyncBatchNorm inside
+    assert meta["processes"] == 2 and type(model.head.classifier[0]).__name__ == "BatchNorm1d"
+    assert not (tmp_path / "two" / "checkpoint.pt").exists()
+
+
+def test_a_signal_stops_every_process_at_one_step_and_the_rerun_resumes_exactly(data, tmp_path):
+    config = per_process(TrainConfig(**{**CONFIG.__dict__, "epochs": 6, "batch_size": 8}), 2)
+    reference = tmp_path / "reference"
+    subprocess.run(cli_train_args(config, reference, data, "--processes", "2"), check=True, capture_output=True,
+                   timeout=600)
+
+    out = tmp_path / "preempted"
+    args = cli_train_args(config, out, data, "--processes", "2")
+    launcher = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_file(out / "checkpoint.pt", launcher)
+    launcher.send_signal(signal.SIGUSR1)  # SLURM's --signal=USR1@... reaches the launcher; it tells the workers
+    _, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode != 0 and "stopped by SIGUSR1" in stderr, stderr[-3000:]
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)["state"]
+    assert saved["epoch"] < config.epochs and not (out / "model.pt").exists()
+
+    subprocess.run(args, check=True, capture_output=True, timeout=600)
+    for which in ("state_dict", "last_state_dict"):
+        expected = torch.load(reference / "model.pt", weights_only=True)[which]
+        resumed = torch.load(out / "model.pt", weights_only=True)[which]
+        for key, value in expected.items():
+            assert torch.equal(value, resumed[key]), (which, key)
+    timing = ["seconds", "images_per_s"]
+    pd.testing.assert_frame_equal(pd.read_parquet(reference / "history.parquet").drop(columns=timing),
+                                  pd.read_parquet(out / "history.parquet").drop(columns=timing))
