@@ -295,7 +295,7 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
             loader = make_train_loader(train_set, config.batch_size, epoch_seed, config.workers, processes.rank,
                                        processes.world, skip_batches=partial["step"] if partial else 0)
             label = f"{name} {epoch + 1}/{config.epochs}"
-            row = _train_epoch(step, method, optimizer, loader, device, config, label, progress, checkpoint_path,
+            row = train_epoch(step, method, optimizer, loader, device, config, label, progress, checkpoint_path,
                                partial, stop, save, processes)
             state["partial"] = None
             distributed.broadcast_buffers(model, processes)
@@ -359,7 +359,7 @@ class StopRequest:
         return False
 
 
-def _train_epoch(step, method, optimizer, loader, device, config, label, progress, checkpoint_path, partial, stop,
+def train_epoch(step, method, optimizer, loader, device, config, label, progress, checkpoint_path, partial, stop,
                  save, processes: Processes) -> dict[str, float]:
     """One epoch of ``step`` (the method, or its DDP wrapper). After a mid-epoch checkpoint, ``partial``
     carries the finished steps (the loader already skips their images) and the sums over all processes

@@ -1,0 +1,370 @@
+"""fgkd's speed and memory against the bare loop and the physical floor, measured in one run.
+
+`scripts/benchmark` prints the table and writes benchmarks/RESULTS.md. Every ratio compares two
+figures measured in this run, interleaved and repeated (the median counts), on the default config
+(config/config.yaml: ResNet-10, batch 64, 56 px crops) unless the row says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import yaml
+
+from fgkd.data.dataset import ImageSizes, load_split, make_train_loader
+from fgkd.data.prepare import prepare
+from fgkd.data.synth import SynthParams, generate
+from fgkd.distributed import Processes
+from fgkd.ensemble import ensemble
+from fgkd.methods import AuxKD, CrossEntropy, FrozenNetworks, OrthogonalStudent
+from fgkd.models import FGVCNet
+from fgkd.train import StopRequest, TrainConfig, train_epoch
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PROJECT_FILES = ["Snakefile", "workflow", "config", "slurm", "dvc.yaml", ".dvc", ".dvcignore", "fgkd"]
+
+
+@dataclass
+class Row:
+    section: str
+    measure: str
+    value: float
+    unit: str
+    reference: str = ""
+    ratio: float = float("nan")
+    target: str = ""
+
+    @property
+    def met(self) -> str:
+        if not self.target:
+            return ""
+        op, bound = self.target.split()
+        value = self.ratio if not np.isnan(self.ratio) else self.value
+        return "yes" if (value >= float(bound) if op == ">=" else value <= float(bound)) else "NO"
+
+
+def default_config() -> TrainConfig:
+    options = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["train"]
+    return TrainConfig(**{**options, "backbone": "resnet10", "device": "cpu"})
+
+
+def median_seconds(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def interleaved(functions: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each function, run in turns so that drifts of the machine hit all alike."""
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def in_memory_batches(config: TrainConfig, classes: int, steps: int):
+    generator = torch.Generator().manual_seed(0)
+    return [(torch.randn(config.batch_size, 3, config.crop, config.crop, generator=generator),
+             torch.randint(0, classes, (config.batch_size,), generator=generator),
+             torch.arange(config.batch_size)) for _ in range(steps)]
+
+
+def network(config: TrainConfig, classes: int, aux_heads: int = 0) -> FGVCNet:
+    return FGVCNet(config.backbone, classes, config.head, config.head_hidden, config.attention_stride, aux_heads)
+
+
+def bare_step(model, optimizer, batches):
+    """What one writes by hand with torchvision: forward, CE (on every head), backward, step."""
+    model.train()
+    for images, labels, _ in batches:
+        out = model(images)
+        heads = [out[0], *out[1]] if isinstance(out, tuple) else [out]
+        loss = sum(F.cross_entropy(logits, labels) for logits in heads)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def inference(networks, batches):
+    with torch.inference_mode():
+        for images, _, _ in batches:
+            for net in networks:
+                net(images)
+
+
+def fgkd_epoch(method, optimizer, batches, config):
+    with StopRequest() as stop:
+        train_epoch(method, method, optimizer, batches, torch.device("cpu"), config, "bench", False,
+                    Path("/nonexistent"), None, stop, None, Processes())
+
+
+def sgd(model, config):
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def training_steps(config: TrainConfig, classes: int, steps: int, repeats: int) -> tuple[list[Row], float]:
+    """Sections 1-3: the engine against the bare loop, and the distillers against their floor."""
+    batches = in_memory_batches(config, classes, steps)
+    images = steps * config.batch_size
+    rows = []
+    torch.manual_seed(0)
+    model = network(config, classes)
+    optimizer = sgd(model, config)
+    frozen = [network(config, classes).eval().requires_grad_(False) for _ in range(4)]
+    bare_step(model, optimizer, batches[:2])  # warm-up: allocator, oneDNN kernels
+    inference(frozen, batches[:1])
+
+    teacher = CrossEntropy(model)
+    students = {k: OrthogonalStudent(model, FrozenNetworks(frozen[:k]), "or", config.orth_weight) for k in (1, 2, 4)}
+    aux_model = network(config, classes, aux_heads=3)
+    aux_optimizer = sgd(aux_model, config)
+    aux = AuxKD(aux_model, FrozenNetworks(frozen[:3]), config.kd_temperature, config.kd_alpha)
+    times = interleaved({
+        "bare": lambda: bare_step(model, optimizer, batches),
+        "fgkd": lambda: fgkd_epoch(teacher, optimizer, batches, config),
+        "forward": lambda: inference(frozen[:1], batches),
+        **{f"student{k}": (lambda s=s: fgkd_epoch(s, optimizer, batches, config)) for k, s in students.items()},
+        "aux_bare": lambda: bare_step(aux_model, aux_optimizer, batches),
+        "aux": lambda: fgkd_epoch(aux, aux_optimizer, batches, config),
+    }, repeats)
+
+    rate = images / times["fgkd"]
+    rows.append(Row("1 framework", "teacher step, fgkd engine", rate, "img/s",
+                    f"bare loop {images / times['bare']:.0f} img/s", (images / times["fgkd"]) / (images / times["bare"]),
+                    ">= 0.95"))
+    per_step = lambda name: times[name] / steps * 1000  # noqa: E731
+    for k in (1, 2, 4):
+        floor = per_step("bare") + k * per_step("forward")
+        rows.append(Row("2 orthogonal student", f"k = {k} frozen networks", per_step(f"student{k}"), "ms/step",
+                        f"floor CE step + {k} x forward = {floor:.0f} ms", per_step(f"student{k}") / floor, "<= 1.10"))
+    floor = per_step("aux_bare") + 3 * per_step("forward")
+    rows.append(Row("3 aux-KD student", "K + 1 = 3 teachers, 3 auxiliary heads", per_step("aux"), "ms/step",
+                    f"floor CE step (all heads) + 3 x forward = {floor:.0f} ms", per_step("aux") / floor, "<= 1.10"))
+    return rows, rate
+
+
+def images_per_second(dataset, count: int) -> float:
+    """Decoded and augmented images per second in this process: one loader worker's rate."""
+    start = time.perf_counter()
+    for index in range(count):
+        dataset[index % len(dataset)]
+    return count / (time.perf_counter() - start)
+
+
+def decode_rates(files: list[Path]) -> tuple[float, float]:
+    """Decode only (to an RGB uint8 tensor): PIL against torchvision.io.decode_jpeg."""
+    from PIL import Image
+    from torchvision.io import decode_jpeg, read_file
+
+    def pil():
+        for path in files:
+            with Image.open(path) as image:
+                torch.from_numpy(np.array(image.convert("RGB")))
+
+    def torchvision_io():
+        for path in files:
+            decode_jpeg(read_file(str(path)))
+
+    times = interleaved({"pil": pil, "tv": torchvision_io}, 3)
+    return len(files) / times["pil"], len(files) / times["tv"]
+
+
+def input_pipeline(work: Path, default_data: Path, config: TrainConfig, consumption: float) -> list[Row]:
+    """Section 4: reading prepared copies against CUB-sized originals, and the default loader against the model."""
+    sizes = ImageSizes(config.resize, config.crop)
+    generate(work / "raw_large", classes=10, images_per_class=20, size=448, seed=0)
+    originals = prepare("cub", work / "raw_large", work / "originals", resize=448, workers=1, progress=False).parent
+    prepared = prepare("cub", work / "raw_large", work / "prepared", resize=config.resize, workers=1,
+                       progress=False).parent
+    count = 300
+    rate_original = images_per_second(load_split(originals, "train", sizes), count)
+    rate_prepared = images_per_second(load_split(prepared, "train", sizes), count)
+    rows = [Row("4 input pipeline", "one worker, prepared copies (short side 64)", rate_prepared, "img/s",
+                f"448 px originals {rate_original:.0f} img/s", rate_prepared / rate_original)]
+    files = sorted((default_data / "images").rglob("*.jpg"))[:400]
+    pil, tv = decode_rates(files)
+    rows.append(Row("4 input pipeline", "decode only, PIL (used)", pil, "img/s",
+                    f"torchvision.io.decode_jpeg {tv:.0f} img/s", pil / tv))
+
+    train_set = load_split(default_data, "train", sizes, config.val_fraction, config.seed)
+    epochs = []
+    for epoch in range(3):
+        start = time.perf_counter()
+        seen = sum(len(labels) for _, labels, _ in make_train_loader(train_set, config.batch_size, epoch,
+                                                                    config.workers))
+        epochs.append(seen / (time.perf_counter() - start))
+    feed = statistics.median(epochs)
+    rows.append(Row("4 input pipeline", f"default loader ({config.workers} worker, whole epochs)", feed, "img/s",
+                    f"model consumes {consumption:.0f} img/s", feed / consumption, ">= 1.5"))
+    return rows
+
+
+def timed_command(args: list[str], cwd: Path, check: bool = True) -> float:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    start = time.perf_counter()
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if check and result.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return seconds
+
+
+def project_copy(target: Path) -> Path:
+    target.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
+        else:
+            shutil.copy2(source, target / name)
+    return target
+
+
+def workflow_overhead(work: Path) -> list[Row]:
+    """Section 5: planning the paper's DAG, and no-op reruns after a finished (tiny) run."""
+    project = project_copy(work / "project")
+    raw = project / "data" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "CUB_200_2011.tgz").write_bytes(b"")  # the paper config checks that its raw paths exist
+    (raw / "fgvc-aircraft-2013b.tar.gz").write_bytes(b"")
+    (raw / "stanford_cars").mkdir()
+    rows = [Row("5 workflow", "snakemake -n all, paper config (3 x 2 x 3 seeds, K = 3)",
+                timed_command(["snakemake", "-n", "all", "--configfile", "config/paper.yaml"], project), "s",
+                target="<= 5")]
+    shutil.copy2(REPO / "config" / "tiny.yaml", project / "config" / "config.yaml")
+    timed_command(["snakemake", "--cores", "2", "all"], project)
+    rows.append(Row("5 workflow", "no-op rerun of snakemake all", timed_command(["snakemake", "--cores", "2", "all"],
+                                                                                project), "s", target="<= 5"))
+    timed_command(["dvc", "config", "core.no_scm", "true"], project)
+    timed_command(["dvc", "repro"], project)
+    rows.append(Row("5 workflow", "no-op dvc repro", timed_command(["dvc", "repro"], project), "s", target="<= 5"))
+    return rows
+
+
+def ensemble_speed(work: Path) -> list[Row]:
+    """Section 6: every subset of 5 members (teacher + K = 4 students) over 10,000 test images."""
+    rng = np.random.default_rng(0)
+    images, classes, files = 10_000, 200, []
+    labels = rng.integers(0, classes, images)
+    for member in range(5):
+        frame = pd.DataFrame(rng.standard_normal((images, classes), dtype=np.float32),
+                             columns=[f"logit_{c:03d}" for c in range(classes)])
+        frame.insert(0, "label", labels)
+        frame.insert(0, "image_id", np.arange(images))
+        files.append(work / f"member{member}.parquet")
+        frame.to_parquet(files[-1])
+    names = ["teacher", *[f"student_{k}" for k in range(1, 5)]]
+    seconds = median_seconds(lambda: ensemble(files, names), 3)
+    return [Row("6 ensembles", "all 31 subsets of 5 members, 10,000 images x 200 classes (read + score)", seconds,
+                "s", target="<= 1")]
+
+
+def peak_memory(work: Path, data: Path, config: TrainConfig) -> list[Row]:
+    """Section 7: peak resident memory of the largest process of each stage (one epoch of training)."""
+    options = []
+    for key, value in {**config.__dict__, "epochs": 1}.items():
+        flag = key.replace("_", "-")
+        options += [f"--{flag}" if value else f"--no-{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)]
+    runs = work / "runs"
+    fgkd = [sys.executable, "-m", "fgkd"]
+    teacher, s1, s2 = (runs / name / "model.pt" for name in ("teacher", "student_1", "student_2"))
+    stages = {
+        "train teacher": [*fgkd, "train", "--stage", "teacher", "--out", str(teacher.parent)],
+        "train student_1": [*fgkd, "train", "--stage", "student", "--index", "1", "--earlier", str(teacher),
+                            "--out", str(s1.parent)],
+        "train student_2": [*fgkd, "train", "--stage", "student", "--index", "2", "--earlier", str(teacher),
+                            "--earlier", str(s1), "--out", str(s2.parent)],
+        "train auxkd": [*fgkd, "train", "--stage", "auxkd", *[f"--earlier={m}" for m in (teacher, s1, s2)],
+                        "--out", str(runs / "auxkd")],
+    }
+    baseline = _peak_mib([sys.executable, "-c", "import torch, torchvision, fgkd.train"])
+    reference = f"importing torch + fgkd alone: {baseline:,.0f} MiB"
+    rows = [Row("7 peak memory", stage, _peak_mib([*args, "--data", str(data), "--no-progress",
+                                                                         *options]), "MiB", reference)
+            for stage, args in stages.items()]
+    rows.append(Row("7 peak memory", "predict", _peak_mib([*fgkd, "predict", "--model", str(teacher), "--data",
+                                                            str(data), "--out", str(runs / "logits.parquet")]), "MiB",
+                    reference))
+    return rows
+
+
+def _peak_mib(args: list[str]) -> float:
+    """Max RSS of the command's largest process, read in a fresh interpreter that only waits for it."""
+    probe = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return int(result.stdout.split()[-1]) / 1024
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, no GPU; Python {platform.python_version()}, "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| section | measure | value | reference (same run) | ratio | target | met |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = "" if np.isnan(r.ratio) else f"{r.ratio:.2f}"
+        lines.append(f"| {r.section} | {r.measure} | {r.value:,.{2 if r.value < 10 else 0}f} {r.unit} | {r.reference} "
+                     f"| {ratio} | {r.target} | {r.met} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "RESULTS.md",
+                        help="where to write the table (with the machine and the date)")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    config = default_config()
+    settings = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["datasets"]["synthetic"]["synth"]
+    with tempfile.TemporaryDirectory(prefix="fgkd-bench-") as tmp:
+        work = Path(tmp)
+        generate(work / "raw", settings["classes"], settings["images_per_class"], settings["size"], settings["seed"],
+                 SynthParams(occlusion_prob=settings["occlusion"]))
+        data = prepare("cub", work / "raw", work / "data", resize=config.resize, workers=1, progress=False).parent
+        rows, consumption = training_steps(config, settings["classes"], steps=10, repeats=5)
+        rows += input_pipeline(work, data, config, consumption)
+        rows += workflow_overhead(work)
+        rows += ensemble_speed(work)
+        rows += peak_memory(work, data, config)
+    minutes = (time.perf_counter() - started) / 60
+    text = (f"# Benchmarks\n\n`scripts/benchmark` ({time.strftime('%Y-%m-%d')}, {minutes:.1f} min). Machine: "
+            f"{machine()}.\nDefault config: {config.backbone}, batch {config.batch_size}, {config.crop} px crops, "
+            f"{config.workers} loader worker.\n\n{table(rows)}\n\n"
+            "GPU: not measured; no GPU has been lent to this project's sessions so far (see the README).\n")
+    print(text)
+    args.results.write_text(text)
+    missed = [r for r in rows if r.met == "NO"]
+    if missed:
+        print(f"{len(missed)} target(s) missed: " + "; ".join(r.measure for r in missed))
+
+
+if __name__ == "__main__":
+    main()
