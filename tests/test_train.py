@@ -155,3 +155,17 @@ def test_compiled_network_trains_like_the_eager_one(data, tmp_path):
     assert b["loss"].iloc[0] == pytest.approx(a["loss"].iloc[0], rel=1e-4)  # fused kernels round differently
     assert b["train_acc"].iloc[0] == a["train_acc"].iloc[0]
     assert set(weights(compiled)) == set(weights(eager))  # saved without torch.compile's wrapper names
+
+
+def test_gpu_fast_path_settings_compute_like_float32(data, tmp_path):
+    """bf16 autocast and channels_last (the CUDA defaults) forced on CPU. With a zero learning rate the
+    epoch's loss is the forward pass of the same initial weights: equal to bf16's precision."""
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 1, "lr": 0.0, "backbone_lr": 0.0})
+    plain = train("teacher", data, tmp_path / "fp32", config, progress=False)
+    fast = train("teacher", data, tmp_path / "bf16", TrainConfig(**{**config.__dict__, "amp": "bf16",
+                                                                   "channels_last": "on"}), progress=False)
+    a, b = (pd.read_parquet(p.parent / "history.parquet")["loss"].iloc[0] for p in (plain, fast))
+    assert b == pytest.approx(a, rel=0.01) and b != a  # bf16 keeps 8 bits of mantissa: close, not equal
+    assert all(v.dtype == torch.float32 for v in weights(fast).values() if v.is_floating_point())
+    logits = pd.read_parquet(predict(fast, data, tmp_path / "logits.parquet")).filter(like="logit_")
+    assert logits.notna().all().all()
