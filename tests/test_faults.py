@@ -4,7 +4,6 @@ worker, a checkpoint of another configuration, kill -9 of the Snakemake command.
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from fgkd.cli import main
 from fgkd.errors import FgkdError
 from fgkd.train import TrainConfig, train
 from conftest import TINY
-from fixtures import wait_for_file
+from fixtures import cli_train_args, wait_for_file
 from test_workflow import BIN, project_copy, run
 
 @pytest.fixture
@@ -81,14 +80,11 @@ def test_corrupt_image_in_a_worker_is_one_line_naming_the_file(data, tmp_path):
 def test_checkpoint_of_another_configuration_is_never_reused(data, tmp_path, caplog):
     other = TrainConfig(**{**TINY.__dict__, "lr": 0.01, "epochs": 3})
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "fgkd", "train", "--stage", "teacher", "--data", str(data), "--out", str(out),
-            "--no-progress"] + [a for k, v in other.__dict__.items() if k != "pretrained"
-                                for a in ("--" + k.replace("_", "-"), str(v))]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(cli_train_args(other, out, data), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wait_for_file(out / "checkpoint.pt", process)
     process.kill()
-    process.wait()
-    assert (out / "checkpoint.pt").exists()
+    _, stderr = process.communicate()
+    assert (out / "checkpoint.pt").exists(), stderr.decode()[-2000:]
     with caplog.at_level("WARNING", logger="fgkd"):
         resumed = train("teacher", data, out, TINY, progress=False)
     assert "written by another configuration" in caplog.text
