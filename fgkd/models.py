@@ -93,6 +93,18 @@ def build_trunk(name: str, pretrained: bool) -> nn.Module:
     return model.features
 
 
+def _modules_up_to(sequence: nn.Sequential, target: nn.Module) -> list[nn.Module]:
+    """The modules that, applied in turn, take the input of ``sequence`` to the output of ``target``."""
+    path = []
+    for child in sequence.children():
+        if child is target:
+            return [*path, child]
+        if isinstance(child, nn.Sequential) and any(m is target for m in child.modules()):
+            return [*path, *_modules_up_to(child, target)]
+        path.append(child)
+    raise ValueError(f"{type(target).__name__} is not reached by running {type(sequence).__name__} in order")
+
+
 def _trunk_module(trunk: nn.Module, backbone: str, stride: int) -> nn.Module:
     spec = _check_backbone(backbone)
     if stride not in spec.stride_modules:
@@ -148,7 +160,9 @@ class FGVCNet(nn.Module):
         self.head = build_head(head, channels, head_hidden, num_classes)
         self.aux = nn.ModuleList(build_head(head, channels, head_hidden, num_classes) for _ in range(aux_heads))
         self.attention_features: torch.Tensor | None = None
-        _trunk_module(self.trunk, backbone, attention_stride).register_forward_hook(self._capture)
+        attention_module = _trunk_module(self.trunk, backbone, attention_stride)
+        attention_module.register_forward_hook(self._capture)
+        self._up_to_attention = _modules_up_to(self.trunk, attention_module)  # a plain list: no second registration
 
     def _capture(self, module, inputs, output):
         self.attention_features = output
@@ -163,3 +177,10 @@ class FGVCNet(nn.Module):
         if len(self.aux) == 0:
             return logits
         return logits, [aux(features) for aux in self.aux]
+
+    def attention_only(self, images: torch.Tensor) -> torch.Tensor:
+        """The attention feature map without the layers after it: all that a frozen earlier network gives
+        an orthogonal student (at output stride 8 that skips half of a ResNet's trunk and the head)."""
+        for module in self._up_to_attention:
+            images = module(images)
+        return images

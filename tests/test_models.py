@@ -16,8 +16,11 @@ def test_every_backbone_gives_logits_and_attention_features_at_each_stride(backb
         model = FGVCNet(backbone, num_classes=5, attention_stride=stride).eval()
         with torch.no_grad():
             logits = model(images)
+            features = model.attention_features
+            alone = model.attention_only(images)  # the frozen networks' shortcut: the trunk up to that layer
         assert logits.shape == (2, 5)
-        assert model.attention_features.shape[-2:] == (64 // stride, 64 // stride)
+        assert features.shape[-2:] == (64 // stride, 64 // stride)
+        assert torch.equal(alone, features)
         if stride == 16:  # the other strides only move the hook
             break
 

@@ -19,8 +19,8 @@ class AuxKD(nn.Module):
         self.model, self.teachers, self.temperature, self.alpha = model, teachers, temperature, alpha
 
     def forward(self, images, labels) -> StepOutput:
+        teacher_logits = self.teachers.map(images, lambda net, x: net(x))
         logits, aux_logits = self.model(images)
-        teacher_logits = self.teachers.map(images, lambda _, out: out)
         kd = sum(kd_loss(a, t, self.temperature) for a, t in zip(aux_logits, teacher_logits))
         aux_ce = sum(F.cross_entropy(a, labels) for a in aux_logits)
         return StepOutput(logits, {"ce": F.cross_entropy(logits, labels), "kd": self.alpha * kd,

@@ -25,11 +25,15 @@ class FrozenNetworks(nn.Module):
     def train(self, mode: bool = True):
         return super().train(False)
 
-    def map(self, images: torch.Tensor, extract: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
-        """``extract(network, output)`` for each network; results cloned out of inference mode so
-        that they can enter the student's autograd graph."""
+    def map(self, images: torch.Tensor, run: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+        """``run(network, images)`` for each network; results cloned out of inference mode so that they
+        can enter the student's autograd graph.
+
+        Call it before the student's forward pass: run between the student's forward and backward
+        passes, the frozen networks evict the student's activations from the caches and cost 10-15%
+        more per step (measured by scripts/benchmark)."""
         with torch.inference_mode():
-            results = [extract(net, net(images)) for net in self.networks]
+            results = [run(net, images) for net in self.networks]
         return [r.clone() for r in results]
 
     def __len__(self) -> int:

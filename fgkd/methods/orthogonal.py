@@ -22,19 +22,19 @@ class OrthogonalStudent(nn.Module):
         self.model, self.earlier, self.variant, self.weight = model, earlier, variant, weight
 
     def forward(self, images, labels) -> StepOutput:
+        if self.weight == 0 or len(self.earlier) == 0:
+            logits = self.model(images)
+            return StepOutput(logits, {"ce": F.cross_entropy(logits, labels)})
+        reference = or_reference_maps if self.variant == "or" else attention_energy
+        earlier = self.earlier.map(images, lambda net, x: reference(net.attention_only(x)))
         logits = self.model(images)
         ce = F.cross_entropy(logits, labels)
-        if self.weight == 0 or len(self.earlier) == 0:
-            return StepOutput(logits, {"ce": ce})
         features = self.model.attention_features
         if self.variant == "or":
-            maps = self.earlier.map(images, lambda net, _: or_reference_maps(net.attention_features))
-            raw = or_loss_from_maps(features, maps)
+            raw = or_loss_from_maps(features, earlier)
             weighted = self.weight * ce.detach() / raw.detach().clamp_min(1e-12) * raw
         else:
             size = features.shape[-2:]
-            energies = self.earlier.map(images, lambda net, _: attention_energy(net.attention_features))
-            earlier_maps = [normalise_attention(e, size) for e in energies]
-            raw = orthogonal_loss(spatial_attention(features, size), earlier_maps)
+            raw = orthogonal_loss(spatial_attention(features, size), [normalise_attention(e, size) for e in earlier])
             weighted = self.weight * raw
         return StepOutput(logits, {"ce": ce, "orth": weighted}, {"orth_raw": raw.detach()})
