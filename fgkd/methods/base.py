@@ -30,7 +30,7 @@ class FrozenNetworks(nn.Module):
         can enter the student's autograd graph.
 
         Call it before the student's forward pass: run between the student's forward and backward
-        passes, the frozen networks evict the student's activations from the caches and cost 10-15%
+        passes, the frozen networks evict the student's activations from the caches and cost 12-16%
         more per step (measured by scripts/benchmark)."""
         with torch.inference_mode():
             results = [run(net, images) for net in self.networks]
