@@ -1,14 +1,17 @@
 # fgkd: teacher -> orthogonal students -> ensembles -> aux-KD student -> reports (`all`),
 # plus the ablation study (`ablations`).
 # `snakemake --cores all all` on one machine, `snakemake --profile slurm all` on a SLURM cluster.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
-configfile: "config/config.yaml"
 
+# One experiment, one file: config/config.yaml is read only when no --configfile names another
+# experiment, so nothing of the default leaks into it. Keys a config leaves out take the schema's
+# defaults (workflow/schemas/config.schema.yaml); --config KEY=VALUE overrides keys of either.
+if not workflow.config_settings.configfiles:
 
-validate(config, "workflow/schemas/config.schema.yaml")
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"

@@ -1,5 +1,53 @@
-# Helpers shared by the rules: names, paths, the CLI flags of each stage.
+# The config, checked before any job starts, and the helpers shared by the rules: names, paths, the
+# CLI flags of each stage.
+import math
+import re
+import shlex
+import sys
 from pathlib import Path
+
+from jsonschema import ValidationError
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+
+def config_error(message):
+    """A config mistake is the user's to fix: one line naming the key, no traceback, before any job."""
+    print(f"config error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def describe_invalid(error):
+    """One line for a schema violation: the key's path, what is wrong, and what is allowed there."""
+    where = ".".join(str(p) for p in error.absolute_path) or "the config"
+    if error.validator == "additionalProperties":
+        allowed = ", ".join(error.schema.get("properties", {})) or "none"
+        unexpected = ", ".join(sorted(set(error.instance) - set(error.schema.get("properties", {}))))
+        return f"{where}: unknown key {unexpected} (allowed: {allowed})"
+    if error.validator == "oneOf":
+        return f"{where}: give exactly one of `raw` (the folder or archive) and `synth` (generator settings)"
+    if "propertyNames" in error.absolute_schema_path:
+        return f"{where}: the name {error.instance!r} is not allowed ({error.schema.get('description', error.message)})"
+    message = error.message if len(error.message) < 300 else error.message[:300] + "..."
+    return f"{where}: {message}"
+
+
+def non_finite_keys(value, where=""):
+    """NaN and infinity pass JSON-schema bounds (every comparison with NaN is false): find them here."""
+    if isinstance(value, dict):
+        return [k for key, item in value.items() for k in non_finite_keys(item, f"{where}.{key}" if where else key)]
+    if isinstance(value, list):
+        return [k for i, item in enumerate(value) for k in non_finite_keys(item, f"{where}[{i}]")]
+    return [where] if isinstance(value, float) and not math.isfinite(value) else []
+
+
+try:
+    validate(config, "../schemas/config.schema.yaml")  # also fills in the schema's defaults
+except WorkflowError as err:
+    invalid = err.__context__  # validate() raises while handling jsonschema's error
+    config_error(describe_invalid(invalid) if isinstance(invalid, ValidationError) else str(err).splitlines()[0])
+for _key in non_finite_keys(config):
+    config_error(f"{_key}: must be a finite number, not NaN or infinity")
 
 STUDENTS = [f"student_{k}" for k in range(1, config["students"] + 1)]
 MEMBERS = ["teacher", *STUDENTS]
@@ -7,24 +55,24 @@ SHARED_STAGES = ["teacher", "auxkd_ce", "auxkd_single"]  # do not depend on the 
 SEED_DIR = "results/{dataset}/{backbone}/seed{seed}"
 VARIANT_DIR = SEED_DIR + "/{variant}"
 METHOD = config["method"]
-ABLATIONS = config.get("ablations", [])
+ABLATIONS = config["ablations"]
 
 for _name in [METHOD, *ABLATIONS]:
     if _name not in config["variants"]:
-        raise ValueError(f"method/ablations: {_name!r} is not defined under variants ({', '.join(config['variants'])})")
+        config_error(f"method/ablations: {_name!r} is not defined under variants ({', '.join(config['variants'])})")
 for _name in config["run_datasets"]:
     if _name not in config["datasets"]:
-        raise ValueError(f"run_datasets: {_name!r} is not defined under datasets ({', '.join(config['datasets'])})")
+        config_error(f"run_datasets: {_name!r} is not defined under datasets ({', '.join(config['datasets'])})")
     _raw = config["datasets"][_name].get("raw")
     if _raw and not Path(_raw).exists():
-        raise ValueError(
+        config_error(
             f"datasets.{_name}.raw: {_raw} does not exist; put the official folder or archive there "
             "(or `dvc pull` it), or change the path"
         )
 
 # Training jobs ask for gpus_per_job GPUs and run that many data-parallel processes (train_processes
 # overrides it: several CPU processes on a CPU cluster); evaluation jobs need one GPU at most.
-TRAIN_PROCESSES = config.get("train_processes") or max(1, config["gpus_per_job"])
+TRAIN_PROCESSES = config["train_processes"] or max(1, config["gpus_per_job"])
 EVAL_GPUS = min(1, config["gpus_per_job"])
 
 RUNS = [(d, b, s) for d in config["run_datasets"] for b in config["backbones"] for s in config["seeds"]]
@@ -66,10 +114,10 @@ ABLATION_REPORTS = [
 
 
 wildcard_constraints:
-    dataset="|".join(config["datasets"]),
+    dataset="|".join(map(re.escape, config["datasets"])),
     backbone="[A-Za-z0-9_]+",
     seed="[0-9]+",
-    variant="|".join(config["variants"]),
+    variant="|".join(map(re.escape, config["variants"])),
     shared="|".join(SHARED_STAGES),
     stage="student_[0-9]+|auxkd",
 
@@ -81,7 +129,7 @@ def train_options(wildcards, stage, variant=None):
     options.update(backbone=wildcards.backbone, seed=int(wildcards.seed))
     if variant is not None and stage.startswith("student"):
         options.update(config["variants"][variant])
-    stages = config.get("stages", {})
+    stages = config["stages"]
     if stage in ("auxkd_ce", "auxkd_single"):
         options.update(stages.get("auxkd", {}))
     options.update(stages.get(stage, {}))
@@ -89,11 +137,12 @@ def train_options(wildcards, stage, variant=None):
 
 
 def cli_flags(options):
+    """--key value for each option (booleans as --key / --no-key), every value quoted for the shell."""
     flags = []
     for key, value in sorted(options.items()):
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
             flags.append(flag if value else "--no-" + key.replace("_", "-"))
         else:
-            flags.append(f"{flag} {value}")
+            flags.append(f"{flag} {shlex.quote(str(value))}")
     return " ".join(flags)

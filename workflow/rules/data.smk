@@ -14,7 +14,7 @@ rule synth:
     log:
         "logs/synth/{dataset}.log",
     shell:
-        "fgkd synth --out {output} {params.flags} > {log} 2>&1"
+        "fgkd synth --out {output:q} {params.flags} > {log:q} 2>&1"
 
 
 rule prepare:
@@ -24,7 +24,7 @@ rule prepare:
         directory("data/prepared/{dataset}"),
     params:
         format=lambda wc: config["datasets"][wc.dataset]["format"],
-        resize=lambda wc: config["datasets"][wc.dataset].get("resize", 512),
+        resize=lambda wc: config["datasets"][wc.dataset]["resize"],
     threads: 4
     resources:
         mem_mb=4000,
@@ -32,5 +32,5 @@ rule prepare:
     log:
         "logs/prepare/{dataset}.log",
     shell:
-        "fgkd prepare {params.format} --root {input} --out {output} --resize {params.resize}"
-        " --workers {threads} > {log} 2>&1"
+        "fgkd prepare {params.format} --root {input:q} --out {output:q} --resize {params.resize}"
+        " --workers {threads} > {log:q} 2>&1"

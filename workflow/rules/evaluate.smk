@@ -2,6 +2,10 @@
 # maps, and (synthetic sets) accuracy with parts hidden.
 
 
+def model_flags(wildcards, input):
+    return " ".join(f"--model {shlex.quote(m)}" for m in input.models)
+
+
 rule predict:
     input:
         data=lambda wc: "data/prepared/" + wc.run.split("/")[0],
@@ -10,7 +14,7 @@ rule predict:
         best="results/{run}/logits.parquet",
         last="results/{run}/logits_last.parquet",
     params:
-        batch_size=config.get("predict", {}).get("batch_size", 64),
+        batch_size=config["predict"]["batch_size"],
     threads: 2
     resources:
         gpu=EVAL_GPUS,
@@ -19,10 +23,10 @@ rule predict:
     log:
         "logs/predict/{run}.log",
     shell:
-        "(fgkd predict --model {input.model} --data {input.data} --out {output.best} --which best"
+        "(fgkd predict --model {input.model:q} --data {input.data:q} --out {output.best:q} --which best"
         " --batch-size {params.batch_size} --workers {threads}"
-        " && fgkd predict --model {input.model} --data {input.data} --out {output.last} --which last"
-        " --batch-size {params.batch_size} --workers {threads}) > {log} 2>&1"
+        " && fgkd predict --model {input.model:q} --data {input.data:q} --out {output.last:q} --which last"
+        " --batch-size {params.batch_size} --workers {threads}) > {log:q} 2>&1"
 
 
 rule ensemble:
@@ -32,11 +36,11 @@ rule ensemble:
         f"{VARIANT_DIR}/ensemble.parquet",
     params:
         names=",".join(MEMBERS),
-        combine=config.get("ensemble", {}).get("combine", "logits"),
+        combine=config["ensemble"]["combine"],
     log:
         "logs/ensemble/{dataset}/{backbone}/seed{seed}/{variant}.log",
     shell:
-        "fgkd ensemble {input} --names {params.names} --combine {params.combine} --out {output} > {log} 2>&1"
+        "fgkd ensemble {input:q} --names {params.names} --combine {params.combine} --out {output:q} > {log:q} 2>&1"
 
 
 rule attention:
@@ -47,8 +51,8 @@ rule attention:
         overlap=f"{VARIANT_DIR}/attention.parquet",
         figure=f"{VARIANT_DIR}/attention.png",
     params:
-        images=config.get("attention", {}).get("images", 8),
-        models=lambda wc, input: " ".join(f"--model {m}" for m in input.models),
+        images=config["attention"]["images"],
+        models=model_flags,
     resources:
         gpu=EVAL_GPUS,
         mem_mb=8000,
@@ -56,8 +60,8 @@ rule attention:
     log:
         "logs/attention/{dataset}/{backbone}/seed{seed}/{variant}.log",
     shell:
-        "fgkd attention {params.models} --data {input.data} --images {params.images}"
-        " --overlap {output.overlap} --figure {output.figure} > {log} 2>&1"
+        "fgkd attention {params.models} --data {input.data:q} --images {params.images}"
+        " --overlap {output.overlap:q} --figure {output.figure:q} > {log:q} 2>&1"
 
 
 rule part_occlusion:
@@ -68,11 +72,12 @@ rule part_occlusion:
     output:
         f"{VARIANT_DIR}/part_occlusion.parquet",
     params:
-        models=lambda wc, input: " ".join(f"--model {m}" for m in input.models),
+        models=model_flags,
     resources:
         mem_mb=8000,
         runtime=60,
     log:
         "logs/part_occlusion/{dataset}/{backbone}/seed{seed}/{variant}.log",
     shell:
-        "fgkd part-occlusion --raw {input.raw} --data {input.data} {params.models} --out {output} > {log} 2>&1"
+        "fgkd part-occlusion --raw {input.raw:q} --data {input.data:q} {params.models}"
+        " --out {output:q} > {log:q} 2>&1"

@@ -25,7 +25,7 @@ def run_files(variants, names, aux=()):
     return files
 
 
-RUN_FLAGS = " ".join(f"--run {d}/{b}/{s}" for d, b, s in RUNS)
+RUN_FLAGS = " ".join(f"--run {shlex.quote(f'{d}/{b}/{s}')}" for d, b, s in RUNS)
 
 
 rule report:
@@ -37,7 +37,7 @@ rule report:
         "logs/report.log",
     shell:
         f"fgkd report --results results {RUN_FLAGS} --variants {METHOD} --students {config['students']}"
-        " --out results/reports > {log} 2>&1"
+        f" --out results/reports > {{log:q}} 2>&1"
 
 
 rule report_ablations:
@@ -50,4 +50,4 @@ rule report_ablations:
         "logs/report_ablations.log",
     shell:
         f"fgkd report --ablations --results results {RUN_FLAGS} --variants {','.join([METHOD, *ABLATIONS])}"
-        f" --students {config['students']} --out results/reports/ablations > {{log}} 2>&1"
+        f" --students {config['students']} --out results/reports/ablations > {{log:q}} 2>&1"

@@ -10,6 +10,10 @@ TRAIN_RESOURCES = dict(gpu=config["gpus_per_job"], mem_mb=16000, runtime=24 * 60
 TRAIN_THREADS = max(2, TRAIN_PROCESSES * max(1, config["train"].get("workers", 0)))
 
 
+def earlier_flags(wildcards, input):
+    return " ".join(f"--earlier {shlex.quote(m)}" for m in input.earlier)
+
+
 rule train_shared:
     input:
         data="data/prepared/{dataset}",
@@ -19,7 +23,7 @@ rule train_shared:
         history=f"{SEED_DIR}/{{shared}}/history.parquet",
     params:
         stage=lambda wc: SHARED_CLI[wc.shared],
-        earlier=lambda wc, input: " ".join(f"--earlier {m}" for m in input.earlier),
+        earlier=earlier_flags,
         flags=lambda wc: cli_flags(train_options(wc, wc.shared)),
     threads: TRAIN_THREADS
     resources:
@@ -27,8 +31,8 @@ rule train_shared:
     log:
         f"logs/train/{{dataset}}/{{backbone}}/seed{{seed}}/{{shared}}.log",
     shell:
-        "fgkd train {params.stage} {params.earlier} --data {input.data} --out $(dirname {output.model})"
-        " {params.flags} --processes {TRAIN_PROCESSES} --no-progress > {log} 2>&1"
+        "fgkd train {params.stage} {params.earlier} --data {input.data:q} --out \"$(dirname {output.model:q})\""
+        " {params.flags} --processes {TRAIN_PROCESSES} --no-progress > {log:q} 2>&1"
 
 
 def variant_earlier(wc):
@@ -46,7 +50,7 @@ rule train_variant:
         history=f"{VARIANT_DIR}/{{stage}}/history.parquet",
     params:
         stage=lambda wc: "--stage auxkd" if wc.stage == "auxkd" else f"--stage student --index {wc.stage.split('_')[1]}",
-        earlier=lambda wc, input: " ".join(f"--earlier {m}" for m in input.earlier),
+        earlier=earlier_flags,
         flags=lambda wc: cli_flags(train_options(wc, wc.stage, wc.variant)),
     threads: TRAIN_THREADS
     resources:
@@ -54,5 +58,5 @@ rule train_variant:
     log:
         f"logs/train/{{dataset}}/{{backbone}}/seed{{seed}}/{{variant}}/{{stage}}.log",
     shell:
-        "fgkd train {params.stage} {params.earlier} --data {input.data} --out $(dirname {output.model})"
-        " {params.flags} --processes {TRAIN_PROCESSES} --no-progress > {log} 2>&1"
+        "fgkd train {params.stage} {params.earlier} --data {input.data:q} --out \"$(dirname {output.model:q})\""
+        " {params.flags} --processes {TRAIN_PROCESSES} --no-progress > {log:q} 2>&1"
