@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -127,17 +128,19 @@ def test_schema_lists_every_train_option():
     ({"datasets": {"a/b": {"format": "cub", "raw": "x"}}}, "datasets: the name 'a/b' is not allowed (a folder name"),
     ({"datasets": {"x": {"format": "cub"}}}, "datasets.x: give exactly one of `raw`"),
     ({"method": "zz"}, "method/ablations: 'zz' is not defined under variants (or, lambda0)"),
+    ({"datasets": {"cub": {"format": "cub", "raw": "data/raw/missing.tgz"}}, "run_datasets": ["cub"]},
+     "datasets.cub.raw: data/raw/missing.tgz does not exist; put the official folder or archive there"),
 ])
 def test_config_errors_are_one_line_before_any_job(tmp_path, override, first_line):
     project = project_copy(tmp_path / "project")
     (project / "bad.yaml").write_text(yaml.safe_dump(override))
-    result = run(["snakemake", "--cores", "1", "all", "--dry-run", "--configfile", "config/config.yaml", "bad.yaml"],
-                 project, check=False)
+    result = run(["snakemake", "--cores", "1", "all", "--configfile", "config/config.yaml", "bad.yaml"], project,
+                 check=False)
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("config error: ")]
     assert len(errors) == 1 and errors[0].startswith("config error: " + first_line), result.stderr[-2000:]
     assert "Traceback" not in result.stderr and "Failed validating" not in result.stderr  # no schema dump
-    assert not (project / "data").exists() and not (project / "results").exists()
+    assert not {"data", "results", "logs"} & {p.name for p in project.iterdir()}  # no job started
 
 
 def snakemake_all_outputs(project: Path) -> set[str]:
@@ -239,29 +242,33 @@ def test_paper_config_plans_three_datasets_by_two_backbones(tmp_path):
 
 
 def test_slurm_signal_before_the_time_limit_checkpoints_and_the_retry_resumes(tmp_path, slurm_cluster):
+    """scancel --signal=USR1 (what --signal=USR1@120 sends) to a training job of two data-parallel processes."""
     projects = {name: project_copy(tmp_path / name) for name in ("reference", "slurm")}
     for project in projects.values():
         config = project / "config" / "config.yaml"
         config.write_text(config.read_text().replace("epochs: 1", "epochs: 12"))
     target = "results/synthetic/resnet10/seed0/teacher/model.pt"
-    run(["snakemake", "--cores", "2", target], projects["reference"])
+    two_processes = ["--config", "gpus_per_job=0", "train_processes=2"]
+    run(["snakemake", "--cores", "2", target, *two_processes], projects["reference"])
 
     project = projects["slurm"]
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    process = subprocess.Popen(["snakemake", "--profile", "slurm", target, "--config", "gpus_per_job=0"], cwd=project,
+    process = subprocess.Popen(["snakemake", "--profile", "slurm", target, *two_processes], cwd=project,
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     checkpoint = project / "results/synthetic/resnet10/seed0/teacher/checkpoint.pt"
     wait_for_file(checkpoint, process, timeout=600)
     running = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i"], capture_output=True, text=True).stdout.split()
     assert len(running) == 1, running
-    subprocess.run(["scancel", "--signal=USR1", running[0]], check=True)  # what --signal=USR1@120 sends
+    subprocess.run(["scancel", "--signal=USR1", running[0]], check=True)
     output, _ = process.communicate(timeout=900)
     assert process.returncode == 0, output[-3000:]
     assert "Trying to restart job" in output or "retry" in output.lower()
     log = (project / "logs/train/synthetic/resnet10/seed0/teacher.log").read_text()
-    assert "resuming after epoch" in log and "steps of the next" in log
+    assert "stopped by SIGUSR1" in log
+    assert_resumed_from_checkpoint_in(log)
     a = torch.load(projects["reference"] / target, weights_only=True)
     b = torch.load(project / target, weights_only=True)
+    assert a["metadata"]["processes"] == b["metadata"]["processes"] == 2
     for which in ("state_dict", "last_state_dict"):
         assert all(torch.equal(a[which][k], b[which][k]) for k in a[which])
 
@@ -378,6 +385,19 @@ def test_names_paths_and_values_reach_fgkd_verbatim_never_the_shell(tmp_path):
     config["datasets"] = {"my birds": {"format": "cub", "raw": "data/raw/cub birds", "resize": 48}}
     config["run_datasets"] = ["my birds"]
     (project / "spaces.yaml").write_text(yaml.safe_dump(config))
+    plan = run(["snakemake", "--cores", "2", "ablations", "--dry-run", "--printshellcmds", "--configfile", "spaces.yaml"],
+               project).stdout
+    path_options = {"--root", "--out", "--data", "--model", "--earlier", "--raw", "--overlap", "--figure"}
+    for program in ("prepare", "train", "predict", "ensemble", "attention", "report"):  # no synthetic set here
+        commands = shell_commands(plan, program)
+        assert commands, program
+        for words in commands:
+            paths = [words[i + 1] for i, w in enumerate(words[:-1]) if w in path_options]
+            paths += [w for w in words if w.endswith(".parquet") and not w.startswith("-")]  # ensemble's inputs
+            assert paths and all("my birds" in p or "cub birds" in p or p == "results/reports" or
+                                 p.startswith("results/reports/") for p in paths), (program, words)
+            if program == "report":
+                assert words.count("my birds/resnet10/0") == 1
     target = "results/my birds/resnet10/seed0/teacher/model.pt"
     run(["snakemake", "--cores", "2", target, "--configfile", "spaces.yaml"], project)
     assert load_model_metadata(project / target)["num_classes"] == 3
@@ -393,3 +413,30 @@ def test_names_paths_and_values_reach_fgkd_verbatim_never_the_shell(tmp_path):
 
 def load_model_metadata(path: Path) -> dict:
     return torch.load(path, weights_only=True)["metadata"]
+
+
+def test_a_running_snakemakes_lock_is_kept_and_a_second_run_in_its_folder_refused(tmp_path):
+    """Stale-lock removal must only remove the locks of runs that are gone (tests/test_faults.py kills one)."""
+    project = project_copy(tmp_path / "project")
+    config = project / "config" / "config.yaml"
+    config.write_text(config.read_text().replace("epochs: 1", "epochs: 40"))
+    target = "results/synthetic/resnet10/seed0/teacher/model.pt"
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    first = subprocess.Popen(["snakemake", "--cores", "1", target], cwd=project, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_file(project / "results/synthetic/resnet10/seed0/teacher/checkpoint.pt", first)
+        assert first.poll() is None, "the first run ended before the second could start"
+        locks = sorted((project / ".snakemake" / "locks").iterdir())
+        second = run(["snakemake", "--cores", "1", target], project, check=False)
+        assert second.returncode != 0 and "removed a stale Snakemake lock" not in second.stderr
+        assert "cannot be locked" in second.stdout + second.stderr
+        assert sorted((project / ".snakemake" / "locks").iterdir()) == locks
+        assert first.poll() is None
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+
+
+def assert_resumed_from_checkpoint_in(log: str) -> None:
+    assert "resuming after epoch" in log and "steps of the next" in log, log[-2000:]
