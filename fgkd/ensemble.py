@@ -11,6 +11,7 @@ import pandas as pd
 from .atomic import write_parquet
 from .data.dataset import ImageSizes, load_split, make_loader
 from .errors import FgkdError
+from .metrics import topk_accuracy
 from .train import TrainConfig, check_classes, evaluate, load_model, select_device
 
 COMBINES = ("logits", "probs")
@@ -47,13 +48,6 @@ def read_logits(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not np.isfinite(logits).all():
         raise FgkdError(f"{path}: non-finite logits; the model is broken, retrain it and rerun `fgkd predict`")
     return frame["image_id"].to_numpy(), frame["label"].to_numpy(), logits
-
-
-def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Share of images whose true class has fewer than k classes scored above it (one comparison per
-    score: a tenth of the time of a partial sort, which counts for the 2^n subsets of an ensemble)."""
-    true = np.take_along_axis(scores, labels[:, None], axis=1)
-    return float(((scores > true).sum(axis=1) < k).mean())
 
 
 def ensemble(logit_files: list[str | Path], names: list[str], combine: str = "logits",

@@ -22,9 +22,10 @@ import torch.nn.functional as F  # noqa: E402
 
 from .atomic import atomic_path, write_parquet  # noqa: E402
 from .data.dataset import IMAGENET_MEAN, IMAGENET_STD, ImageSizes, load_split  # noqa: E402
-from .ensemble import ensemble, read_logits, topk_accuracy  # noqa: E402
+from .ensemble import ensemble, read_logits  # noqa: E402
 from .errors import FgkdError  # noqa: E402
 from .losses import attention_energy, normalise_attention  # noqa: E402
+from .metrics import topk_accuracy  # noqa: E402
 from .train import load_model  # noqa: E402
 
 OVERLAP_IMAGES = 256

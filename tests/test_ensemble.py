@@ -1,19 +1,12 @@
-"""Ensembles from cached logits: top-k scoring against a full sort, and bad logits files."""
+"""Ensembles from cached logits: top-k scoring against a full sort, ties, and bad logits files."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from fgkd.ensemble import ensemble, topk_accuracy
+from fgkd.ensemble import ensemble
 from fgkd.errors import FgkdError
-
-
-def write_logits(path, logits, labels):
-    frame = pd.DataFrame(logits, columns=[f"logit_{c:03d}" for c in range(logits.shape[1])])
-    frame.insert(0, "label", labels)
-    frame.insert(0, "image_id", np.arange(len(labels)))
-    frame.to_parquet(path)
-    return path
+from fgkd.metrics import topk_accuracy
+from artifacts import ranked_hits, write_logits
 
 
 @pytest.mark.parametrize("k", [1, 2, 5, 7])
@@ -23,6 +16,26 @@ def test_topk_matches_a_full_sort(k):
     labels = rng.integers(0, 7, 500)
     ranked = np.argsort(-scores, axis=1)[:, :k]
     assert topk_accuracy(scores, labels, k) == pytest.approx((ranked == labels[:, None]).any(axis=1).mean())
+
+
+def test_constant_scores_are_never_a_hit_below_k_equal_to_the_classes():
+    scores, labels = np.zeros((10, 5), dtype=np.float32), np.arange(10) % 5
+    assert [topk_accuracy(scores, labels, k) for k in range(1, 6)] == [0, 0, 0, 0, 1]
+
+
+def test_ties_count_against_the_true_class():
+    scores = np.array([[1, 1, 0], [2, 1, 1], [0, 3, 3], [5, 1, 1]], dtype=np.float32)
+    labels = np.array([0, 1, 0, 0])
+    # row 0: tied with one class; row 1: one above, one tied; row 2: two above; row 3: strictly first.
+    assert [topk_accuracy(scores, labels, k) for k in (1, 2, 3)] == [1 / 4, 2 / 4, 1]
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 7])
+def test_topk_with_many_ties_matches_a_full_sort_that_ranks_the_truth_last_among_equals(k):
+    rng = np.random.default_rng(k)
+    scores = np.round(rng.standard_normal((500, 7))).astype(np.float32)  # about 5 distinct values per row
+    labels = rng.integers(0, 7, 500)
+    assert topk_accuracy(scores, labels, k) == ranked_hits(scores, labels, k).mean()
 
 
 def test_every_subset_is_scored_from_the_summed_logits(tmp_path):
