@@ -8,6 +8,7 @@ import os
 import click
 
 from .errors import FgkdError, one_line
+from .metrics import COMBINES
 
 
 def _friendly(command):
@@ -129,7 +130,7 @@ def predict(model_path, data, out, which, batch_size, workers, device):
 @main.command()
 @click.argument("logits", nargs=-1, required=True, type=click.Path())
 @click.option("--names", help="Comma-separated member names (default: the folder name of each file).")
-@click.option("--combine", type=click.Choice(["logits", "probs"]), default="logits", show_default=True,
+@click.option("--combine", type=click.Choice(COMBINES), default="logits", show_default=True,
               help="Sum of logits (official) or mean of softmax probabilities.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The ensemble Parquet file to write.")
 @_friendly
@@ -174,10 +175,12 @@ def attention(models, data, images, overlap, figure):
 @click.option("--run", "runs", multiple=True, required=True, help="dataset/backbone/seed (repeat).")
 @click.option("--variants", required=True, help="Comma-separated variants; the first is the method.")
 @click.option("--students", required=True, type=int, help="Number of students K.")
+@click.option("--combine", type=click.Choice(COMBINES), default="logits", show_default=True,
+              help="How ensembles are combined; must match the ensemble.parquet files (fgkd ensemble --combine).")
 @click.option("--ablations", is_flag=True, help="Write the ablation report (variants, aux-KD baselines, parts).")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @_friendly
-def report(results, runs, variants, students, ablations, out):
+def report(results, runs, variants, students, combine, ablations, out):
     """Collect all results into Parquet tables, summary.md, figures and DVC metrics."""
     from .report import ablation_report, report as main_report
 
@@ -187,9 +190,9 @@ def report(results, runs, variants, students, ablations, out):
         parsed.append((dataset, backbone, int(seed)))
     names = variants.split(",")
     if ablations:
-        ablation_report(results, parsed, names, students, out)
+        ablation_report(results, parsed, names, students, out, combine)
     else:
-        main_report(results, parsed, names[0], students, out)
+        main_report(results, parsed, names[0], students, out, combine)
     click.echo(f"wrote {out}")
 
 
@@ -198,12 +201,14 @@ def report(results, runs, variants, students, ablations, out):
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Its prepared copy.")
 @click.option("--model", "models", multiple=True, required=True, type=click.Path(), help="model.pt files (repeat).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The Parquet file to write.")
+@click.option("--combine", type=click.Choice(COMBINES), default="logits", show_default=True,
+              help="How the ensemble row combines the networks (as `fgkd ensemble --combine`).")
 @_friendly
-def part_occlusion(raw, data, models, out):
+def part_occlusion(raw, data, models, out, combine):
     """Synthetic sets: top-1 of each network with one part hidden, or only one part visible."""
     from .occlusion import part_occlusion as run
 
-    frame = run(raw, data, list(models), out)
+    frame = run(raw, data, list(models), out, combine=combine)
     click.echo(frame.pivot(index="condition", columns="network", values="top1").round(3).to_string())
 
 

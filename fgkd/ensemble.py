@@ -11,10 +11,9 @@ import pandas as pd
 from .atomic import write_parquet
 from .data.dataset import ImageSizes, load_split, make_loader
 from .errors import FgkdError
-from .metrics import topk_accuracy
+from .metrics import check_combine, ensemble_scores, topk_accuracy
 from .train import TrainConfig, check_classes, evaluate, load_model, select_device
 
-COMBINES = ("logits", "probs")
 ALL_SUBSETS_UP_TO = 6  # members; beyond that only the prefixes (2^n grows fast)
 
 
@@ -54,10 +53,10 @@ def ensemble(logit_files: list[str | Path], names: list[str], combine: str = "lo
              all_subsets: bool | None = None) -> pd.DataFrame:
     """Accuracy of every prefix (first member, first two, ...) and, for few members, of every subset.
 
-    ``logits``: sum of logits (the official code); ``probs``: mean of softmax probabilities.
+    ``combine`` (see fgkd.metrics.ensemble_scores): ``logits``, the sum of logits (the official code), or
+    ``probs``, the mean of softmax probabilities.
     """
-    if combine not in COMBINES:
-        raise FgkdError(f"combine: {combine!r} is not one of {', '.join(COMBINES)}")
+    check_combine(combine)
     if len(names) != len(logit_files) or not names:
         raise FgkdError("give one name per logits file, and at least one file")
     loaded = [read_logits(p) for p in logit_files]
@@ -65,24 +64,15 @@ def ensemble(logit_files: list[str | Path], names: list[str], combine: str = "lo
     for path, (other_ids, other_labels, _) in zip(logit_files[1:], loaded[1:]):
         if not (np.array_equal(ids, other_ids) and np.array_equal(labels, other_labels)):
             raise FgkdError(f"{path}: its images or labels differ from {logit_files[0]}; predict all members on the same data")
-    scores = np.stack([_member_scores(logits, combine) for _, _, logits in loaded])
     n = len(names)
     if all_subsets is None:
         all_subsets = n <= ALL_SUBSETS_UP_TO
     prefixes = [tuple(range(k)) for k in range(1, n + 1)]
     subsets = [s for k in range(1, n + 1) for s in itertools.combinations(range(n), k)] if all_subsets else []
+    chosen = list(dict.fromkeys(prefixes + subsets))
     rows = []
-    for members in dict.fromkeys(prefixes + subsets):
-        combined = scores[list(members)].sum(axis=0)
+    for members, combined in zip(chosen, ensemble_scores([logits for _, _, logits in loaded], combine, chosen)):
         rows.append({"members": "+".join(names[i] for i in members), "n_members": len(members),
                      "prefix": members in prefixes, "combine": combine,
                      "top1": topk_accuracy(combined, labels, 1), "top5": topk_accuracy(combined, labels, 5)})
     return pd.DataFrame(rows)
-
-
-def _member_scores(logits: np.ndarray, combine: str) -> np.ndarray:
-    if combine == "logits":
-        return logits
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-

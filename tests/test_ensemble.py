@@ -1,7 +1,8 @@
-"""Ensembles from cached logits: top-k scoring against a full sort, ties, and bad logits files."""
+"""Ensembles from cached logits: top-k scoring against a full sort, ties, combine rules, and bad logits files."""
 
 import numpy as np
 import pytest
+import scipy.special
 
 from fgkd.ensemble import ensemble
 from fgkd.errors import FgkdError
@@ -56,3 +57,18 @@ def test_non_finite_logits_are_refused_by_name(tmp_path):
     good = write_logits(tmp_path / "good.parquet", np.ones((4, 3), dtype=np.float32), np.zeros(4, dtype=int))
     with pytest.raises(FgkdError, match="bad.parquet: non-finite logits"):
         ensemble([good, bad], ["good", "bad"])
+
+
+def test_probs_is_the_mean_of_softmax_and_disagrees_with_summed_logits_where_built_to(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, 100)
+    a, b = (rng.standard_normal((100, 4)).astype(np.float32) for _ in range(2))
+    a[:20], b[:20], labels[:20] = [3, 0, 0, 0], [0, 2.5, -100, -100], 1  # logits sum: class 0; softmax mean: class 1
+    files = [write_logits(tmp_path / "a.parquet", a, labels), write_logits(tmp_path / "b.parquet", b, labels)]
+    rows = {rule: ensemble(files, ["a", "b"], rule).set_index("members").loc["a+b"] for rule in ("logits", "probs")}
+    mean_probs = np.mean([scipy.special.softmax(m.astype(np.float64), axis=1) for m in (a, b)], axis=0)
+    assert rows["probs"]["top1"] == ranked_hits(mean_probs, labels, 1).mean()
+    assert rows["logits"]["top1"] == ranked_hits(a + b, labels, 1).mean()
+    assert ranked_hits(mean_probs, labels, 1)[:20].all() and not ranked_hits(a + b, labels, 1)[:20].any()
+    assert rows["probs"]["top1"] != rows["logits"]["top1"]
+    assert (rows["probs"]["combine"], rows["logits"]["combine"]) == ("probs", "logits")
