@@ -141,6 +141,8 @@ def ensemble(logits, names, combine, out):
     from .atomic import write_parquet
     from .ensemble import ensemble as run_ensemble
 
+    if Path(out).resolve() in {Path(p).resolve() for p in logits}:
+        raise FgkdError(f"--out {out} is one of the input logits files and would overwrite it; choose another --out")
     members = names.split(",") if names else [Path(p).parent.name for p in logits]
     frame = run_ensemble(list(logits), members, combine)
     write_parquet(frame, out)

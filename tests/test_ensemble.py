@@ -3,11 +3,13 @@
 import numpy as np
 import pytest
 import scipy.special
+from click.testing import CliRunner
 
+from fgkd.cli import main
 from fgkd.ensemble import ensemble
 from fgkd.errors import FgkdError
 from fgkd.metrics import topk_accuracy
-from artifacts import ranked_hits, write_logits
+from artifacts import one_line_error, ranked_hits, write_logits
 
 
 @pytest.mark.parametrize("k", [1, 2, 5, 7])
@@ -72,3 +74,18 @@ def test_probs_is_the_mean_of_softmax_and_disagrees_with_summed_logits_where_bui
     assert ranked_hits(mean_probs, labels, 1)[:20].all() and not ranked_hits(a + b, labels, 1)[:20].any()
     assert rows["probs"]["top1"] != rows["logits"]["top1"]
     assert (rows["probs"]["combine"], rows["logits"]["combine"]) == ("probs", "logits")
+
+
+@pytest.mark.parametrize("spelling", ["same", "dot-dot", "symlinked folder"])
+def test_ensemble_out_equal_to_an_input_is_refused_and_the_input_kept(tmp_path, spelling):
+    rng = np.random.default_rng(0)
+    labels = np.arange(12) % 4
+    files = [write_logits(tmp_path / name / "logits.parquet", rng.standard_normal((12, 4)).astype(np.float32), labels)
+             for name in ("teacher", "student_1")]
+    before = files[1].read_bytes()
+    (tmp_path / "link").symlink_to(tmp_path / "student_1")
+    out = {"same": files[1], "dot-dot": tmp_path / "teacher" / ".." / "student_1" / "logits.parquet",
+           "symlinked folder": tmp_path / "link" / "logits.parquet"}[spelling]
+    result = CliRunner().invoke(main, ["ensemble", *map(str, files), "--out", str(out)])
+    one_line_error(result, str(out), "input")
+    assert files[1].read_bytes() == before
