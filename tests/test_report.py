@@ -166,3 +166,21 @@ def test_ablation_report_names_the_rule_and_refuses_occlusion_of_another(results
     frame.assign(combine=frame["combine"].replace("probs", "logits")).to_parquet(stale)
     one_line_error(run_report(root, tmp_path / "again", "probs", "--ablations"), str(stale), "combined by logits")
     assert not (tmp_path / "again").exists()
+
+
+def test_summary_table_of_three_seeds_is_mean_sample_std_and_last_epoch_mean():
+    rows = []
+    for seed, (t_best, t_last, e_best, e_last) in enumerate([(0.50, 0.40, 0.80, 0.70), (0.60, 0.50, 0.90, 0.75),
+                                                             (0.70, 0.45, 0.85, 0.80)]):
+        for method, best, last in (("teacher", t_best, t_last), ("ensemble", e_best, e_last)):
+            for selection, top1 in (("best", best), ("last", last)):
+                rows.append({"dataset": "synthetic", "backbone": "resnet10", "seed": seed, "variant": "or",
+                             "method": method, "selection": selection, "top1": top1})
+    rows.append({"dataset": "synthetic", "backbone": "resnet10", "seed": 0, "variant": "lambda0",
+                 "method": "teacher", "selection": "best", "top1": 0.0})  # another variant: not in this table
+    lines = summary_table(pd.DataFrame(rows), ["teacher", "ensemble", "auxkd"], "or")
+    # teacher: 50, 60, 70 -> mean 60, sample std 10; last 40, 50, 45 -> 45.
+    # ensemble: 80, 90, 85 -> mean 85, sample std 5; last 70, 75, 80 -> 75. auxkd: no rows.
+    assert lines[0].startswith("Top-1 test accuracy (%), mean ± std over 3 seed(s)")
+    assert lines[2:] == ["| dataset | backbone | teacher | ensemble | auxkd |", "|---|---|---|---|---|",
+                         "| synthetic | resnet10 | 60.0 ± 10.0 (45.0) | 85.0 ± 5.0 (75.0) | n/a |"]
