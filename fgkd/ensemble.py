@@ -25,6 +25,9 @@ def predict(model_path: str | Path, data: str | Path, out: str | Path, which: st
     model, meta = load_model(model_path, None, target, which)
     test_set = load_split(data, "test", ImageSizes(meta["resize"], meta["crop"]))
     check_classes(model_path, meta, test_set.num_classes)
+    if not len(test_set):
+        raise FgkdError(f"{data}: its manifest has no test images, and predict scores the test split; "
+                        "prepare a data set with a test split")
     result = evaluate(model, make_loader(test_set, batch_size, workers), target, config)
     frame = pd.DataFrame(result["logits"], columns=[f"logit_{c:03d}" for c in range(result["logits"].shape[1])])
     frame.insert(0, "label", result["labels"].astype("int64"))
@@ -34,19 +37,33 @@ def predict(model_path: str | Path, data: str | Path, out: str | Path, which: st
 
 
 def read_logits(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image_ids, labels, logits) of a predict output."""
+    """(image_ids, labels, logits) of a predict output: exactly image_id, label, logit_000 ... logit_{C-1},
+    integer labels in [0, C), finite logits; anything else would be scored silently wrong."""
     path = Path(path)
     try:
         frame = pd.read_parquet(path)
     except Exception as err:
         raise FgkdError(f"{path}: unreadable logits file ({err}); rerun `fgkd predict`") from None
-    columns = [c for c in frame.columns if c.startswith("logit_")]
+    columns = [c for c in frame.columns if c not in ("image_id", "label")]
+    expected = [f"logit_{c:03d}" for c in range(len(columns))]
     if not {"image_id", "label"} <= set(frame.columns) or not columns:
         raise FgkdError(f"{path}: not a logits file (needs image_id, label, logit_*); rerun `fgkd predict`")
+    if columns != expected:
+        culprit = next(c for c, e in zip(columns, expected) if c != e)
+        raise FgkdError(f"{path}: unexpected column {culprit!r} (a logits file has image_id, label, logit_000 ... "
+                        f"{expected[-1]} in order); rerun `fgkd predict`")
+    labels = frame["label"].to_numpy()
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise FgkdError(f"{path}: labels of type {labels.dtype}, not integers; rerun `fgkd predict`")
+    outside = (labels < 0) | (labels >= len(columns))
+    if outside.any():
+        raise FgkdError(f"{path}: label {labels[outside][0]} (image_id {frame['image_id'][outside].iloc[0]}) is "
+                        f"outside the {len(columns)} classes of its logits; rerun `fgkd predict` with the model "
+                        "of this data set")
     logits = frame[columns].to_numpy(np.float32)
     if not np.isfinite(logits).all():
         raise FgkdError(f"{path}: non-finite logits; the model is broken, retrain it and rerun `fgkd predict`")
-    return frame["image_id"].to_numpy(), frame["label"].to_numpy(), logits
+    return frame["image_id"].to_numpy(), labels, logits
 
 
 def ensemble(logit_files: list[str | Path], names: list[str], combine: str = "logits",
@@ -60,10 +77,13 @@ def ensemble(logit_files: list[str | Path], names: list[str], combine: str = "lo
     if len(names) != len(logit_files) or not names:
         raise FgkdError("give one name per logits file, and at least one file")
     loaded = [read_logits(p) for p in logit_files]
-    ids, labels, _ = loaded[0]
-    for path, (other_ids, other_labels, _) in zip(logit_files[1:], loaded[1:]):
+    ids, labels, first = loaded[0]
+    for path, (other_ids, other_labels, logits) in zip(logit_files[1:], loaded[1:]):
         if not (np.array_equal(ids, other_ids) and np.array_equal(labels, other_labels)):
             raise FgkdError(f"{path}: its images or labels differ from {logit_files[0]}; predict all members on the same data")
+        if logits.shape[1] != first.shape[1]:
+            raise FgkdError(f"{path}: {logits.shape[1]} classes, {logit_files[0]} has {first.shape[1]}; "
+                            "predict all members with models of the same data set")
     n = len(names)
     if all_subsets is None:
         all_subsets = n <= ALL_SUBSETS_UP_TO

@@ -61,6 +61,8 @@ def part_occlusion(raw: str | Path, prepared: str | Path, models: list[str | Pat
     codes = synth.class_codes(meta["classes"], synth.stream_rng(meta["seed"], synth.CODE_STREAM, 0))
     test = read_manifest(prepared)
     test = test[test["split"] == "test"]
+    if not len(test):
+        raise FgkdError(f"{prepared}: its manifest has no test images to re-render; prepare the synthetic set again")
     loaded = [load_model(p) for p in models]
     names = [Path(p).parent.name for p in models]
     sizes = ImageSizes(loaded[0][1]["resize"], loaded[0][1]["crop"])

@@ -88,7 +88,10 @@ def _save_figure(fig, target: str | Path) -> None:
 
 
 def _parameters(model_path: Path) -> int:
-    state = torch.load(model_path, map_location="cpu", weights_only=True)["state_dict"]
+    try:
+        state = torch.load(model_path, map_location="cpu", weights_only=True)["state_dict"]
+    except Exception as err:  # missing, truncated, or not a model.pt
+        raise FgkdError(f"{model_path}: not a readable fgkd model ({err}); retrain that stage") from None
     return int(sum(v.numel() for k, v in state.items() if v.is_floating_point() and "running_" not in k))
 
 
@@ -142,6 +145,10 @@ def collect(results: Path, runs: list[tuple[str, str, int]], variants: list[str]
     """(metrics, ensembles, histories) of every run x variant; aux stages belong to the first variant.
     Ensembles are combined by ``combine`` (see fgkd.metrics), which their metrics rows name."""
     check_combine(combine)
+    for dataset, backbone, seed in runs:
+        if not (results / dataset / backbone / f"seed{seed}").is_dir():
+            raise FgkdError(f"{results / dataset / backbone / f'seed{seed}'}: no such folder for the run "
+                            f"{dataset}/{backbone}/{seed}; check --results and --run")
     metrics, ensembles, histories = [], [], []
     student_names = [f"student_{k}" for k in range(1, students + 1)]
     read_history = functools.cache(lambda folder: _read_table(folder / "history.parquet", HISTORY_COLUMNS))
@@ -214,6 +221,11 @@ def report(results: str | Path, runs: list[tuple[str, str, int]], variant: str, 
     """The main reports of one variant (the method) into ``out``, ensembles combined by ``combine``."""
     results, out = Path(results), Path(out)
     metrics, ensembles, histories = collect(results, runs, [variant], students, ["auxkd"], combine)
+    figures = {results / d / b / f"seed{s}" / variant / "attention.png": out / "figures" / f"attention_{d}_{b}.png"
+               for d, b, s in runs if s == runs[0][2]}
+    for source in figures:
+        if not source.is_file():
+            raise FgkdError(f"{source}: missing; run `fgkd attention` (snakemake does) first")
     write_parquet(metrics, out / "metrics.parquet")
     write_parquet(ensembles, out / "ensembles.parquet")
     write_parquet(histories, out / "history.parquet")
@@ -233,11 +245,8 @@ def report(results: str | Path, runs: list[tuple[str, str, int]], variant: str, 
         curves.to_csv(tmp, index=False)
     _training_curves(curves, out / "figures" / "training_curves.png")
     _ensemble_members(ensembles, combine, out / "figures" / "ensemble_members.png")
-    for dataset, backbone, seed in runs:
-        if seed != runs[0][2]:
-            continue
-        source = results / dataset / backbone / f"seed{seed}" / variant / "attention.png"
-        with atomic_path(out / "figures" / f"attention_{dataset}_{backbone}.png") as tmp:
+    for source, target in figures.items():
+        with atomic_path(target) as tmp:
             tmp.write_bytes(source.read_bytes())
 
 

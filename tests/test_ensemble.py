@@ -1,6 +1,7 @@
 """Ensembles from cached logits: top-k scoring against a full sort, ties, combine rules, and bad logits files."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.special
 from click.testing import CliRunner
@@ -74,6 +75,45 @@ def test_probs_is_the_mean_of_softmax_and_disagrees_with_summed_logits_where_bui
     assert ranked_hits(mean_probs, labels, 1)[:20].all() and not ranked_hits(a + b, labels, 1)[:20].any()
     assert rows["probs"]["top1"] != rows["logits"]["top1"]
     assert (rows["probs"]["combine"], rows["logits"]["combine"]) == ("probs", "logits")
+
+
+def bad_logits(tmp_path, fault):
+    """A logits file with one fault; returns (path, text the error must contain)."""
+    rng = np.random.default_rng(0)
+    logits, labels = rng.standard_normal((12, 4)).astype(np.float32), np.arange(12) % 4
+    path = write_logits(tmp_path / "bad" / "logits.parquet", logits, labels)
+    frame = pd.read_parquet(path)
+    if fault == "extra column":
+        frame.insert(3, "confidence", 1.0)
+        culprit = "'confidence'"
+    elif fault == "label = classes":
+        frame.loc[5, "label"] = 4
+        culprit = "label 4"
+    elif fault == "negative label":
+        frame.loc[7, "label"] = -1
+        culprit = "label -1"
+    elif fault == "columns out of order":
+        frame = frame[["image_id", "label", "logit_001", "logit_000", "logit_002", "logit_003"]]
+        culprit = "'logit_001'"
+    else:  # other class count than the first member
+        frame = frame.drop(columns="logit_003")
+        culprit = "3 classes"
+    frame.to_parquet(path)
+    return path, culprit
+
+
+@pytest.mark.parametrize("fault", ["extra column", "label = classes", "negative label", "columns out of order",
+                                   "other class count"])
+def test_a_bad_logits_file_is_one_line_naming_it_and_no_output(tmp_path, fault):
+    rng = np.random.default_rng(1)
+    good = write_logits(tmp_path / "good" / "logits.parquet", rng.standard_normal((12, 4)).astype(np.float32),
+                        np.arange(12) % 4)
+    bad, culprit = bad_logits(tmp_path, fault)
+    out = tmp_path / "ensemble.parquet"
+    inputs = [good, bad] if fault == "other class count" else [bad]  # alone, nothing else can be blamed
+    result = CliRunner().invoke(main, ["ensemble", *map(str, inputs), "--out", str(out)])
+    one_line_error(result, str(bad), culprit)
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("spelling", ["same", "dot-dot", "symlinked folder"])

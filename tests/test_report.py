@@ -1,6 +1,7 @@
 """Report numbers against an independent computation, from a results tree of real files read by the real CLI."""
 
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -184,3 +185,50 @@ def test_summary_table_of_three_seeds_is_mean_sample_std_and_last_epoch_mean():
     assert lines[0].startswith("Top-1 test accuracy (%), mean ± std over 3 seed(s)")
     assert lines[2:] == ["| dataset | backbone | teacher | ensemble | auxkd |", "|---|---|---|---|---|",
                          "| synthetic | resnet10 | 60.0 ± 10.0 (45.0) | 85.0 ± 5.0 (75.0) | n/a |"]
+
+
+@pytest.mark.parametrize("run", ["results/synthetic/resnet10/seed0", "synthetic", "synthetic/resnet10/seed0",
+                                 "synthetic/resnet10/", "synthetic/resnet10/0/extra"])
+def test_a_run_that_is_not_dataset_backbone_seed_is_one_line_saying_the_form(tmp_path, run):
+    result = CliRunner().invoke(main, ["report", "--results", str(tmp_path), "--run", run, "--variants", "or",
+                                       "--students", "2", "--out", str(tmp_path / "reports")])
+    error = one_line_error(result, "--run", repr(run), "dataset/backbone/seed", exit_code=2)
+    assert "synthetic/resnet10/0" in error and not (tmp_path / "reports").exists()
+
+
+def test_a_run_without_results_is_one_line_naming_its_folder(results, tmp_path):
+    root = results[0]
+    result = CliRunner().invoke(main, ["report", "--results", str(root), "--run", "synthetic/resnet10/7",
+                                       "--variants", "or", "--students", "2", "--out", str(tmp_path / "reports")])
+    one_line_error(result, "seed7", "synthetic/resnet10/7")
+
+
+def _remove(path):
+    path.unlink()
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.unlink()  # a hard link shared with the other tests' tree
+    path.write_bytes(data[:100])
+
+
+def _drop_seconds(path):
+    frame = pd.read_parquet(path)
+    path.unlink()
+    frame.drop(columns="seconds").to_parquet(path)
+
+
+@pytest.mark.parametrize("relative, damage", [("or/attention.png", _remove), ("or/student_2/model.pt", _truncate),
+                                              ("teacher/history.parquet", _drop_seconds),
+                                              ("or/ensemble.parquet", _remove)],
+                         ids=["attention.png missing", "model.pt truncated", "history without seconds",
+                              "ensemble.parquet missing"])
+def test_a_missing_or_damaged_input_is_one_line_naming_it_and_no_report(results, tmp_path, relative, damage):
+    write_ensembles(results[0], "logits")
+    root = tmp_path / "results"
+    shutil.copytree(results[0], root, copy_function=os.link)
+    victim = root / "synthetic" / "resnet10" / "seed0" / relative
+    damage(victim)
+    one_line_error(run_report(root, tmp_path / "reports", "logits"), str(victim))
+    assert not (tmp_path / "reports").exists()
