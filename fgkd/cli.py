@@ -8,6 +8,7 @@ import os
 import click
 
 from .errors import FgkdError, one_line
+from .metrics import COMBINES
 
 
 def _friendly(command):
@@ -115,8 +116,8 @@ def train(stage, index, data, out, earlier, name, progress, processes, **config)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The logits Parquet file to write.")
 @click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True,
               help="Weights of the best validation epoch, or of the last epoch.")
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--workers", default=0, show_default=True)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--device", default="auto", show_default=True)
 @_friendly
 def predict(model_path, data, out, which, batch_size, workers, device):
@@ -129,7 +130,7 @@ def predict(model_path, data, out, which, batch_size, workers, device):
 @main.command()
 @click.argument("logits", nargs=-1, required=True, type=click.Path())
 @click.option("--names", help="Comma-separated member names (default: the folder name of each file).")
-@click.option("--combine", type=click.Choice(["logits", "probs"]), default="logits", show_default=True,
+@click.option("--combine", type=click.Choice(COMBINES), default="logits", show_default=True,
               help="Sum of logits (official) or mean of softmax probabilities.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The ensemble Parquet file to write.")
 @_friendly
@@ -140,6 +141,8 @@ def ensemble(logits, names, combine, out):
     from .atomic import write_parquet
     from .ensemble import ensemble as run_ensemble
 
+    if Path(out).resolve() in {Path(p).resolve() for p in logits}:
+        raise FgkdError(f"--out {out} is one of the input logits files and would overwrite it; choose another --out")
     members = names.split(",") if names else [Path(p).parent.name for p in logits]
     frame = run_ensemble(list(logits), members, combine)
     write_parquet(frame, out)
@@ -158,7 +161,8 @@ def _log_to_stderr(main_process: bool = True):
 @main.command()
 @click.option("--model", "models", multiple=True, required=True, type=click.Path(), help="model.pt files (repeat).")
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="A prepared data set.")
-@click.option("--images", default=8, show_default=True, help="Test images shown in the figure.")
+@click.option("--images", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Test images shown in the figure.")
 @click.option("--overlap", required=True, type=click.Path(dir_okay=False), help="Pairwise overlap Parquet to write.")
 @click.option("--figure", required=True, type=click.Path(dir_okay=False), help="Attention-map grid PNG to write.")
 @_friendly
@@ -169,27 +173,38 @@ def attention(models, data, images, overlap, figure):
     run_attention(list(models), data, images, overlap, figure)
 
 
+def _parse_runs(ctx, param, runs):
+    """dataset/backbone/seed, the seed an integer: the run's folder is results/dataset/backbone/seed{seed}."""
+    parsed = []
+    for run in runs:
+        parts = run.split("/")
+        if len(parts) != 3 or not all(parts) or not parts[2].isdigit():
+            raise click.BadParameter(f"{run!r} is not dataset/backbone/seed with an integer seed (e.g. "
+                                     "synthetic/resnet10/0, not a folder such as results/synthetic/resnet10/seed0)")
+        parsed.append((parts[0], parts[1], int(parts[2])))
+    return parsed
+
+
 @main.command()
 @click.option("--results", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--run", "runs", multiple=True, required=True, help="dataset/backbone/seed (repeat).")
+@click.option("--run", "runs", multiple=True, required=True, callback=_parse_runs,
+              help="dataset/backbone/seed, e.g. synthetic/resnet10/0 (repeat).")
 @click.option("--variants", required=True, help="Comma-separated variants; the first is the method.")
-@click.option("--students", required=True, type=int, help="Number of students K.")
+@click.option("--students", required=True, type=click.IntRange(min=1), help="Number of students K.")
+@click.option("--combine", type=click.Choice(COMBINES), default="logits", show_default=True,
+              help="How ensembles are combined; must match the ensemble.parquet files (fgkd ensemble --combine).")
 @click.option("--ablations", is_flag=True, help="Write the ablation report (variants, aux-KD baselines, parts).")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @_friendly
-def report(results, runs, variants, students, ablations, out):
+def report(results, runs, variants, students, combine, ablations, out):
     """Collect all results into Parquet tables, summary.md, figures and DVC metrics."""
     from .report import ablation_report, report as main_report
 
-    parsed = []
-    for run in runs:
-        dataset, backbone, seed = run.split("/")
-        parsed.append((dataset, backbone, int(seed)))
     names = variants.split(",")
     if ablations:
-        ablation_report(results, parsed, names, students, out)
+        ablation_report(results, runs, names, students, out, combine)
     else:
-        main_report(results, parsed, names[0], students, out)
+        main_report(results, runs, names[0], students, out, combine)
     click.echo(f"wrote {out}")
 
 
@@ -198,12 +213,14 @@ def report(results, runs, variants, students, ablations, out):
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Its prepared copy.")
 @click.option("--model", "models", multiple=True, required=True, type=click.Path(), help="model.pt files (repeat).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The Parquet file to write.")
+@click.option("--combine", type=click.Choice(COMBINES), default="logits", show_default=True,
+              help="How the ensemble row combines the networks (as `fgkd ensemble --combine`).")
 @_friendly
-def part_occlusion(raw, data, models, out):
+def part_occlusion(raw, data, models, out, combine):
     """Synthetic sets: top-1 of each network with one part hidden, or only one part visible."""
     from .occlusion import part_occlusion as run
 
-    frame = run(raw, data, list(models), out)
+    frame = run(raw, data, list(models), out, combine=combine)
     click.echo(frame.pivot(index="condition", columns="network", values="top1").round(3).to_string())
 
 

@@ -24,6 +24,7 @@ from .data.dataset import ImageSizes, fgvc_transform
 from .data.manifest import read_manifest
 from .data.prepare import JPEG_QUALITY
 from .errors import FgkdError
+from .metrics import check_combine, combine_scores, topk_accuracy
 from .train import load_model
 
 
@@ -46,8 +47,10 @@ def conditions() -> list[tuple[str, list[bool] | None]]:
 
 @torch.inference_mode()
 def part_occlusion(raw: str | Path, prepared: str | Path, models: list[str | Path], out: str | Path,
-                   batch_size: int = 128) -> pd.DataFrame:
-    """Top-1 of each network and of their ensemble (sum of logits) under each occlusion condition."""
+                   batch_size: int = 128, combine: str = "logits") -> pd.DataFrame:
+    """Top-1 of each network and of their ensemble (``combine``, see fgkd.metrics) under each occlusion
+    condition; the ensemble rows name their combine rule."""
+    check_combine(combine)
     meta_path = Path(raw) / "CUB_200_2011" / "synthetic.json"
     if not meta_path.is_file():
         raise FgkdError(f"{meta_path}: missing; part occlusion needs a data set made by `fgkd synth`")
@@ -58,11 +61,13 @@ def part_occlusion(raw: str | Path, prepared: str | Path, models: list[str | Pat
     codes = synth.class_codes(meta["classes"], synth.stream_rng(meta["seed"], synth.CODE_STREAM, 0))
     test = read_manifest(prepared)
     test = test[test["split"] == "test"]
+    if not len(test):
+        raise FgkdError(f"{prepared}: its manifest has no test images to re-render; prepare the synthetic set again")
     loaded = [load_model(p) for p in models]
     names = [Path(p).parent.name for p in models]
     sizes = ImageSizes(loaded[0][1]["resize"], loaded[0][1]["crop"])
     transform = fgvc_transform(sizes, train=False)
-    labels = torch.tensor(test["label"].to_numpy())
+    labels = test["label"].to_numpy()
     nuisances = [synth.sample_nuisance(synth.stream_rng(meta["seed"], synth.IMAGE_STREAM, int(i)), meta["size"], params)
                  for i in test["image_id"]]
     rows = []
@@ -74,12 +79,14 @@ def part_occlusion(raw: str | Path, prepared: str | Path, models: list[str | Pat
             pixels, _ = synth.render(codes[int(label)], nuisance, meta["size"])
             images.append(transform(_jpeg_round_trip(pixels)))
         batch = torch.stack(images)
-        summed = None
+        members = []
         for name, (model, _) in zip(names, loaded):
-            logits = torch.cat([model(batch[i:i + batch_size]) for i in range(0, len(batch), batch_size)])
-            summed = logits if summed is None else summed + logits
-            rows.append({"network": name, "condition": condition, "top1": float((logits.argmax(1) == labels).float().mean())})
-        rows.append({"network": "ensemble", "condition": condition, "top1": float((summed.argmax(1) == labels).float().mean())})
-    frame = pd.DataFrame(rows)
+            logits = torch.cat([model(batch[i:i + batch_size]) for i in range(0, len(batch), batch_size)]).numpy()
+            members.append(logits)
+            rows.append({"network": name, "condition": condition, "combine": None,
+                         "top1": topk_accuracy(logits, labels, 1)})
+        rows.append({"network": "ensemble", "condition": condition, "combine": combine,
+                     "top1": topk_accuracy(combine_scores(members, combine), labels, 1)})
+    frame = pd.DataFrame(rows, columns=["network", "condition", "combine", "top1"])
     write_parquet(frame, out)
     return frame

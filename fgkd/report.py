@@ -22,12 +22,16 @@ import torch.nn.functional as F  # noqa: E402
 
 from .atomic import atomic_path, write_parquet  # noqa: E402
 from .data.dataset import IMAGENET_MEAN, IMAGENET_STD, ImageSizes, load_split  # noqa: E402
-from .ensemble import ensemble, read_logits, topk_accuracy  # noqa: E402
+from .ensemble import ensemble, read_logits  # noqa: E402
 from .errors import FgkdError  # noqa: E402
 from .losses import attention_energy, normalise_attention  # noqa: E402
+from .metrics import COMBINE_TEXT, check_combine, topk_accuracy  # noqa: E402
 from .train import load_model  # noqa: E402
 
 OVERLAP_IMAGES = 256
+HISTORY_COLUMNS = ("stage", "epoch", "loss", "train_acc", "val_acc", "seconds", "images_per_s")
+ENSEMBLE_COLUMNS = ("members", "n_members", "prefix", "combine", "top1", "top5")
+OCCLUSION_COLUMNS = ("network", "condition", "combine", "top1")
 
 
 def _stage_of(path: str | Path) -> str:
@@ -84,8 +88,47 @@ def _save_figure(fig, target: str | Path) -> None:
 
 
 def _parameters(model_path: Path) -> int:
-    state = torch.load(model_path, map_location="cpu", weights_only=True)["state_dict"]
+    try:
+        state = torch.load(model_path, map_location="cpu", weights_only=True)["state_dict"]
+    except Exception as err:  # missing, truncated, or not a model.pt
+        raise FgkdError(f"{model_path}: not a readable fgkd model ({err}); retrain that stage") from None
     return int(sum(v.numel() for k, v in state.items() if v.is_floating_point() and "running_" not in k))
+
+
+def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A Parquet file written by an earlier step, or one line naming it."""
+    if not path.is_file():
+        raise FgkdError(f"{path}: missing; run the step that writes it first (snakemake does)")
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise FgkdError(f"{path}: unreadable ({err}); rerun the step that writes it (snakemake does)") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise FgkdError(f"{path}: no column {', '.join(missing)} (written by another fgkd version); delete it and "
+                        "rerun the step that writes it")
+    return frame
+
+
+def _check_combine(path: Path, rules: pd.Series, combine: str) -> None:
+    """Ensemble numbers of another combine rule must never be mixed into a report."""
+    found = sorted(set(rules))
+    if found != [combine]:
+        raise FgkdError(f"{path}: its ensembles were combined by {', '.join(map(str, found)) or 'nothing'}, the "
+                        f"report asks for {combine}; delete it and rerun the step that writes it with "
+                        f"--combine {combine}")
+
+
+def _ensemble_table(path: Path, combine: str, expected: pd.Series) -> pd.DataFrame:
+    """An ensemble.parquet that agrees with the full ensemble recomputed from the members' logits.parquet
+    files: same combine rule, same members, same accuracy; a stale one would put other numbers in the figures."""
+    table = _read_table(path, ENSEMBLE_COLUMNS)
+    _check_combine(path, table["combine"], combine)
+    row = table[table["members"] == expected["members"]]
+    if len(row) != 1 or (row["top1"].iloc[0], row["top5"].iloc[0]) != (expected["top1"], expected["top5"]):
+        raise FgkdError(f"{path}: its ensemble {expected['members']} disagrees with the members' logits.parquet "
+                        "files (stale); delete it and rerun `fgkd ensemble`")
+    return table
 
 
 def _accuracies(folder: Path) -> dict[str, tuple[float, float]]:
@@ -98,11 +141,17 @@ def _accuracies(folder: Path) -> dict[str, tuple[float, float]]:
 
 
 def collect(results: Path, runs: list[tuple[str, str, int]], variants: list[str], students: int,
-            aux_stages: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(metrics, ensembles, histories) of every run x variant; aux stages belong to the first variant."""
+            aux_stages: list[str], combine: str = "logits") -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(metrics, ensembles, histories) of every run x variant; aux stages belong to the first variant.
+    Ensembles are combined by ``combine`` (see fgkd.metrics), which their metrics rows name."""
+    check_combine(combine)
+    for dataset, backbone, seed in runs:
+        if not (results / dataset / backbone / f"seed{seed}").is_dir():
+            raise FgkdError(f"{results / dataset / backbone / f'seed{seed}'}: no such folder for the run "
+                            f"{dataset}/{backbone}/{seed}; check --results and --run")
     metrics, ensembles, histories = [], [], []
     student_names = [f"student_{k}" for k in range(1, students + 1)]
-    read_history = functools.cache(lambda folder: pd.read_parquet(folder / "history.parquet"))
+    read_history = functools.cache(lambda folder: _read_table(folder / "history.parquet", HISTORY_COLUMNS))
     parameters = functools.cache(lambda folder: _parameters(folder / "model.pt"))
     for dataset, backbone, seed in runs:
         base = results / dataset / backbone / f"seed{seed}"
@@ -120,19 +169,21 @@ def collect(results: Path, runs: list[tuple[str, str, int]], variants: list[str]
             for stage, path in networks.items():
                 history = read_history(path)
                 for selection, (top1, top5) in _accuracies(path).items():
-                    metrics.append({**key, "variant": variant, "method": stage, "members": stage,
+                    metrics.append({**key, "variant": variant, "method": stage, "members": stage, "combine": None,
                                     "selection": selection, "top1": top1, "top5": top5,
                                     "parameters": parameters(path),
                                     "train_seconds": float(history["seconds"].sum()),
                                     "images_per_s": float(history["images_per_s"].mean()),
                                     "attention_overlap": np.nan})
             members = ["teacher", *student_names]
-            ensembles.append(pd.read_parquet(folder / "ensemble.parquet").assign(**key, variant=variant))
-            overlap = float(pd.read_parquet(folder / "attention.parquet")["overlap"].mean())
+            overlap = float(_read_table(folder / "attention.parquet", ("overlap",))["overlap"].mean())
             for selection, name in (("best", "logits.parquet"), ("last", "logits_last.parquet")):
-                full = ensemble([networks[m] / name for m in members], members).iloc[len(members) - 1]
+                full = ensemble([networks[m] / name for m in members], members, combine, all_subsets=False).iloc[-1]
+                if selection == "best":
+                    table = _ensemble_table(folder / "ensemble.parquet", combine, full)
+                    ensembles.append(table.assign(**key, variant=variant))
                 metrics.append({**key, "variant": variant, "method": "ensemble", "members": full["members"],
-                                "selection": selection, "top1": full["top1"], "top5": full["top5"],
+                                "combine": combine, "selection": selection, "top1": full["top1"], "top5": full["top5"],
                                 "parameters": sum(parameters(networks[m]) for m in members),
                                 "train_seconds": float(sum(read_history(networks[m])["seconds"].sum() for m in members)),
                                 "images_per_s": np.nan, "attention_overlap": overlap})
@@ -166,16 +217,22 @@ def summary_table(metrics: pd.DataFrame, methods: list[str], variant: str) -> li
 
 
 def report(results: str | Path, runs: list[tuple[str, str, int]], variant: str, students: int,
-           out: str | Path) -> None:
-    """The main reports of one variant (the method) into ``out``."""
+           out: str | Path, combine: str = "logits") -> None:
+    """The main reports of one variant (the method) into ``out``, ensembles combined by ``combine``."""
     results, out = Path(results), Path(out)
-    metrics, ensembles, histories = collect(results, runs, [variant], students, ["auxkd"])
+    metrics, ensembles, histories = collect(results, runs, [variant], students, ["auxkd"], combine)
+    figures = {results / d / b / f"seed{s}" / variant / "attention.png": out / "figures" / f"attention_{d}_{b}.png"
+               for d, b, s in runs if s == runs[0][2]}
+    for source in figures:
+        if not source.is_file():
+            raise FgkdError(f"{source}: missing; run `fgkd attention` (snakemake does) first")
     write_parquet(metrics, out / "metrics.parquet")
     write_parquet(ensembles, out / "ensembles.parquet")
     write_parquet(histories, out / "history.parquet")
     methods = ["teacher", *[f"student_{k}" for k in range(1, students + 1)], "ensemble", "auxkd"]
     _write_text(out / "summary.md", "\n".join(
-        ["# fgkd results", "", f"Variant `{variant}`; ensemble = teacher + {students} students (sum of logits).", "",
+        ["# fgkd results", "",
+         f"Variant `{variant}`; ensemble = teacher + {students} students ({COMBINE_TEXT[combine]}).", "",
          *summary_table(metrics, methods, variant)]) + "\n")
     best = metrics[metrics["selection"] == "best"]
     summary = best.groupby(["dataset", "backbone", "method"], sort=False)["top1"].mean()
@@ -187,36 +244,35 @@ def report(results: str | Path, runs: list[tuple[str, str, int]], variant: str, 
     with atomic_path(out / "curves.csv") as tmp:
         curves.to_csv(tmp, index=False)
     _training_curves(curves, out / "figures" / "training_curves.png")
-    _ensemble_members(ensembles, out / "figures" / "ensemble_members.png")
-    for dataset, backbone, seed in runs:
-        if seed != runs[0][2]:
-            continue
-        source = results / dataset / backbone / f"seed{seed}" / variant / "attention.png"
-        with atomic_path(out / "figures" / f"attention_{dataset}_{backbone}.png") as tmp:
+    _ensemble_members(ensembles, combine, out / "figures" / "ensemble_members.png")
+    for source, target in figures.items():
+        with atomic_path(target) as tmp:
             tmp.write_bytes(source.read_bytes())
 
 
 def ablation_report(results: str | Path, runs: list[tuple[str, str, int]], variants: list[str], students: int,
-                    out: str | Path) -> None:
+                    out: str | Path, combine: str = "logits") -> None:
     """Variants side by side, the aux-KD baselines, attention overlap and part occlusion, into ``out``."""
     results, out = Path(results), Path(out)
-    metrics, _, _ = collect(results, runs, variants, students, ["auxkd", "auxkd_ce", "auxkd_single"])
-    write_parquet(metrics, out / "metrics.parquet")
+    metrics, _, _ = collect(results, runs, variants, students, ["auxkd", "auxkd_ce", "auxkd_single"], combine)
     occlusion = []
     for dataset, backbone, seed in runs:
         for variant in variants:
             path = results / dataset / backbone / f"seed{seed}" / variant / "part_occlusion.parquet"
             if path.exists():
-                occlusion.append(pd.read_parquet(path).assign(dataset=dataset, backbone=backbone, seed=seed,
-                                                              variant=variant))
+                table = _read_table(path, OCCLUSION_COLUMNS)
+                _check_combine(path, table[table["network"] == "ensemble"]["combine"], combine)
+                occlusion.append(table.assign(dataset=dataset, backbone=backbone, seed=seed, variant=variant))
     occlusion = pd.concat(occlusion, ignore_index=True) if occlusion else pd.DataFrame(
-        columns=["network", "condition", "top1", "dataset", "backbone", "seed", "variant"])
+        columns=[*OCCLUSION_COLUMNS, "dataset", "backbone", "seed", "variant"])
+    write_parquet(metrics, out / "metrics.parquet")
     write_parquet(occlusion, out / "part_occlusion.parquet")
     students_ = [f"student_{k}" for k in range(1, students + 1)]
     lines = ["# fgkd ablations", "", "## Ensemble of teacher + students, by the students' loss", "",
              "Top-1 (%), mean ± std over seeds (best-on-val; last epoch's mean in brackets). `lambda0` trains "
              "the students with CE alone, each from its own seed: the plain ensemble of K+1 networks with the same "
-             "budget. Attention overlap: mean pairwise dot product of the members' L2-normalised attention maps.", "",
+             f"budget. Ensemble: {COMBINE_TEXT[combine]}. Attention overlap: mean pairwise dot product of the "
+             "members' L2-normalised attention maps.", "",
              "| dataset | backbone | variant | " + " | ".join(students_) + " | ensemble | attention overlap |",
              "|---|---|---|" + "---|" * (len(students_) + 2)]
     for (dataset, backbone), group in metrics.groupby(["dataset", "backbone"], sort=False):
@@ -235,7 +291,7 @@ def ablation_report(results: str | Path, runs: list[tuple[str, str, int]], varia
     if len(occlusion):
         lines += ["", "## Per-part evidence (synthetic sets)", "",
                   "Top-1 (%) on the test images re-rendered with one part hidden (`hidden:`) or with only one part "
-                  "visible (`only:`), mean over seeds.", ""]
+                  f"visible (`only:`), mean over seeds; ensemble: {COMBINE_TEXT[combine]}.", ""]
         for (dataset, backbone, variant), group in occlusion.groupby(["dataset", "backbone", "variant"], sort=False):
             table = group.groupby(["condition", "network"], sort=False)["top1"].mean().unstack("network")
             table = (100 * table[["teacher", *students_, "ensemble"]]).round(1)
@@ -265,7 +321,7 @@ def _training_curves(curves: pd.DataFrame, target: Path) -> None:
     _save_figure(fig, target)
 
 
-def _ensemble_members(ensembles: pd.DataFrame, target: Path) -> None:
+def _ensemble_members(ensembles: pd.DataFrame, combine: str, target: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     prefixes = ensembles[ensembles["prefix"]]
     for (dataset, backbone), group in prefixes.groupby(["dataset", "backbone"], sort=False):
@@ -273,7 +329,7 @@ def _ensemble_members(ensembles: pd.DataFrame, target: Path) -> None:
         ax.errorbar(stats.index, 100 * stats["mean"], yerr=100 * stats["std"], marker="o", capsize=3,
                     label=f"{dataset} / {backbone}")
     ax.set(xlabel="members (teacher, + student 1, + student 2, ...)", ylabel="top-1 (%)",
-           title="Ensemble accuracy against the number of members")
+           title=f"Ensemble accuracy ({COMBINE_TEXT[combine]}) against the number of members")
     ax.legend(fontsize=7)
     fig.tight_layout()
     _save_figure(fig, target)

@@ -1,19 +1,16 @@
-"""Ensembles from cached logits: top-k scoring against a full sort, and bad logits files."""
+"""Ensembles from cached logits: top-k scoring against a full sort, ties, combine rules, and bad logits files."""
 
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.special
+from click.testing import CliRunner
 
-from fgkd.ensemble import ensemble, topk_accuracy
+from fgkd.cli import main
+from fgkd.ensemble import ensemble
 from fgkd.errors import FgkdError
-
-
-def write_logits(path, logits, labels):
-    frame = pd.DataFrame(logits, columns=[f"logit_{c:03d}" for c in range(logits.shape[1])])
-    frame.insert(0, "label", labels)
-    frame.insert(0, "image_id", np.arange(len(labels)))
-    frame.to_parquet(path)
-    return path
+from fgkd.metrics import topk_accuracy
+from artifacts import one_line_error, ranked_hits, write_logits
 
 
 @pytest.mark.parametrize("k", [1, 2, 5, 7])
@@ -23,6 +20,26 @@ def test_topk_matches_a_full_sort(k):
     labels = rng.integers(0, 7, 500)
     ranked = np.argsort(-scores, axis=1)[:, :k]
     assert topk_accuracy(scores, labels, k) == pytest.approx((ranked == labels[:, None]).any(axis=1).mean())
+
+
+def test_constant_scores_are_never_a_hit_below_k_equal_to_the_classes():
+    scores, labels = np.zeros((10, 5), dtype=np.float32), np.arange(10) % 5
+    assert [topk_accuracy(scores, labels, k) for k in range(1, 6)] == [0, 0, 0, 0, 1]
+
+
+def test_ties_count_against_the_true_class():
+    scores = np.array([[1, 1, 0], [2, 1, 1], [0, 3, 3], [5, 1, 1]], dtype=np.float32)
+    labels = np.array([0, 1, 0, 0])
+    # row 0: tied with one class; row 1: one above, one tied; row 2: two above; row 3: strictly first.
+    assert [topk_accuracy(scores, labels, k) for k in (1, 2, 3)] == [1 / 4, 2 / 4, 1]
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 7])
+def test_topk_with_many_ties_matches_a_full_sort_that_ranks_the_truth_last_among_equals(k):
+    rng = np.random.default_rng(k)
+    scores = np.round(rng.standard_normal((500, 7))).astype(np.float32)  # about 5 distinct values per row
+    labels = rng.integers(0, 7, 500)
+    assert topk_accuracy(scores, labels, k) == ranked_hits(scores, labels, k).mean()
 
 
 def test_every_subset_is_scored_from_the_summed_logits(tmp_path):
@@ -43,3 +60,72 @@ def test_non_finite_logits_are_refused_by_name(tmp_path):
     good = write_logits(tmp_path / "good.parquet", np.ones((4, 3), dtype=np.float32), np.zeros(4, dtype=int))
     with pytest.raises(FgkdError, match="bad.parquet: non-finite logits"):
         ensemble([good, bad], ["good", "bad"])
+
+
+def test_probs_is_the_mean_of_softmax_and_disagrees_with_summed_logits_where_built_to(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, 100)
+    a, b = (rng.standard_normal((100, 4)).astype(np.float32) for _ in range(2))
+    a[:20], b[:20], labels[:20] = [3, 0, 0, 0], [0, 2.5, -100, -100], 1  # logits sum: class 0; softmax mean: class 1
+    files = [write_logits(tmp_path / "a.parquet", a, labels), write_logits(tmp_path / "b.parquet", b, labels)]
+    rows = {rule: ensemble(files, ["a", "b"], rule).set_index("members").loc["a+b"] for rule in ("logits", "probs")}
+    mean_probs = np.mean([scipy.special.softmax(m.astype(np.float64), axis=1) for m in (a, b)], axis=0)
+    assert rows["probs"]["top1"] == ranked_hits(mean_probs, labels, 1).mean()
+    assert rows["logits"]["top1"] == ranked_hits(a + b, labels, 1).mean()
+    assert ranked_hits(mean_probs, labels, 1)[:20].all() and not ranked_hits(a + b, labels, 1)[:20].any()
+    assert rows["probs"]["top1"] != rows["logits"]["top1"]
+    assert (rows["probs"]["combine"], rows["logits"]["combine"]) == ("probs", "logits")
+
+
+def bad_logits(tmp_path, fault):
+    """A logits file with one fault; returns (path, text the error must contain)."""
+    rng = np.random.default_rng(0)
+    logits, labels = rng.standard_normal((12, 4)).astype(np.float32), np.arange(12) % 4
+    path = write_logits(tmp_path / "bad" / "logits.parquet", logits, labels)
+    frame = pd.read_parquet(path)
+    if fault == "extra column":
+        frame.insert(3, "confidence", 1.0)
+        culprit = "'confidence'"
+    elif fault == "label = classes":
+        frame.loc[5, "label"] = 4
+        culprit = "label 4"
+    elif fault == "negative label":
+        frame.loc[7, "label"] = -1
+        culprit = "label -1"
+    elif fault == "columns out of order":
+        frame = frame[["image_id", "label", "logit_001", "logit_000", "logit_002", "logit_003"]]
+        culprit = "'logit_001'"
+    else:  # other class count than the first member
+        frame = frame.drop(columns="logit_003")
+        culprit = "3 classes"
+    frame.to_parquet(path)
+    return path, culprit
+
+
+@pytest.mark.parametrize("fault", ["extra column", "label = classes", "negative label", "columns out of order",
+                                   "other class count"])
+def test_a_bad_logits_file_is_one_line_naming_it_and_no_output(tmp_path, fault):
+    rng = np.random.default_rng(1)
+    good = write_logits(tmp_path / "good" / "logits.parquet", rng.standard_normal((12, 4)).astype(np.float32),
+                        np.arange(12) % 4)
+    bad, culprit = bad_logits(tmp_path, fault)
+    out = tmp_path / "ensemble.parquet"
+    inputs = [good, bad] if fault == "other class count" else [bad]  # alone, nothing else can be blamed
+    result = CliRunner().invoke(main, ["ensemble", *map(str, inputs), "--out", str(out)])
+    one_line_error(result, str(bad), culprit)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("spelling", ["same", "dot-dot", "symlinked folder"])
+def test_ensemble_out_equal_to_an_input_is_refused_and_the_input_kept(tmp_path, spelling):
+    rng = np.random.default_rng(0)
+    labels = np.arange(12) % 4
+    files = [write_logits(tmp_path / name / "logits.parquet", rng.standard_normal((12, 4)).astype(np.float32), labels)
+             for name in ("teacher", "student_1")]
+    before = files[1].read_bytes()
+    (tmp_path / "link").symlink_to(tmp_path / "student_1")
+    out = {"same": files[1], "dot-dot": tmp_path / "teacher" / ".." / "student_1" / "logits.parquet",
+           "symlinked folder": tmp_path / "link" / "logits.parquet"}[spelling]
+    result = CliRunner().invoke(main, ["ensemble", *map(str, files), "--out", str(out)])
+    one_line_error(result, str(out), "input")
+    assert files[1].read_bytes() == before

@@ -1,0 +1,94 @@
+"""predict, attention and part-occlusion through the real CLI: bad options and data are one line; the
+occlusion ensemble follows --combine."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.special
+from click.testing import CliRunner
+
+from fgkd.cli import main
+from artifacts import one_line_error, ranked_hits, save_model
+
+CLASSES = 4  # of the tiny_data set
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return save_model(tmp_path_factory.mktemp("model") / "teacher" / "model.pt", CLASSES)[0]
+
+
+def test_predict_batch_size_zero_is_one_line_naming_the_option(model, tiny_data, tmp_path):
+    out = tmp_path / "logits.parquet"
+    result = CliRunner().invoke(main, ["predict", "--model", str(model), "--data", str(tiny_data), "--out", str(out),
+                                       "--batch-size", "0"])
+    one_line_error(result, "'--batch-size'", "0", exit_code=2)
+    assert not out.exists()
+
+
+def test_predict_on_a_manifest_without_test_images_is_one_line_and_no_output(model, tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    manifest = pd.read_parquet(data / "manifest.parquet")
+    manifest.assign(split="train").to_parquet(data / "manifest.parquet")
+    out = tmp_path / "logits.parquet"
+    result = CliRunner().invoke(main, ["predict", "--model", str(model), "--data", str(data), "--out", str(out)])
+    one_line_error(result, str(data), "no test images")
+    assert not out.exists()
+
+
+def test_part_occlusion_on_a_manifest_without_test_images_is_one_line_and_no_output(model, tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    manifest = pd.read_parquet(data / "manifest.parquet")
+    manifest.assign(split="train").to_parquet(data / "manifest.parquet")
+    out = tmp_path / "occlusion.parquet"
+    result = CliRunner().invoke(main, ["part-occlusion", "--raw", str(tiny_data.parent / "raw"), "--data", str(data),
+                                       "--model", str(model), "--out", str(out)])
+    one_line_error(result, str(data), "no test images")
+    assert not out.exists()
+
+
+def test_attention_with_no_images_is_one_line_naming_the_option(model, tiny_data, tmp_path):
+    result = CliRunner().invoke(main, ["attention", "--model", str(model), "--model", str(model), "--images", "0",
+                                       "--data", str(tiny_data), "--overlap", str(tmp_path / "a.parquet"),
+                                       "--figure", str(tmp_path / "a.png")])
+    one_line_error(result, "'--images'", "0", exit_code=2)
+    assert not (tmp_path / "a.parquet").exists()
+
+
+def test_occlusion_ensemble_follows_combine_like_an_independent_recomputation(tiny_data, tmp_path):
+    """Two networks of constant logits: summed, class 0 wins; their softmax mean, class 1. The test split
+    keeps one image of class 0 and three of class 1, so the two rules score differently."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    manifest = pd.read_parquet(data / "manifest.parquet")
+    test = manifest[manifest.split == "test"]
+    kept = [*test[test.label == 0].index[:1], *test[test.label == 1].index[:3]]
+    manifest.drop(index=test.index.difference(kept)).to_parquet(data / "manifest.parquet")
+    models = [save_model(tmp_path / "teacher" / "model.pt", CLASSES, bias=[3, 0, 0, 0])[0],
+              save_model(tmp_path / "student_1" / "model.pt", CLASSES, bias=[0, 2.5, -100, -100])[0]]
+    logits = []
+    for path in models:
+        out = path.parent / "logits.parquet"
+        result = CliRunner().invoke(main, ["predict", "--model", str(path), "--data", str(data), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        logits.append(pd.read_parquet(out))
+    labels = logits[0]["label"].to_numpy()
+    scores = [frame.filter(like="logit_").to_numpy(np.float64) for frame in logits]
+    expected = {"logits": ranked_hits(sum(scores), labels, 1).mean(),
+                "probs": ranked_hits(sum(scipy.special.softmax(s, axis=1) for s in scores) / 2, labels, 1).mean()}
+    assert expected["logits"] != expected["probs"]
+    for combine in ("logits", "probs"):
+        out = tmp_path / f"occlusion_{combine}.parquet"
+        result = CliRunner().invoke(main, ["part-occlusion", "--raw", str(tiny_data.parent / "raw"),
+                                           "--data", str(data), *[f"--model={m}" for m in models],
+                                           "--combine", combine, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        table = pd.read_parquet(out)
+        rows = table[(table.network == "ensemble") & (table.condition == "as generated")]
+        assert rows["top1"].tolist() == [expected[combine]] and rows["combine"].tolist() == [combine]
+        teacher = table[(table.network == "teacher") & (table.condition == "as generated")]["top1"]
+        assert teacher.tolist() == [ranked_hits(scores[0], labels, 1).mean()]
