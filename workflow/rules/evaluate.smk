@@ -73,11 +73,12 @@ rule part_occlusion:
         f"{VARIANT_DIR}/part_occlusion.parquet",
     params:
         models=model_flags,
+        combine=config["ensemble"]["combine"],
     resources:
         mem_mb=8000,
         runtime=60,
     log:
         "logs/part_occlusion/{dataset}/{backbone}/seed{seed}/{variant}.log",
     shell:
-        "fgkd part-occlusion --raw {input.raw:q} --data {input.data:q} {params.models}"
+        "fgkd part-occlusion --raw {input.raw:q} --data {input.data:q} {params.models} --combine {params.combine}"
         " --out {output:q} > {log:q} 2>&1"

@@ -26,6 +26,7 @@ def run_files(variants, names, aux=()):
 
 
 RUN_FLAGS = " ".join(f"--run {shlex.quote(f'{d}/{b}/{s}')}" for d, b, s in RUNS)
+COMBINE = config["ensemble"]["combine"]
 
 
 rule report:
@@ -37,7 +38,7 @@ rule report:
         "logs/report.log",
     shell:
         f"fgkd report --results results {RUN_FLAGS} --variants {METHOD} --students {config['students']}"
-        f" --out results/reports > {{log:q}} 2>&1"
+        f" --combine {COMBINE} --out results/reports > {{log:q}} 2>&1"
 
 
 rule report_ablations:
@@ -50,4 +51,4 @@ rule report_ablations:
         "logs/report_ablations.log",
     shell:
         f"fgkd report --ablations --results results {RUN_FLAGS} --variants {','.join([METHOD, *ABLATIONS])}"
-        f" --students {config['students']} --out results/reports/ablations > {{log:q}} 2>&1"
+        f" --students {config['students']} --combine {COMBINE} --out results/reports/ablations > {{log:q}} 2>&1"
