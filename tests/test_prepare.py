@@ -8,26 +8,36 @@ from PIL import Image
 
 from fgkd.cli import main
 from fgkd.data.prepare import prepare
-from fixtures import archive, make_aircraft, make_cars, make_cub
+from fixtures import CARS_LAYOUTS, archive, correlation, decoded, make_aircraft, make_cars, make_cub
 
 BUILDERS = {"cub": make_cub, "cars": make_cars, "aircraft": make_aircraft}
+BANNER = {"aircraft": 20}
 
 
-def assert_manifest_matches(out, expected_rows):
+def assert_manifest_matches(out, expected_rows, banner=0):
+    """The manifest has exactly the expected rows, and each image is a JPEG copy of its own source."""
     manifest = pd.read_parquet(out / "manifest.parquet")
     expected = pd.DataFrame(expected_rows).sort_values("image_id").reset_index(drop=True)
     assert list(manifest.columns) == ["image_id", "path", "label", "class_name", "split"]
     assert manifest["image_id"].dtype == "int64" and manifest["label"].dtype == "int64"
-    assert manifest.to_dict("records") == expected.to_dict("records")
-    for path in manifest["path"]:
+    assert manifest.to_dict("records") == expected.drop(columns="source").to_dict("records")
+    for path, source in zip(manifest["path"], expected["source"]):
         with Image.open(out / path) as image:
             assert image.format == "JPEG" and image.mode == "RGB"
+        assert correlation(out / path, decoded(source, banner)) > 0.9, path
 
 
 @pytest.mark.parametrize("dataset", BUILDERS)
 def test_folder_layout_gives_the_expected_manifest(tmp_path, dataset):
     rows = BUILDERS[dataset](tmp_path / "raw")
     prepare(dataset, tmp_path / "raw", tmp_path / "out", progress=False)
+    assert_manifest_matches(tmp_path / "out", rows, BANNER.get(dataset, 0))
+
+
+@pytest.mark.parametrize("layout", [layout for layout in CARS_LAYOUTS if layout != "devkit"])
+def test_every_stanford_cars_layout_gives_the_expected_manifest(tmp_path, layout):
+    rows = make_cars(tmp_path / "raw", layout=layout)
+    prepare("cars", tmp_path / "raw", tmp_path / "out", resize=24, progress=False)
     assert_manifest_matches(tmp_path / "out", rows)
 
 
@@ -37,13 +47,14 @@ def test_official_archive_is_unpacked_first(tmp_path, dataset, name):
     rows = BUILDERS[dataset](tmp_path / "raw")
     packed = archive(tmp_path / "raw", tmp_path / name)
     prepare(dataset, packed, tmp_path / "out", progress=False)
-    assert_manifest_matches(tmp_path / "out", rows)
+    assert_manifest_matches(tmp_path / "out", rows, BANNER.get(dataset, 0))
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no unpacked leftovers
 
 
 def test_resize_keeps_aspect_on_the_short_side_and_never_upscales(tmp_path):
-    make_cub(tmp_path / "raw", classes=2, per_class=3)
+    rows = make_cub(tmp_path / "raw", classes=2, per_class=3)
     prepare("cub", tmp_path / "raw", tmp_path / "out", resize=24, progress=False)
+    assert_manifest_matches(tmp_path / "out", rows)
     manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
     for path in manifest["path"]:
         with Image.open(tmp_path / "raw" / "CUB_200_2011" / path) as original, Image.open(tmp_path / "out" / path) as small:

@@ -149,3 +149,46 @@ def test_interrupted_prepare_resumes_and_keeps_converted_images(tmp_path):
     assert (tmp_path / "out" / "manifest.parquet").exists() and not (tmp_path / ".out.partial").exists()
     for path, mtime in mtimes.items():
         assert (tmp_path / "out" / path.relative_to(tmp_path / ".out.partial")).stat().st_mtime_ns == mtime
+
+
+def cli_prepare(dataset, raw, out, *extra):
+    return CliRunner().invoke(main, ["prepare", dataset, "--root", str(raw), "--out", str(out), *extra])
+
+
+def assert_one_line_error(result, *culprits):
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)  # not an exception click caught for us
+    error = [line for line in result.output.splitlines() if "Error" in line]
+    assert len(error) == 1 and error[0].startswith("Error: ") and result.output.rstrip().endswith(error[0])
+    assert all(culprit in error[0] for culprit in culprits), error[0]
+
+
+def cub_id_beyond_int64(raw):
+    for index in ("images.txt", "image_class_labels.txt", "train_test_split.txt"):
+        path = cub_root(raw) / index
+        path.write_text(path.read_text().replace("12 ", "99999999999999999999 ", 1))
+    return "images.txt", "99999999999999999999"
+
+
+def aircraft_id_beyond_int64(raw):
+    data = raw / "fgvc-aircraft-2013b" / "data"
+    index = data / "images_variant_test.txt"
+    name = sorted(index.read_text().split())[0]
+    (data / "images" / f"{name}.jpg").rename(data / "images" / f"1{name:0>20}.jpg")
+    index.write_text(index.read_text().replace(name, f"1{name:0>20}"))
+    return "images_variant_test.txt", f"1{name:0>20}"
+
+
+def aircraft_name_of_non_ascii_digits(raw):
+    index = raw / "fgvc-aircraft-2013b" / "data" / "images_variant_test.txt"
+    index.write_text(index.read_text() + "\u00b2 707-320\n")  # '²'.isdigit() but int('²') fails
+    return "images_variant_test.txt", "\u00b2"
+
+
+@pytest.mark.parametrize("fault", [cub_id_beyond_int64, aircraft_id_beyond_int64, aircraft_name_of_non_ascii_digits])
+def test_image_id_that_is_no_int64_is_named(tmp_path, fault):
+    dataset = "cub" if fault.__name__.startswith("cub") else "aircraft"
+    {"cub": make_cub, "aircraft": make_aircraft}[dataset](tmp_path / "raw")
+    culprits = fault(tmp_path / "raw")
+    assert_one_line_error(cli_prepare(dataset, tmp_path / "raw", tmp_path / "out"), *culprits)
+    assert not (tmp_path / "out").exists()
