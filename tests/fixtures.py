@@ -54,6 +54,19 @@ def make_cub(raw: Path, classes: int = 3, per_class: int = 4) -> list[dict]:
     return rows
 
 
+def add_cub_image(raw: Path, relative: str, pixels: np.ndarray, class_id: int = 1, train: bool = True,
+                  format: str | None = None) -> int:
+    """Add one image to a make_cub tree, in any format PIL writes (default: by the extension); its id."""
+    root = raw / "CUB_200_2011"
+    image_id = len((root / "images.txt").read_text().splitlines()) + 1
+    Image.fromarray(pixels).save(root / "images" / relative, format=format)
+    for index, value in (("images.txt", relative), ("image_class_labels.txt", class_id),
+                         ("train_test_split.txt", int(train))):
+        with open(root / index, "a") as file:
+            file.write(f"{image_id} {value}\n")
+    return image_id
+
+
 def _annotations(records: list[tuple[int, str]]) -> np.ndarray:
     dtype = [("bbox_x1", "O"), ("bbox_y1", "O"), ("bbox_x2", "O"), ("bbox_y2", "O"), ("class", "O"), ("fname", "O")]
     table = np.zeros((1, len(records)), dtype=dtype)

@@ -1,5 +1,7 @@
 """`fgkd prepare` on fixture trees in each official layout, as folders and as archives."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,7 +10,7 @@ from PIL import Image
 
 from fgkd.cli import main
 from fgkd.data.prepare import prepare
-from fixtures import CARS_LAYOUTS, archive, correlation, decoded, make_aircraft, make_cars, make_cub
+from fixtures import CARS_LAYOUTS, add_cub_image, archive, correlation, decoded, make_aircraft, make_cars, make_cub
 
 BUILDERS = {"cub": make_cub, "cars": make_cars, "aircraft": make_aircraft}
 BANNER = {"aircraft": 20}
@@ -74,6 +76,21 @@ def test_aircraft_banner_is_cropped(tmp_path):
         assert image.size == (64, 40)
         bottom = np.asarray(image)[-2:].reshape(-1, 3)
         assert not any(r > 200 and g < 60 and b > 200 for r, g, b in bottom)  # no magenta banner left
+
+
+def test_same_name_with_another_extension_stays_a_separate_image(tmp_path):
+    """x.jpg and x.png in one folder: two files in the output, each a copy of its own source."""
+    make_cub(tmp_path / "raw", classes=2, per_class=2)
+    folder = tmp_path / "raw" / "CUB_200_2011" / "images" / "001.Bird_A"
+    jpg = next(folder.glob("*.jpg"))
+    png_pixels = 255 - decoded(jpg)  # the negative: unrelated content would not tell them apart as surely
+    add_cub_image(tmp_path / "raw", f"001.Bird_A/{jpg.stem}.png", png_pixels, class_id=1, train=False)
+    prepare("cub", tmp_path / "raw", tmp_path / "out", progress=False)
+    manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    paths = {Path(p).name: tmp_path / "out" / p for p in manifest["path"] if Path(p).name.startswith(jpg.stem)}
+    assert sorted(paths) == [jpg.name, f"{jpg.stem}.png.jpg"]
+    assert correlation(paths[jpg.name], decoded(jpg)) > 0.9
+    assert correlation(paths[f"{jpg.stem}.png.jpg"], png_pixels) > 0.9
 
 
 def test_synthetic_set_goes_through_the_cub_adapter(tmp_path):

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from fgkd.cli import main
 from fgkd.data.prepare import prepare
 from fgkd.errors import DataError
-from fixtures import archive, make_aircraft, make_cub
+from fixtures import add_cub_image, archive, decoded, make_aircraft, make_cub
 
 
 def cub_root(raw):
@@ -191,4 +191,14 @@ def test_image_id_that_is_no_int64_is_named(tmp_path, fault):
     {"cub": make_cub, "aircraft": make_aircraft}[dataset](tmp_path / "raw")
     culprits = fault(tmp_path / "raw")
     assert_one_line_error(cli_prepare(dataset, tmp_path / "raw", tmp_path / "out"), *culprits)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("other", ["{stem}", "{upper}.jpg"])  # x beside x.jpg; X.jpg too (one file on macOS)
+def test_names_that_would_share_one_output_file_are_refused(tmp_path, other):
+    make_cub(tmp_path / "raw")
+    jpg = next((cub_root(tmp_path / "raw") / "images" / "001.Bird_A").glob("*.jpg"))
+    name = other.format(stem=jpg.stem, upper=jpg.stem.upper())
+    add_cub_image(tmp_path / "raw", f"001.Bird_A/{name}", 255 - decoded(jpg), format="PNG")
+    assert_one_line_error(cli_prepare("cub", tmp_path / "raw", tmp_path / "out"), jpg.name, name, "rename one")
     assert not (tmp_path / "out").exists()

@@ -87,14 +87,24 @@ def _check(sources: SourceSet, dataset: str) -> None:
                             "the data set is incomplete (re-extract it)")
         if not 0 <= image.label < len(sources.class_names):
             raise DataError(f"{sources.root}: image {image.image_id} has label {image.label} outside 0..{len(sources.class_names) - 1}")
+    # Case-blind: on a case-insensitive file system (macOS, Windows) A.jpg and a.jpg are one file.
+    stored_as = {}
+    for image in sources.images:
+        target = _target_path(image)
+        other = stored_as.setdefault(target.casefold(), image)
+        if other is not image:
+            raise DataError(f"{sources.root / image.path} and {sources.root / other.path} would both be stored as "
+                            f"{target}; rename one of them (and its line in the index)")
 
 
 def _target_path(image: SourceImage) -> str:
-    """Where the resized copy goes: under images/, keeping the source's relative name."""
+    """Where the resized copy goes: under images/, keeping the source's relative name. A source that is not a
+    .jpg keeps its extension (x.png -> x.png.jpg), so that x.jpg and x.png beside it stay two images."""
     relative = Path(image.path)
     if relative.parts[0] == "images":
         relative = relative.relative_to("images")
-    return (Path("images") / relative).with_suffix(".jpg").as_posix()
+    name = relative.name if relative.suffix == ".jpg" else f"{relative.name}.jpg"
+    return (Path("images") / relative.with_name(name)).as_posix()
 
 
 def prepare(dataset: str, raw: str | Path, out: str | Path, resize: int = 512, workers: int | None = None,
