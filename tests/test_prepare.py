@@ -78,6 +78,27 @@ def test_aircraft_banner_is_cropped(tmp_path):
         assert not any(r > 200 and g < 60 and b > 200 for r, g, b in bottom)  # no magenta banner left
 
 
+@pytest.mark.parametrize("height,resize", [(900, 64), (800, 100)])
+def test_aircraft_banner_of_a_large_image_is_gone_after_resizing(tmp_path, height, resize):
+    """A JPEG decoded at reduced scale (draft) holds the banner in 2.5 rows: the cut must take the partial one."""
+    make_aircraft(tmp_path / "raw")
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 86, (height // 16, 1200 // 16, 3), dtype=np.uint8)
+    blocks[..., 1] += 128  # green-grey content: magenta rows would stand out
+    pixels = np.kron(blocks, np.ones((16, 16, 1), dtype=np.uint8))
+    pixels[-20:] = (255, 0, 255)
+    source = tmp_path / "raw" / "fgvc-aircraft-2013b" / "data" / "images" / "1000007.jpg"
+    Image.fromarray(pixels).save(source, quality=95)
+    prepare("aircraft", tmp_path / "raw", tmp_path / "out", resize=resize, progress=False)
+    copy = tmp_path / "out" / "images" / "1000007.jpg"
+    with Image.open(copy) as image:
+        assert min(image.size) == resize
+        rgb = np.asarray(image, dtype=np.float64)
+    rows = ((rgb[..., 0] + rgb[..., 2]) / 2 - rgb[..., 1]).mean(axis=1)  # magenta: content about -128, banner +255
+    assert rows.max() < np.median(rows) + 20, rows[-3:]
+    assert correlation(copy, pixels[:-20]) > 0.9
+
+
 def test_same_name_with_another_extension_stays_a_separate_image(tmp_path):
     """x.jpg and x.png in one folder: two files in the output, each a copy of its own source."""
     make_cub(tmp_path / "raw", classes=2, per_class=2)
@@ -91,6 +112,26 @@ def test_same_name_with_another_extension_stays_a_separate_image(tmp_path):
     assert sorted(paths) == [jpg.name, f"{jpg.stem}.png.jpg"]
     assert correlation(paths[jpg.name], decoded(jpg)) > 0.9
     assert correlation(paths[f"{jpg.stem}.png.jpg"], png_pixels) > 0.9
+
+
+@pytest.mark.parametrize("name,dtype,scale", [("deep.png", np.uint16, 65535), ("float.tif", np.float32, 1.0),
+                                              ("wide.tif", np.int32, 1e6)])
+def test_16_bit_32_bit_and_float_images_keep_their_pixels(tmp_path, name, dtype, scale):
+    """PIL's convert("RGB") clips such pixels to 0..255: a 16-bit PNG came out white, a 0..1 float TIFF black."""
+    make_cub(tmp_path / "raw", classes=2, per_class=2)
+    levels = 0.2 + 0.4 * np.kron(np.random.default_rng(1).random((6, 8)), np.ones((8, 8)))  # 8 x 8 blocks
+    pixels = (levels * scale).astype(dtype)
+    add_cub_image(tmp_path / "raw", f"001.Bird_A/{name}", pixels)
+    with Image.open(tmp_path / "raw" / "CUB_200_2011" / "images" / "001.Bird_A" / name) as image:
+        assert image.mode in ("I;16", "F", "I")  # the case under test, as PIL reads it
+    prepare("cub", tmp_path / "raw", tmp_path / "out", resize=24, progress=False)
+    copy = tmp_path / "out" / "images" / "001.Bird_A" / f"{name}.jpg"
+    with Image.open(copy) as image:
+        grey = np.asarray(image.convert("L"), dtype=np.float64)
+    # 16 bits by their full range 0..65535; 32-bit and float images by their own min..max.
+    expected = pixels / 257 if dtype == np.uint16 else (pixels - pixels.min()) / (pixels.max() - pixels.min()) * 255
+    assert abs(grey.mean() - expected.mean()) < 8 and grey.std() > 15, grey.mean()  # never all white or black
+    assert correlation(copy, pixels.astype(np.float64)) > 0.9
 
 
 def test_synthetic_set_goes_through_the_cub_adapter(tmp_path):

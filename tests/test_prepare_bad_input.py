@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from fgkd.cli import main
 from fgkd.data.prepare import prepare
 from fgkd.errors import DataError
-from fixtures import add_cub_image, archive, decoded, make_aircraft, make_cub
+from fixtures import add_cub_image, archive, decoded, make_aircraft, make_cub, write_image
 
 
 def cub_root(raw):
@@ -161,6 +161,14 @@ def assert_one_line_error(result, *culprits):
     error = [line for line in result.output.splitlines() if "Error" in line]
     assert len(error) == 1 and error[0].startswith("Error: ") and result.output.rstrip().endswith(error[0])
     assert all(culprit in error[0] for culprit in culprits), error[0]
+
+
+def test_aircraft_image_no_taller_than_its_banner_is_named(tmp_path):
+    make_aircraft(tmp_path / "raw")
+    victim = sorted((tmp_path / "raw" / "fgvc-aircraft-2013b" / "data" / "images").glob("*.jpg"))[2]
+    write_image(victim, 64, 20, 0)
+    assert_one_line_error(cli_prepare("aircraft", tmp_path / "raw", tmp_path / "out"), victim.name, "20 px tall")
+    assert not (tmp_path / "out").exists()
 
 
 def cub_id_beyond_int64(raw):

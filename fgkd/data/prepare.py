@@ -8,6 +8,7 @@ runs with the same settings: an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tarfile
@@ -16,6 +17,7 @@ import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 from tqdm import tqdm
@@ -47,16 +49,39 @@ def unpack_archive(archive: Path, into: Path) -> Path:
     return into
 
 
+def _to_rgb(image: Image.Image, source: str) -> Image.Image:
+    """8-bit RGB. ``convert`` clips wider pixels to 0..255 (a 16-bit PNG comes out white, a 0..1 float TIFF
+    black), so 16-bit images are scaled by their full range and 32-bit or float ones by their own min..max."""
+    if image.mode.startswith("I;16"):
+        pixels = np.asarray(image, dtype=np.float64) / 257
+    elif image.mode in ("I", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        low, high = pixels.min(), pixels.max()
+        if not (np.isfinite(low) and np.isfinite(high) and high > low):
+            raise DataError(f"{source}: {image.mode} image with values {low}..{high}, its brightness range is unknown; "
+                            "convert it to 8 bits yourself or remove it from the index")
+        pixels = (pixels - low) * (255 / (high - low))
+    else:
+        return image.convert("RGB")
+    return Image.fromarray(np.round(pixels).astype(np.uint8)).convert("RGB")
+
+
 def _convert(task: tuple[str, str, int, int]) -> str | None:
     """Decode, crop, resize and save one image; returns an error message instead of raising."""
     source, target, short_side, crop_bottom = task
     try:
         with Image.open(source) as image:
             original_height = image.height
-            image.draft("RGB", (short_side, short_side))
-            image = image.convert("RGB")
+            # A JPEG may be decoded at 1/2, 1/4 or 1/8 scale, as long as the short side stays at least
+            # short_side once the banner is cut off.
+            image.draft("RGB", (short_side, short_side + crop_bottom))
+            image = _to_rgb(image, source)
             if crop_bottom:
-                crop = round(crop_bottom * image.height / original_height)
+                # Rounded up: a JPEG decoded at reduced scale (draft) blends the banner into a partial row.
+                crop = math.ceil(crop_bottom * image.height / original_height)
+                if crop >= image.height:
+                    raise DataError(f"{source}: only {original_height} px tall, nothing is left once its "
+                                    f"{crop_bottom} px copyright banner is cut off; remove it from the index")
                 image = image.crop((0, 0, image.width, image.height - crop))
             scale = short_side / min(image.size)
             if scale < 1:
@@ -65,6 +90,8 @@ def _convert(task: tuple[str, str, int, int]) -> str | None:
             Path(target).parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(target) as tmp:
                 image.save(tmp, format="JPEG", quality=JPEG_QUALITY)
+    except DataError as err:
+        return str(err)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         return f"{source}: corrupt or truncated image ({err}); re-download it or remove it from the index"
     return None
