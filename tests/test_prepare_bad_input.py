@@ -1,5 +1,6 @@
 """Every bad input gives one clear line naming the culprit, and no manifest."""
 
+import subprocess
 import tarfile
 
 import pytest
@@ -163,6 +164,20 @@ def assert_one_line_error(result, *culprits):
     assert all(culprit in error[0] for culprit in culprits), error[0]
 
 
+def test_user_files_in_a_prepared_folder_are_never_deleted(tmp_path):
+    make_cub(tmp_path / "raw")
+    prepare("cub", tmp_path / "raw", tmp_path / "out", resize=24, progress=False)
+    before = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    (tmp_path / "out" / "images" / "001.Bird_A" / "extra.png").write_bytes(b"also mine")
+    assert_one_line_error(cli_prepare("cub", tmp_path / "raw", tmp_path / "out", "--resize", "32"),
+                          "notes.txt", "images/001.Bird_A/extra.png", "move them")
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "out" / "images" / "001.Bird_A" / "extra.png").read_bytes() == b"also mine"
+    assert all(path.read_bytes() == data for path, data in before.items())  # the earlier output is untouched
+    assert not (tmp_path / ".out.partial").exists()
+
+
 def test_aircraft_image_no_taller_than_its_banner_is_named(tmp_path):
     make_aircraft(tmp_path / "raw")
     victim = sorted((tmp_path / "raw" / "fgvc-aircraft-2013b" / "data" / "images").glob("*.jpg"))[2]
@@ -210,3 +225,36 @@ def test_names_that_would_share_one_output_file_are_refused(tmp_path, other):
     add_cub_image(tmp_path / "raw", f"001.Bird_A/{name}", 255 - decoded(jpg), format="PNG")
     assert_one_line_error(cli_prepare("cub", tmp_path / "raw", tmp_path / "out"), jpg.name, name, "rename one")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def mount(tmp_path):
+    """mount(options) -> a fresh tmpfs folder (needs root); unmounted afterwards."""
+    mounted = []
+
+    def make(options):
+        target = tmp_path / f"mnt{len(mounted)}"
+        target.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True,
+                                text=True)
+        assert result.returncode == 0, f"this fault test needs root to mount a tmpfs: {result.stderr}"
+        mounted.append(target)
+        return target
+
+    yield make
+    for target in mounted:
+        subprocess.run(["umount", str(target)], capture_output=True)
+
+
+def test_output_on_a_read_only_file_system_is_one_line(tmp_path, mount):
+    make_cub(tmp_path / "raw")
+    read_only = mount("ro,size=1m")
+    assert_one_line_error(cli_prepare("cub", tmp_path / "raw", read_only / "out"), "out", "Read-only file system")
+
+
+def test_output_under_a_file_is_one_line(tmp_path):
+    make_cub(tmp_path / "raw")
+    (tmp_path / "file").write_text("not a folder")
+    assert_one_line_error(cli_prepare("cub", tmp_path / "raw", tmp_path / "file" / "out"), "file/out",
+                          "Not a directory")
+    assert (tmp_path / "file").read_text() == "not a folder"

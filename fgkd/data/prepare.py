@@ -28,6 +28,7 @@ from .manifest import MANIFEST
 from .sources import LOADERS, SPLITS, SourceImage, SourceSet
 
 JPEG_QUALITY = 90
+SETTINGS = "settings.json"  # in the staging folder: what its images were made with
 
 
 def unpack_archive(archive: Path, into: Path) -> Path:
@@ -144,16 +145,10 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, resize: int = 512, w
     raw, out = Path(raw), Path(out)
     if not raw.exists():
         raise DataError(f"{raw}: no such file or folder; pass the data set folder or archive to --root")
-    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
-        raise DataError(f"{out}: exists and is not a prepared data set; refusing to overwrite it (choose another --out)")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _refuse_to_delete_foreign_files(out)
     staging = out.parent / f".{out.name}.partial"
     settings = {"dataset": dataset, "raw": str(raw.resolve()), "resize": resize, "jpeg_quality": JPEG_QUALITY}
-    if staging.exists() and _read_json(staging / "settings.json") != settings:
-        shutil.rmtree(staging)
-    staging.mkdir(exist_ok=True)
-    (staging / "settings.json").write_text(json.dumps(settings))
-
+    _open_staging(staging, settings, out)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.unpacked-") as unpacked:
         tree = raw if raw.is_dir() else unpack_archive(raw, Path(unpacked))
         sources = LOADERS[dataset](tree)
@@ -169,10 +164,41 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, resize: int = 512, w
         "class_name": [img.class_name for img in sources.images],
         "split": [img.split for img in sources.images],
     }).sort_values("image_id", kind="stable").reset_index(drop=True)
-    (staging / "settings.json").unlink()
+    (staging / SETTINGS).unlink()
     write_parquet(frame, staging / MANIFEST)
+    _refuse_to_delete_foreign_files(out)
     replace_directory(staging, out)
     return out / MANIFEST
+
+
+def _refuse_to_delete_foreign_files(out: Path) -> None:
+    """The output folder is replaced as a whole: refuse if it holds anything that ``prepare`` did not write there."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not (out / MANIFEST).is_file():
+        raise DataError(f"{out}: exists and is not a prepared data set; refusing to overwrite it (choose another --out)")
+    try:
+        ours = set(pd.read_parquet(out / MANIFEST, columns=["path"])["path"]) | {MANIFEST}
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{out / MANIFEST}: unreadable ({err}); move {out} away or delete it, then rerun") from None
+    foreign = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                     if (p.is_symlink() or not p.is_dir()) and p.relative_to(out).as_posix() not in ours)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise DataError(f"{out}: holds files that `fgkd prepare` did not write ({shown}); rebuilding the folder would "
+                        "delete them: move them elsewhere or choose another --out")
+
+
+def _open_staging(staging: Path, settings: dict, out: Path) -> None:
+    """Create the staging folder, or reuse the one of an interrupted run with the same settings."""
+    try:
+        if staging.exists() and _read_json(staging / SETTINGS) != settings:
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True, exist_ok=True)
+        (staging / SETTINGS).write_text(json.dumps(settings))
+    except OSError as err:
+        raise DataError(f"{out}: cannot write the output there ({err.strerror}: {err.filename}); "
+                        "choose a writable --out") from None
 
 
 def _read_json(path: Path) -> dict | None:
