@@ -5,11 +5,12 @@ import tarfile
 
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from fgkd.cli import main
 from fgkd.data.prepare import prepare
 from fgkd.errors import DataError
-from fixtures import add_cub_image, archive, decoded, make_aircraft, make_cub, write_image
+from fixtures import add_cub_image, archive, correlation, decoded, make_aircraft, make_cub, write_image
 
 
 def cub_root(raw):
@@ -258,3 +259,27 @@ def test_output_under_a_file_is_one_line(tmp_path):
     assert_one_line_error(cli_prepare("cub", tmp_path / "raw", tmp_path / "file" / "out"), "file/out",
                           "Not a directory")
     assert (tmp_path / "file").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["folder", "archive"])
+def test_resume_reconverts_a_source_changed_since_it_was_staged(tmp_path, packed):
+    make_cub(tmp_path / "raw", classes=3, per_class=4)
+    sources = sorted((cub_root(tmp_path / "raw") / "images").rglob("*.jpg"))
+    good = sources[-1].read_bytes()
+    sources[-1].write_bytes(b"broken")
+    root = archive(tmp_path / "raw", tmp_path / "CUB_200_2011.tgz") if packed else tmp_path / "raw"
+    with pytest.raises(DataError, match=sources[-1].name):
+        prepare("cub", root, tmp_path / "out", progress=False, workers=1)
+    staged = {p.name: p for p in (tmp_path / ".out.partial").rglob("*.jpg")}
+    assert sources[0].name in staged and sources[1].name in staged
+    unchanged_mtime = staged[sources[1].name].stat().st_mtime_ns
+    sources[-1].write_bytes(good)
+    changed = 255 - decoded(sources[0])  # same name and size in pixels, the negative content
+    Image.fromarray(changed).save(sources[0], format="JPEG", quality=95)
+    if packed:
+        archive(tmp_path / "raw", root)
+    prepare("cub", root, tmp_path / "out", progress=False, workers=1)
+    copies = {p.name: p for p in (tmp_path / "out").rglob("*.jpg")}
+    assert correlation(copies[sources[0].name], changed) > 0.9
+    if not packed:  # a folder's unchanged images are reused; a changed archive is converted again as a whole
+        assert copies[sources[1].name].stat().st_mtime_ns == unchanged_mtime

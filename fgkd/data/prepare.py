@@ -2,11 +2,14 @@
 
 Work happens in a staging folder beside the output; the output appears only when every image
 decoded, so a failed or interrupted run never leaves a manifest. Staged images are kept between
-runs with the same settings: an interrupted run resumes where it stopped.
+runs with the same settings: an interrupted run resumes where it stopped, reusing an image only
+while its source is the one it was made from (file size and modification time, recorded as each
+image is done; for an archive, the archive's).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -16,6 +19,7 @@ import tempfile
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -29,6 +33,14 @@ from .sources import LOADERS, SPLITS, SourceImage, SourceSet
 
 JPEG_QUALITY = 90
 SETTINGS = "settings.json"  # in the staging folder: what its images were made with
+DONE = "done.jsonl"  # in the staging folder: one [target, source identity] line per finished image
+
+
+class Conversion(NamedTuple):
+    source: str
+    target: str
+    short_side: int
+    crop_bottom: int
 
 
 def unpack_archive(archive: Path, into: Path) -> Path:
@@ -67,7 +79,7 @@ def _to_rgb(image: Image.Image, source: str) -> Image.Image:
     return Image.fromarray(np.round(pixels).astype(np.uint8)).convert("RGB")
 
 
-def _convert(task: tuple[str, str, int, int]) -> str | None:
+def _convert(task: Conversion) -> str | None:
     """Decode, crop, resize and save one image; returns an error message instead of raising."""
     source, target, short_side, crop_bottom = task
     try:
@@ -146,16 +158,28 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, resize: int = 512, w
     if not raw.exists():
         raise DataError(f"{raw}: no such file or folder; pass the data set folder or archive to --root")
     _refuse_to_delete_foreign_files(out)
+    from_archive = raw.is_file()
+    settings = {"dataset": dataset, "raw": str(raw.resolve()), "resize": resize, "jpeg_quality": JPEG_QUALITY,
+                "archive": _identity(raw) if from_archive else None}
     staging = out.parent / f".{out.name}.partial"
-    settings = {"dataset": dataset, "raw": str(raw.resolve()), "resize": resize, "jpeg_quality": JPEG_QUALITY}
-    _open_staging(staging, settings, out)
+    done = _open_staging(staging, settings, out)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.unpacked-") as unpacked:
         tree = raw if raw.is_dir() else unpack_archive(raw, Path(unpacked))
         sources = LOADERS[dataset](tree)
         _check(sources, dataset)
-        todo = [(str(sources.root / img.path), str(staging / _target_path(img)), resize, img.crop_bottom)
-                for img in sources.images if not (staging / _target_path(img)).exists()]
-        _convert_all(todo, workers, progress, f"prepare {dataset}")
+        todo, identities = [], {}
+        for img in sources.images:
+            source, target = sources.root / img.path, _target_path(img)
+            # Within an archive the archive's own identity (in the settings) covers its files.
+            identities[target] = [] if from_archive else _identity(source)
+            if done.get(target) != identities[target] or not (staging / target).is_file():
+                todo.append(Conversion(str(source), str(staging / target), resize, img.crop_bottom))
+        with open(staging / DONE, "a", buffering=1) as record:
+            def finished(task: Conversion) -> None:
+                target = Path(task.target).relative_to(staging).as_posix()
+                record.write(json.dumps([target, identities[target]]) + "\n")
+
+            _convert_all(todo, workers, progress, f"prepare {dataset}", finished)
 
     frame = pd.DataFrame({
         "image_id": pd.array([img.image_id for img in sources.images], dtype="int64"),
@@ -165,10 +189,16 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, resize: int = 512, w
         "split": [img.split for img in sources.images],
     }).sort_values("image_id", kind="stable").reset_index(drop=True)
     (staging / SETTINGS).unlink()
+    (staging / DONE).unlink()
     write_parquet(frame, staging / MANIFEST)
     _refuse_to_delete_foreign_files(out)
     replace_directory(staging, out)
     return out / MANIFEST
+
+
+def _identity(path: Path) -> list[int]:
+    status = path.stat()
+    return [status.st_size, status.st_mtime_ns]
 
 
 def _refuse_to_delete_foreign_files(out: Path) -> None:
@@ -189,16 +219,23 @@ def _refuse_to_delete_foreign_files(out: Path) -> None:
                         "delete them: move them elsewhere or choose another --out")
 
 
-def _open_staging(staging: Path, settings: dict, out: Path) -> None:
-    """Create the staging folder, or reuse the one of an interrupted run with the same settings."""
+def _open_staging(staging: Path, settings: dict, out: Path) -> dict:
+    """Create or reuse the staging folder; returns its finished images (target -> source identity)."""
     try:
         if staging.exists() and _read_json(staging / SETTINGS) != settings:
             shutil.rmtree(staging)
         staging.mkdir(parents=True, exist_ok=True)
         (staging / SETTINGS).write_text(json.dumps(settings))
+        lines = (staging / DONE).read_text().splitlines() if (staging / DONE).is_file() else []
     except OSError as err:
         raise DataError(f"{out}: cannot write the output there ({err.strerror}: {err.filename}); "
                         "choose a writable --out") from None
+    done = {}
+    for line in lines:
+        with contextlib.suppress(ValueError, TypeError):  # the last line of a killed run may be cut short
+            target, identity = json.loads(line)
+            done[target] = identity
+    return done
 
 
 def _read_json(path: Path) -> dict | None:
@@ -208,15 +245,17 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _convert_all(tasks: list, workers: int | None, progress: bool, label: str) -> None:
+def _convert_all(tasks: list[Conversion], workers: int | None, progress: bool, label: str,
+                 finished: Callable[[Conversion], None]) -> None:
     workers = workers or min(os.cpu_count() or 1, 8)
     pool = ProcessPoolExecutor(workers) if workers > 1 and len(tasks) > 64 else None
     results = pool.map(_convert, tasks, chunksize=32) if pool else map(_convert, tasks)
     try:
         with tqdm(total=len(tasks), desc=label, unit="img", disable=not progress or not tasks) as bar:
-            for error in results:
+            for task, error in zip(tasks, results):
                 if error:
                     raise DataError(error)
+                finished(task)
                 bar.update()
     finally:
         if pool:
