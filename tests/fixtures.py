@@ -132,13 +132,13 @@ def make_aircraft(raw: Path, classes: int = 3, per_class: int = 2) -> list[dict]
 
 
 def archive(folder: Path, target: Path) -> Path:
-    """Pack the contents of ``folder`` (not the folder itself) into a .tgz/.tar.gz or .zip."""
+    """Pack the contents of ``folder`` (not the folder itself) into a .tgz/.tar.gz, .tar or .zip."""
     if target.suffix == ".zip":
         with zipfile.ZipFile(target, "w") as zf:
             for path in sorted(folder.rglob("*")):
                 zf.write(path, path.relative_to(folder).as_posix())
     else:
-        with tarfile.open(target, "w:gz") as tar:
+        with tarfile.open(target, "w" if target.suffix == ".tar" else "w:gz") as tar:
             for path in sorted(folder.iterdir()):
                 tar.add(path, arcname=path.name)
     return target

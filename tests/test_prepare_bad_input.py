@@ -283,3 +283,17 @@ def test_resume_reconverts_a_source_changed_since_it_was_staged(tmp_path, packed
     assert correlation(copies[sources[0].name], changed) > 0.9
     if not packed:  # a folder's unchanged images are reused; a changed archive is converted again as a whole
         assert copies[sources[1].name].stat().st_mtime_ns == unchanged_mtime
+
+
+def test_temporary_file_of_a_killed_worker_does_not_reach_the_output(tmp_path):
+    make_cub(tmp_path / "raw")
+    last = sorted((cub_root(tmp_path / "raw") / "images").rglob("*.jpg"))[-1]
+    good = last.read_bytes()
+    last.write_bytes(b"broken")
+    with pytest.raises(DataError, match=last.name):
+        prepare("cub", tmp_path / "raw", tmp_path / "out", progress=False, workers=1)
+    half_written = tmp_path / ".out.partial" / "images" / last.parent.name / f".{last.name}.k1ll3d.partial"
+    half_written.write_bytes(b"half a JPEG, as a worker killed while saving leaves it")
+    last.write_bytes(good)
+    prepare("cub", tmp_path / "raw", tmp_path / "out", progress=False, workers=1)
+    assert [p.name for p in (tmp_path / "out").rglob(".*")] == []

@@ -10,14 +10,20 @@ image is done; for an archive, the archive's).
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import glob
 import json
 import math
+import multiprocessing
 import os
 import shutil
+import signal
+import sys
 import tarfile
-import tempfile
+import threading
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -27,13 +33,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..atomic import atomic_path, replace_directory, write_parquet
-from ..errors import DataError
+from ..errors import DataError, FgkdError
 from .manifest import MANIFEST
 from .sources import LOADERS, SPLITS, SourceImage, SourceSet
 
 JPEG_QUALITY = 90
 SETTINGS = "settings.json"  # in the staging folder: what its images were made with
 DONE = "done.jsonl"  # in the staging folder: one [target, source identity] line per finished image
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class Conversion(NamedTuple):
@@ -162,37 +170,38 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, resize: int = 512, w
     settings = {"dataset": dataset, "raw": str(raw.resolve()), "resize": resize, "jpeg_quality": JPEG_QUALITY,
                 "archive": _identity(raw) if from_archive else None}
     staging = out.parent / f".{out.name}.partial"
-    done = _open_staging(staging, settings, out)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.unpacked-") as unpacked:
-        tree = raw if raw.is_dir() else unpack_archive(raw, Path(unpacked))
-        sources = LOADERS[dataset](tree)
-        _check(sources, dataset)
-        todo, identities = [], {}
-        for img in sources.images:
-            source, target = sources.root / img.path, _target_path(img)
-            # Within an archive the archive's own identity (in the settings) covers its files.
-            identities[target] = [] if from_archive else _identity(source)
-            if done.get(target) != identities[target] or not (staging / target).is_file():
-                todo.append(Conversion(str(source), str(staging / target), resize, img.crop_bottom))
-        with open(staging / DONE, "a", buffering=1) as record:
-            def finished(task: Conversion) -> None:
-                target = Path(task.target).relative_to(staging).as_posix()
-                record.write(json.dumps([target, identities[target]]) + "\n")
+    with _signals_stop(staging):
+        done = _open_staging(staging, settings, out)
+        _remove_unpacked_leftovers(out)
+        with _source_tree(raw, out) as tree:
+            sources = LOADERS[dataset](tree)
+            _check(sources, dataset)
+            todo, identities = [], {}
+            for img in sources.images:
+                source, target = sources.root / img.path, _target_path(img)
+                # Within an archive the archive's own identity (in the settings) covers its files.
+                identities[target] = [] if from_archive else _identity(source)
+                if done.get(target) != identities[target] or not (staging / target).is_file():
+                    todo.append(Conversion(str(source), str(staging / target), resize, img.crop_bottom))
+            with open(staging / DONE, "a", buffering=1) as record:
+                def finished(task: Conversion) -> None:
+                    target = Path(task.target).relative_to(staging).as_posix()
+                    record.write(json.dumps([target, identities[target]]) + "\n")
 
-            _convert_all(todo, workers, progress, f"prepare {dataset}", finished)
+                _convert_all(todo, workers, progress, f"prepare {dataset}", finished)
 
-    frame = pd.DataFrame({
-        "image_id": pd.array([img.image_id for img in sources.images], dtype="int64"),
-        "path": [_target_path(img) for img in sources.images],
-        "label": pd.array([img.label for img in sources.images], dtype="int64"),
-        "class_name": [img.class_name for img in sources.images],
-        "split": [img.split for img in sources.images],
-    }).sort_values("image_id", kind="stable").reset_index(drop=True)
-    (staging / SETTINGS).unlink()
-    (staging / DONE).unlink()
-    write_parquet(frame, staging / MANIFEST)
-    _refuse_to_delete_foreign_files(out)
-    replace_directory(staging, out)
+        frame = pd.DataFrame({
+            "image_id": pd.array([img.image_id for img in sources.images], dtype="int64"),
+            "path": [_target_path(img) for img in sources.images],
+            "label": pd.array([img.label for img in sources.images], dtype="int64"),
+            "class_name": [img.class_name for img in sources.images],
+            "split": [img.split for img in sources.images],
+        }).sort_values("image_id", kind="stable").reset_index(drop=True)
+        (staging / SETTINGS).unlink()
+        (staging / DONE).unlink()
+        write_parquet(frame, staging / MANIFEST)
+        _refuse_to_delete_foreign_files(out)
+        replace_directory(staging, out)
     return out / MANIFEST
 
 
@@ -225,6 +234,8 @@ def _open_staging(staging: Path, settings: dict, out: Path) -> dict:
         if staging.exists() and _read_json(staging / SETTINGS) != settings:
             shutil.rmtree(staging)
         staging.mkdir(parents=True, exist_ok=True)
+        for leftover in staging.rglob(".*.partial"):  # temporary files of a killed worker
+            leftover.unlink()
         (staging / SETTINGS).write_text(json.dumps(settings))
         lines = (staging / DONE).read_text().splitlines() if (staging / DONE).is_file() else []
     except OSError as err:
@@ -245,18 +256,100 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+@contextlib.contextmanager
+def _signals_stop(staging: Path):
+    """SIGTERM (scancel, kill) and SIGHUP raise an error instead of ending the process on the spot, so that the
+    decoding processes are stopped and the unpacked archive is removed on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        for s in STOP_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)  # a second signal must not interrupt the clean-up
+        raise FgkdError(f"stopped by {signal.Signals(signum).name}; the images converted so far are kept in "
+                        f"{staging}: rerun the same command to resume")
+
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def _source_tree(raw: Path, out: Path):
+    """The data set folder, or the archive unpacked beside the output and removed afterwards. The unpacked copy
+    is named after this process, so that a later run can tell a killed run's copy from a running one's."""
+    if raw.is_dir():
+        yield raw
+        return
+    unpacked = out.parent / f".{out.name}.unpacked-{os.getpid()}"
+    shutil.rmtree(unpacked, ignore_errors=True)  # a killed run's, whose process id was this one
+    try:
+        unpacked.mkdir()
+        yield unpack_archive(raw, unpacked)
+    finally:
+        shutil.rmtree(unpacked, ignore_errors=True)
+
+
+def _remove_unpacked_leftovers(out: Path) -> None:
+    """Unpacked archives (as large as the data set) left by runs that were killed, e.g. by kill -9."""
+    for folder in out.parent.glob(f".{glob.escape(out.name)}.unpacked-*"):
+        owner = folder.name.rsplit("-", 1)[1]
+        if not (owner.isdigit() and _running(int(owner))):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
+def _worker_init(parent: int) -> None:
+    """In each decoding process: die with the parent, even when it is killed with SIGKILL and can do nothing
+    (only the kernel can tell: Linux prctl PR_SET_PDEATHSIG); ignore Ctrl-C (the parent stops its workers) and
+    let SIGTERM end it at once (the parent's handler, inherited through fork, would raise mid-conversion)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_DFL)
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl
+        os._exit(1)
+
+
 def _convert_all(tasks: list[Conversion], workers: int | None, progress: bool, label: str,
                  finished: Callable[[Conversion], None]) -> None:
     workers = workers or min(os.cpu_count() or 1, 8)
-    pool = ProcessPoolExecutor(workers) if workers > 1 and len(tasks) > 64 else None
-    results = pool.map(_convert, tasks, chunksize=32) if pool else map(_convert, tasks)
+    pool = None
     try:
+        if workers > 1 and len(tasks) > 64:
+            # fork: the workers are children of this process (their death signal is tied to it).
+            pool = ProcessPoolExecutor(workers, multiprocessing.get_context("fork"), _worker_init, (os.getpid(),))
+        results = pool.map(_convert, tasks, chunksize=32) if pool else map(_convert, tasks)
         with tqdm(total=len(tasks), desc=label, unit="img", disable=not progress or not tasks) as bar:
             for task, error in zip(tasks, results):
                 if error:
                     raise DataError(error)
                 finished(task)
                 bar.update()
+    except BrokenProcessPool:
+        raise FgkdError(f"a decoding process died (out of memory?); rerun with fewer --workers than {workers} "
+                        "to resume") from None
+    except BaseException:
+        if pool:
+            # Stop the workers now, not after their current chunk: they would go on writing into the staging
+            # folder and reading the unpacked copy being removed (ProcessPoolExecutor.terminate_workers is 3.14+).
+            for process in pool._processes.values():
+                process.terminate()
+        raise
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
