@@ -1,7 +1,8 @@
 """Small data sets in each official layout, built from real encoded images.
 
 Each builder returns the expected manifest rows, computed independently of fgkd's adapters, so
-the tests compare fgkd's output against what the layout says, row by row.
+the tests compare fgkd's output against what the layout says, row by row; each row also names the
+``source`` file its image must be a copy of.
 """
 
 from __future__ import annotations
@@ -44,12 +45,26 @@ def make_cub(raw: Path, classes: int = 3, per_class: int = 4) -> list[dict]:
             labels.append(f"{image_id} {c + 1}")
             splits.append(f"{image_id} {int(is_train)}")
             rows.append({"image_id": image_id, "path": f"images/{relative}", "label": c,
-                         "class_name": name.split(".", 1)[1], "split": "train" if is_train else "test"})
+                         "class_name": name.split(".", 1)[1], "split": "train" if is_train else "test",
+                         "source": root / "images" / relative})
     (root / "images.txt").write_text("\n".join(images) + "\n")
     (root / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
     (root / "train_test_split.txt").write_text("\n".join(splits) + "\n")
     (root / "classes.txt").write_text("\n".join(f"{i + 1} {n}" for i, n in enumerate(names)) + "\n")
     return rows
+
+
+def add_cub_image(raw: Path, relative: str, pixels: np.ndarray, class_id: int = 1, train: bool = True,
+                  format: str | None = None) -> int:
+    """Add one image to a make_cub tree, in any format PIL writes (default: by the extension); its id."""
+    root = raw / "CUB_200_2011"
+    image_id = len((root / "images.txt").read_text().splitlines()) + 1
+    Image.fromarray(pixels).save(root / "images" / relative, format=format)
+    for index, value in (("images.txt", relative), ("image_class_labels.txt", class_id),
+                         ("train_test_split.txt", int(train))):
+        with open(root / index, "a") as file:
+            file.write(f"{image_id} {value}\n")
+    return image_id
 
 
 def _annotations(records: list[tuple[int, str]]) -> np.ndarray:
@@ -60,18 +75,26 @@ def _annotations(records: list[tuple[int, str]]) -> np.ndarray:
     return table
 
 
-def make_cars(raw: Path, classes: int = 3, per_class: int = 2) -> list[dict]:
-    """Devkit .mat files in devkit/, image folders beside it, as the official archives unpack."""
+CARS_LAYOUTS = {  # where the devkit .mat files go (the image folders are always at the top)
+    "devkit": ("devkit", "devkit"),  # as the official archives unpack
+    "top": (".", "."),  # the .mat files beside the image folders
+    "car_devkit": ("car_devkit/devkit", "car_devkit/devkit"),  # car_devkit.tgz unpacked into a folder of its name
+    "annotations_beside": ("devkit", "."),  # cars_test_annos_withlabels.mat downloaded apart, beside the images
+}
+
+
+def make_cars(raw: Path, classes: int = 3, per_class: int = 2, layout: str = "devkit") -> list[dict]:
+    """Stanford Cars: devkit .mat files where ``layout`` puts them, image folders cars_train/ and cars_test/."""
     names = ["AM General Hummer SUV 2000", "Ram C/V Cargo Van Minivan 2012", "smart fortwo Convertible 2012",
              "Tesla Model S Sedan 2012"][:classes]
-    devkit = raw / "devkit"
-    devkit.mkdir(parents=True)
+    devkit, test_annotations = (raw / folder for folder in CARS_LAYOUTS[layout])
+    devkit.mkdir(parents=True, exist_ok=True)
     meta = np.empty((1, classes), dtype=object)
     meta[0, :] = names
     scipy.io.savemat(devkit / "cars_meta.mat", {"class_names": meta})
     rows, image_id = [], 0
-    for split, folder, mat in (("train", "cars_train", "cars_train_annos.mat"),
-                               ("test", "cars_test", "cars_test_annos_withlabels.mat")):
+    for split, folder, mat in (("train", "cars_train", devkit / "cars_train_annos.mat"),
+                               ("test", "cars_test", test_annotations / "cars_test_annos_withlabels.mat")):
         records = []
         for k in range(classes * per_class):
             class_id = classes - k % classes  # annotation order is not class order
@@ -80,8 +103,12 @@ def make_cars(raw: Path, classes: int = 3, per_class: int = 2) -> list[dict]:
             write_image(raw / folder / fname, 48, 36, 1000 + image_id)
             records.append((class_id, fname))
             rows.append({"image_id": image_id, "path": f"images/{folder}/{fname}", "label": class_id - 1,
-                         "class_name": names[class_id - 1], "split": split})
-        scipy.io.savemat(devkit / mat, {"annotations": _annotations(records)})
+                         "class_name": names[class_id - 1], "split": split, "source": raw / folder / fname})
+        scipy.io.savemat(mat, {"annotations": _annotations(records)})
+    if layout == "annotations_beside":  # the devkit's own test file, without labels, must not be read
+        unlabelled = np.zeros((1, 1), dtype=[("fname", "O")])
+        unlabelled[0, 0] = ("00001.jpg",)
+        scipy.io.savemat(devkit / "cars_test_annos.mat", {"annotations": unlabelled})
     return rows
 
 
@@ -99,22 +126,41 @@ def make_aircraft(raw: Path, classes: int = 3, per_class: int = 2) -> list[dict]
                 write_image(data / "images" / f"{number:07d}.jpg", 64, 60, number, banner=20)
                 lines.append(f"{number:07d} {names[c]}")
                 rows.append({"image_id": number, "path": f"images/{number:07d}.jpg", "label": c,
-                             "class_name": names[c], "split": split})
+                             "class_name": names[c], "split": split, "source": data / "images" / f"{number:07d}.jpg"})
         (data / index).write_text("\n".join(lines) + "\n")
     return rows
 
 
 def archive(folder: Path, target: Path) -> Path:
-    """Pack the contents of ``folder`` (not the folder itself) into a .tgz/.tar.gz or .zip."""
+    """Pack the contents of ``folder`` (not the folder itself) into a .tgz/.tar.gz, .tar or .zip."""
     if target.suffix == ".zip":
         with zipfile.ZipFile(target, "w") as zf:
             for path in sorted(folder.rglob("*")):
                 zf.write(path, path.relative_to(folder).as_posix())
     else:
-        with tarfile.open(target, "w:gz") as tar:
+        with tarfile.open(target, "w" if target.suffix == ".tar" else "w:gz") as tar:
             for path in sorted(folder.iterdir()):
                 tar.add(path, arcname=path.name)
     return target
+
+
+def correlation(copy: Path, reference: np.ndarray) -> float:
+    """Pearson correlation of a prepared copy with the pixels it should show (H x W grey or H x W x 3), the
+    reference resized to the copy's size first."""
+    with Image.open(copy) as image:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
+    channels = np.atleast_3d(np.asarray(reference, dtype=np.float32)).transpose(2, 0, 1)
+    size = pixels.shape[1::-1]
+    resized = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(c), "F").resize(size, Image.BILINEAR))
+                        for c in channels], axis=-1)
+    return float(np.corrcoef(pixels.ravel(), np.broadcast_to(resized, pixels.shape).ravel())[0, 1])
+
+
+def decoded(path: Path, crop_bottom: int = 0) -> np.ndarray:
+    """A source image's RGB pixels, less ``crop_bottom`` rows."""
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    return pixels[: pixels.shape[0] - crop_bottom]
 
 
 def wait_for_file(path: Path, process, timeout: float = 300) -> None:

@@ -82,3 +82,54 @@ def test_corrupt_prepared_image_is_named(prepared, tmp_path):
 def test_missing_manifest_says_what_to_run(tmp_path):
     with pytest.raises(DataError, match="fgkd prepare"):
         read_manifest(tmp_path)
+
+
+def label_as_text(frame):
+    frame["label"] = frame["label"].astype(str)
+    return "'label'"
+
+
+def image_id_as_float(frame):
+    frame["image_id"] = frame["image_id"].astype("float64")
+    return "'image_id'"
+
+
+def nan_label(frame):
+    frame["label"] = frame["label"].astype("float64")
+    frame.loc[3, "label"] = float("nan")
+    return "'label'"
+
+
+def missing_path(frame):
+    frame.loc[2, "path"] = None
+    return "'path'"
+
+
+def two_rows_one_image(frame):
+    frame.loc[1, "path"] = frame.loc[0, "path"]
+    return frame.loc[0, "path"]
+
+
+MANIFEST_FAULTS = [label_as_text, image_id_as_float, nan_label, missing_path, two_rows_one_image]
+
+
+@pytest.mark.parametrize("fault", MANIFEST_FAULTS, ids=[f.__name__ for f in MANIFEST_FAULTS])
+def test_manifest_of_wrong_types_is_one_line_before_training(prepared, tmp_path, fault):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from fgkd.cli import main
+
+    copy = tmp_path / "copy"
+    shutil.copytree(prepared, copy)
+    frame = pd.read_parquet(copy / "manifest.parquet")
+    culprit = fault(frame)
+    frame.to_parquet(copy / "manifest.parquet", index=False)
+    result = CliRunner().invoke(main, ["train", "--stage", "teacher", "--data", str(copy), "--out", str(tmp_path / "t"),
+                                       "--backbone", "resnet10", "--epochs", "1", "--resize", "36", "--crop", "32",
+                                       "--no-progress"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    error = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(error) == 1 and "manifest.parquet" in error[0] and culprit in error[0] and "fgkd prepare" in error[0]
+    assert not (tmp_path / "t" / "model.pt").exists()

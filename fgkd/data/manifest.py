@@ -24,8 +24,22 @@ def read_manifest(root: str | Path) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(f"{path}: missing columns {missing}; rerun `fgkd prepare` to rebuild it")
+    for column in ("image_id", "label"):  # a NaN turns an integer column into floats
+        values = frame[column]
+        if values.isna().any() or not pd.api.types.is_integer_dtype(values):
+            found = "a missing value" if values.isna().any() else f"{values.dtype} values such as {values.iloc[0]!r}"
+            raise DataError(f"{path}: column {column!r} must hold integers, found {found}; "
+                            "rerun `fgkd prepare` to rebuild it")
+    for column in ("path", "class_name", "split"):
+        not_text = frame[column][~frame[column].map(lambda value: isinstance(value, str))]
+        if len(not_text):
+            raise DataError(f"{path}: column {column!r} must hold strings, found {not_text.iloc[0]!r}; "
+                            "rerun `fgkd prepare` to rebuild it")
     if frame["image_id"].duplicated().any():
         raise DataError(f"{path}: duplicate image_id values; rerun `fgkd prepare` to rebuild it")
+    if frame["path"].duplicated().any():
+        raise DataError(f"{path}: two rows share the image {frame['path'][frame['path'].duplicated()].iloc[0]}; "
+                        "rerun `fgkd prepare` to rebuild it")
     bad_split = sorted(set(frame["split"]) - {"train", "test"})
     if bad_split:
         raise DataError(f"{path}: unknown split values {bad_split}; expected 'train' and 'test'")

@@ -72,6 +72,13 @@ def unique_map(path: Path, rows: list[tuple[int, tuple]]) -> dict:
     return mapping
 
 
+def checked_id(image_id: int, where: str) -> int:
+    """Image ids are stored as int64."""
+    if not -2**63 <= image_id < 2**63:
+        raise DataError(f"{where}: image id {image_id} does not fit in 64 bits; the index file is corrupt")
+    return image_id
+
+
 def safe_relative(root: Path, relative: str, where: str) -> str:
     """Refuse a path that is absolute or leaves the data set root."""
     candidate = Path(relative)
@@ -117,8 +124,8 @@ def load_cub(raw: Path) -> SourceSet:
             raise DataError(f"{root / 'train_test_split.txt'} (image {image_id}): expected 1 (train) or 0 (test), "
                             f"got {splits.get(image_id)!r}")
         label = label_of_class[labels[image_id]]
-        images.append(SourceImage(image_id, "images/" + safe_relative(root, relative, where), label, names[label],
-                                  "train" if splits[image_id] == 1 else "test"))
+        images.append(SourceImage(checked_id(image_id, where), "images/" + safe_relative(root, relative, where), label,
+                                  names[label], "train" if splits[image_id] == 1 else "test"))
     return SourceSet(root, images, names)
 
 
@@ -135,13 +142,14 @@ def load_aircraft(raw: Path) -> SourceSet:
             where = f"{root / index}:{number}"
             if variant not in label_of:
                 raise DataError(f"{where}: unknown variant {variant!r} (not in variants.txt)")
-            if not name.isdigit():
+            if not (name.isascii() and name.isdigit()):
                 raise DataError(f"{where}: image name {name!r} is not the numeric FGVC-Aircraft id")
             if int(name) in seen:
                 raise DataError(f"{where}: image {name} is listed twice")
             seen.add(int(name))
             path = safe_relative(root, f"images/{name}.jpg", where)
-            images.append(SourceImage(int(name), path, label_of[variant], variant, split, AIRCRAFT_BANNER_PX))
+            images.append(SourceImage(checked_id(int(name), where), path, label_of[variant], variant, split,
+                                      AIRCRAFT_BANNER_PX))
     return SourceSet(root, images, names)
 
 
@@ -166,7 +174,7 @@ def load_cars(raw: Path) -> SourceSet:
     candidates = (".", "devkit", "car_devkit/devkit", "stanford_cars", "stanford_cars/devkit")
     devkit = _find_root(raw, "cars_meta.mat", candidates, "Stanford Cars",
                         "devkit/cars_meta.mat, cars_train_annos.mat, cars_test_annos_withlabels.mat, cars_train/, cars_test/")
-    root = next((d for d in (devkit, devkit.parent) if (d / "cars_train").is_dir()), None)
+    root = next((d for d in (devkit, devkit.parent, raw) if (d / "cars_train").is_dir()), None)
     if root is None:
         raise DataError(f"{raw}: Stanford Cars image folders cars_train/ and cars_test/ not found beside {devkit}")
     names = [str(n).strip() for n in _mat_annotations(devkit / "cars_meta.mat")]
