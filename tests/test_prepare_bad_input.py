@@ -124,7 +124,8 @@ def test_archive_member_escaping_the_folder_is_refused(tmp_path):
         tar.add(payload, arcname="../outside.txt")
     with pytest.raises(DataError, match="evil.tgz"):
         prepare("cub", evil, tmp_path / "sub" / "out", progress=False)
-    assert not (tmp_path / "outside.txt").exists()
+    assert not list(tmp_path.rglob("outside.txt"))  # it would land beside the unpacking folder, in sub/
+    assert not (tmp_path / "sub" / "out").exists()
 
 
 def test_existing_unrelated_folder_is_not_overwritten(tmp_path):
