@@ -124,11 +124,11 @@ def wait_for_file(path: Path, process, timeout: float = 300) -> None:
         time.sleep(0.005)
 
 
-def cli_train_args(config, out: Path, data: Path, *extra: str) -> list[str]:
-    """`fgkd train --stage teacher` with every field of a TrainConfig as its option."""
+def cli_train_args(config, out: Path, data: Path, *extra: str, stage: str = "teacher") -> list[str]:
+    """`fgkd train --stage <stage>` with every field of a TrainConfig as its option."""
     import sys
 
-    args = [sys.executable, "-m", "fgkd", "train", "--stage", "teacher", "--data", str(data), "--out", str(out),
+    args = [sys.executable, "-m", "fgkd", "train", "--stage", stage, "--data", str(data), "--out", str(out),
             "--no-progress", *extra]
     for key, value in config.__dict__.items():
         flag = key.replace("_", "-")
