@@ -97,6 +97,9 @@ class TrainConfig:
     compile: str = "off"
 
     def check(self) -> None:
+        for field in dataclasses.fields(self):
+            if field.type == "float" and not math.isfinite(getattr(self, field.name)):
+                raise FgkdError(f"{field.name} must be a finite number (got {getattr(self, field.name)})")
         choices = {"backbone": tuple(BACKBONES), "head": HEADS, "orth": VARIANTS, "amp": ("auto", "bf16", "off"),
                    "channels_last": ("auto", "on", "off"),
                    "compile": ("off", "on")}
@@ -180,8 +183,33 @@ def load_model(path: str | Path, num_classes: int | None = None, device: torch.d
         check_classes(path, meta, num_classes)
     model = FGVCNet(meta["backbone"], meta["num_classes"], meta["head"], meta["head_hidden"],
                     meta["attention_stride"], meta["aux_heads"])
-    model.load_state_dict(saved["state_dict"] if which == "best" else saved["last_state_dict"])
+    weights = saved["state_dict"] if which == "best" else saved["last_state_dict"]
+    broken = non_finite_weights(weights)
+    if broken:
+        raise FgkdError(f"{path}: non-finite weights ({_some(broken)}); the model is broken, retrain that stage")
+    model.load_state_dict(weights)
     return model.to(device).eval(), meta
+
+
+def non_finite_weights(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors (parameters and buffers) holding a NaN or an infinity."""
+    floats = {k: v for k, v in state.items() if v.is_floating_point()}
+    flags = torch.stack([torch.isfinite(v).all() for v in floats.values()]).cpu()  # one device sync
+    return [k for k, finite in zip(floats, flags) if not finite]
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _diverged(problem: str, kept: Path | None) -> FgkdError:
+    """Training went non-finite. Runs are deterministic: resuming with the same settings diverges again."""
+    if kept is None:
+        return FgkdError(f"{problem}: training diverged before any checkpoint was written. Lower the learning "
+                         "rates (lr, backbone_lr) or check the data, then rerun")
+    return FgkdError(f"{problem}: training diverged. The last checkpoint, {kept}, is kept and finite, but a rerun "
+                     "with these settings would resume from it and diverge again: lower the learning rates (lr, "
+                     "backbone_lr; the stage then starts over) or check the data")
 
 
 def check_classes(path: str | Path, meta: dict, num_classes: int) -> None:
@@ -302,9 +330,19 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
     if checkpoint_path.exists():
         state = _resume(checkpoint_path, identity, model, optimizer, state, processes)
 
-    def save(partial: dict | None = None) -> None:
+    has_checkpoint = state["epoch"] > 0 or state["partial"] is not None  # resumed
+
+    def save(where: str, partial: dict | None = None) -> Path:
+        """Write the checkpoint, unless the weights went non-finite: then stop, keeping the last one."""
+        nonlocal has_checkpoint
+        broken = non_finite_weights(model.state_dict())
+        if broken:
+            raise _diverged(f"non-finite weights ({_some(broken)}) after {where}",
+                            checkpoint_path if has_checkpoint else None)
         if processes.main:
             _save_checkpoint(checkpoint_path, identity, model, optimizer, {**state, "partial": partial})
+        has_checkpoint = True
+        return checkpoint_path
 
     step = method
     if processes.distributed:
@@ -323,8 +361,8 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
             loader = make_train_loader(train_set, config.batch_size, epoch_seed, config.workers, processes.rank,
                                        processes.world, skip_batches=partial["step"] if partial else 0)
             label = f"{name} {epoch + 1}/{config.epochs}"
-            row = train_epoch(step, method, optimizer, loader, device, config, label, progress, checkpoint_path,
-                               partial, stop, save, processes)
+            row = train_epoch(step, method, optimizer, loader, device, config, label, progress,
+                              checkpoint_path if has_checkpoint else None, partial, stop, save, processes)
             state["partial"] = None
             distributed.broadcast_buffers(model, processes)
             row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
@@ -338,7 +376,7 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
             if processes.main:
                 log.info("%s epoch %d/%d %s", name, epoch + 1, config.epochs,
                          " ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch",)))
-            save()
+            save(label)
 
     if processes.main:
         metadata = {
@@ -388,11 +426,12 @@ class StopRequest:
         return False
 
 
-def train_epoch(step, method, optimizer, loader, device, config, label, progress, checkpoint_path, partial, stop,
-                 save, processes: Processes) -> dict[str, float]:
+def train_epoch(step, method, optimizer, loader, device, config, label, progress, kept: Path | None, partial, stop,
+                save, processes: Processes) -> dict[str, float]:
     """One epoch of ``step`` (the method, or its DDP wrapper). After a mid-epoch checkpoint, ``partial``
     carries the finished steps (the loader already skips their images) and the sums over all processes
-    (kept by the main process only, so that the end-of-epoch all-sum counts them once)."""
+    (kept by the main process only, so that the end-of-epoch all-sum counts them once). ``kept`` is this
+    run's last checkpoint, if any."""
     method.train()
     partial = partial or {"step": 0, "sums": {}, "correct": 0, "seen": 0, "seconds": 0.0}
     keep = processes.main
@@ -409,9 +448,7 @@ def train_epoch(step, method, optimizer, loader, device, config, label, progress
         non_finite, stopping = _agree(not torch.isfinite(loss), bool(stop.received), processes, device)
         if non_finite:
             terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in output.losses.items())
-            kept = f"the last good checkpoint is kept at {checkpoint_path}" if checkpoint_path.exists() else "no epoch had finished"
-            raise FgkdError(f"non-finite loss ({terms}) at {label}, step {number}; {kept}. "
-                            "Lower the learning rate or check the data, then rerun")
+            raise _diverged(f"non-finite loss ({terms}) at {label}, step {number}", kept)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -423,9 +460,9 @@ def train_epoch(step, method, optimizer, loader, device, config, label, progress
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}", img_s=f"{seen * processes.world / (time.perf_counter() - start):.0f}")
         if stopping:
             totals = _all_sums(sums, correct, seen, processes, device)
-            save({"step": number, **totals, "seconds": time.perf_counter() - start})
+            saved = save(f"{label}, step {number}", {"step": number, **totals, "seconds": time.perf_counter() - start})
             raise FgkdError(f"stopped by {stop.received or 'a signal to another process'} at {label}, step {number}; "
-                            f"checkpoint saved to {checkpoint_path}: rerun the same command to resume")
+                            f"checkpoint saved to {saved}: rerun the same command to resume")
     seconds = time.perf_counter() - start
     totals = _all_sums(sums, correct, seen, processes, device)
     if totals["seen"] == 0:

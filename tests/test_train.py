@@ -1,5 +1,6 @@
 """The training engine end to end on a tiny synthetic set: every stage, determinism, resume, errors."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -7,7 +8,9 @@ import subprocess
 import pandas as pd
 import pytest
 import torch
+from click.testing import CliRunner
 
+from fgkd.cli import main
 from fgkd.data.prepare import prepare
 from fgkd.data.synth import generate
 from fgkd.ensemble import ensemble, predict
@@ -95,6 +98,62 @@ def test_non_finite_loss_stops_with_a_clear_error_and_no_model(data, tmp_path):
     with pytest.raises(FgkdError, match="non-finite loss"):
         train("teacher", data, tmp_path / "nan", config, progress=False)
     assert not (tmp_path / "nan" / "model.pt").exists()
+
+
+FLOAT_OPTIONS = [field.name for field in dataclasses.fields(TrainConfig) if field.type == "float"]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("key", FLOAT_OPTIONS)
+def test_non_finite_options_are_one_line_and_leave_the_earlier_model(data, tmp_path, key, value):
+    out = tmp_path / "teacher"
+    out.mkdir()
+    (out / "model.pt").write_bytes(b"an earlier model")
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 1, key: float(value)})
+    result = CliRunner().invoke(main, cli_train_args(config, out, data)[3:])  # without `python -m fgkd`
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output.splitlines()[-1] == f"Error: {key} must be a finite number (got {float(value)})"
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt"] and (out / "model.pt").read_bytes() == b"an earlier model"
+
+
+def all_finite(state: dict) -> bool:
+    return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_weights_going_non_finite_after_a_checkpoint_stop_the_run_and_keep_the_finite_checkpoint(data, tmp_path):
+    """One step per epoch at lr 1e10: epoch 1 ends finite, epoch 2's loss is finite but its update overflows the
+    batch-norm running variances (buffers, not parameters): only a check of the weights can see it."""
+    out = tmp_path / "teacher"
+    good = train("teacher", data, out, TrainConfig(**{**TINY.__dict__, "epochs": 1}), progress=False).read_bytes()
+    config = TrainConfig(**{**TINY.__dict__, "lr": 1e10, "backbone_lr": 1e10, "batch_size": 48, "epochs": 2})
+    result = subprocess.run(cli_train_args(config, out, data), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "non-finite weights" in errors[0] and "running_var" in errors[0], errors
+    assert "checkpoint.pt, is kept" in errors[0] and "lower the learning rates" in errors[0]
+    assert (out / "model.pt").read_bytes() == good
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert saved["state"]["epoch"] == 1 and saved["state"]["partial"] is None
+    assert all_finite(saved["model"]) and all_finite(saved["state"]["best_state"])
+
+
+@pytest.mark.parametrize("key", ["head.classifier.4.weight", "trunk.bn1.running_var"])
+def test_a_model_with_non_finite_weights_is_refused_by_predict_and_as_an_earlier_model(data, tmp_path, key):
+    teacher = train("teacher", data, tmp_path / "teacher", TrainConfig(**{**TINY.__dict__, "epochs": 1}),
+                    progress=False)
+    saved = torch.load(teacher, weights_only=True)
+    saved["state_dict"][key][0] = float("nan")
+    broken = tmp_path / "broken" / "model.pt"
+    broken.parent.mkdir()
+    torch.save(saved, broken)
+    logits = tmp_path / "logits.parquet"
+    for args in (["predict", "--model", str(broken), "--data", str(data), "--out", str(logits)],
+                 ["train", "--stage", "student", "--index", "1", "--earlier", str(broken), "--data", str(data),
+                  "--out", str(tmp_path / "student"), "--no-progress"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert result.output.splitlines()[-1].startswith(f"Error: {broken}: non-finite weights ({key})"), result.output
+    assert not logits.exists() and not any((tmp_path / "student").glob("*"))
 
 
 def test_wrong_earlier_models_are_refused(data, tmp_path):
