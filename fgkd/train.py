@@ -351,6 +351,7 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
             method, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False)
     if config.compile == "on":
         step = torch.compile(step)
+    steps = 0  # optimizer steps of this process: what a resumed run saves
     with StopRequest() as stop:
         for epoch in range(state["epoch"], config.epochs):
             for group, base in zip(optimizer.param_groups, (config.lr, config.backbone_lr)):
@@ -361,8 +362,9 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
             loader = make_train_loader(train_set, config.batch_size, epoch_seed, config.workers, processes.rank,
                                        processes.world, skip_batches=partial["step"] if partial else 0)
             label = f"{name} {epoch + 1}/{config.epochs}"
-            row = train_epoch(step, method, optimizer, loader, device, config, label, progress,
-                              checkpoint_path if has_checkpoint else None, partial, stop, save, processes)
+            row, epoch_steps = train_epoch(step, method, optimizer, loader, device, config, label, progress,
+                                           checkpoint_path if has_checkpoint else None, partial, stop, save, processes)
+            steps += epoch_steps
             state["partial"] = None
             distributed.broadcast_buffers(model, processes)
             row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
@@ -379,6 +381,7 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
             save(label)
 
     if processes.main:
+        log.info("%s: done, %d optimizer steps run by this process", name, steps)
         metadata = {
             "backbone": config.backbone, "num_classes": num_classes, "head": config.head,
             "head_hidden": config.head_hidden, "attention_stride": config.attention_stride,
@@ -427,17 +430,18 @@ class StopRequest:
 
 
 def train_epoch(step, method, optimizer, loader, device, config, label, progress, kept: Path | None, partial, stop,
-                save, processes: Processes) -> dict[str, float]:
+                save, processes: Processes) -> tuple[dict[str, float], int]:
     """One epoch of ``step`` (the method, or its DDP wrapper). After a mid-epoch checkpoint, ``partial``
     carries the finished steps (the loader already skips their images) and the sums over all processes
     (kept by the main process only, so that the end-of-epoch all-sum counts them once). ``kept`` is this
-    run's last checkpoint, if any."""
+    run's last checkpoint, if any. Returns the epoch's row and the number of optimizer steps taken here."""
     method.train()
     partial = partial or {"step": 0, "sums": {}, "correct": 0, "seen": 0, "seconds": 0.0}
     keep = processes.main
     sums = dict(partial["sums"]) if keep else dict.fromkeys(partial["sums"], 0.0)
     correct, seen = (partial["correct"], partial["seen"]) if keep else (0, 0)
     start = time.perf_counter() - partial["seconds"]
+    taken = 0
     bar = tqdm(loader, desc=label, unit="batch", leave=False, disable=not progress)
     for number, (images, labels, _) in enumerate(bar, start=partial["step"] + 1):
         images = images.to(device, non_blocking=True, memory_format=_memory_format(device, config))
@@ -452,6 +456,7 @@ def train_epoch(step, method, optimizer, loader, device, config, label, progress
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        taken += 1
         batch = len(labels)
         for key, value in {**output.losses, **output.extras, "loss": loss}.items():
             sums[key] = sums.get(key, 0.0) + float(value.detach()) * batch
@@ -468,7 +473,7 @@ def train_epoch(step, method, optimizer, loader, device, config, label, progress
     if totals["seen"] == 0:
         raise FgkdError("the training split is empty; check the manifest and val_fraction")
     return {**{k: v / totals["seen"] for k, v in totals["sums"].items()}, "train_acc": totals["correct"] / totals["seen"],
-            "seconds": seconds, "images_per_s": totals["seen"] / seconds}
+            "seconds": seconds, "images_per_s": totals["seen"] / seconds}, taken
 
 
 def _agree(non_finite: bool, stopping: bool, processes: Processes, device) -> tuple[bool, bool]:
@@ -521,7 +526,6 @@ def _resume(path: Path, identity: dict, model, optimizer, fresh: dict, processes
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     partial = saved["state"].get("partial")
-    if processes.main:
-        log.info("%s: resuming after epoch %d%s", path, saved["state"]["epoch"],
-                 f" and {partial['step']} steps of the next" if partial else "")
+    if processes.main:  # step: the optimizer steps already taken in the next epoch
+        log.info("%s: resuming after epoch %d, step %d", path, saved["state"]["epoch"], partial["step"] if partial else 0)
     return saved["state"]

@@ -17,7 +17,7 @@ from fgkd.ensemble import ensemble, predict
 from fgkd.errors import FgkdError
 from fgkd.train import TrainConfig, load_model, train
 from conftest import TINY
-from fixtures import cli_train_args, wait_for_file
+from fixtures import checkpoint_position, cli_train_args, optimizer_steps, resumed_at, wait_for_file
 
 @pytest.fixture
 def data(tiny_data):
@@ -71,9 +71,11 @@ def test_same_seed_same_history_and_weights(data, tmp_path):
     assert not torch.equal(weights(a, "last")["head.classifier.4.weight"], weights(c, "last")["head.classifier.4.weight"])
 
 
-def test_killed_run_resumes_to_the_same_final_weights(data, tmp_path):
+def test_killed_run_resumes_to_the_same_final_weights(data, tmp_path, caplog):
     config = TrainConfig(**{**TINY.__dict__, "epochs": 8})
-    reference = train("teacher", data, tmp_path / "reference", config, progress=False)
+    with caplog.at_level("INFO", logger="fgkd"):
+        reference = train("teacher", data, tmp_path / "reference", config, progress=False)
+    total = optimizer_steps(caplog.text)
 
     out = tmp_path / "killed"
     process = subprocess.Popen(cli_train_args(config, out, data), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -82,9 +84,15 @@ def test_killed_run_resumes_to_the_same_final_weights(data, tmp_path):
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert (out / "checkpoint.pt").exists() and not (out / "model.pt").exists(), "the run was not killed mid-way"
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["state"]["epoch"] < config.epochs
+    epoch, step = checkpoint_position(out / "checkpoint.pt")
+    assert 1 <= epoch < config.epochs
 
-    resumed = train("teacher", data, out, config, progress=False)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="fgkd"):
+        resumed = train("teacher", data, out, config, progress=False)
+    # Bit-determinism makes a rerun from scratch end with the same weights: count what the rerun did.
+    assert resumed_at(caplog.text) == (epoch, step)
+    assert optimizer_steps(caplog.text) == total - epoch * total // config.epochs - step
     for which in ("best", "last"):
         for key, value in weights(reference, which).items():
             assert torch.equal(value, weights(resumed, which)[key]), (which, key)
@@ -184,9 +192,11 @@ def test_part_occlusion_as_generated_matches_predict_on_the_prepared_files(data,
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
-def test_preemption_signal_saves_a_mid_epoch_checkpoint_and_the_rerun_resumes_exactly(data, tmp_path, signum):
+def test_preemption_signal_saves_a_mid_epoch_checkpoint_and_the_rerun_resumes_exactly(data, tmp_path, signum, caplog):
     config = TrainConfig(**{**TINY.__dict__, "epochs": 6})
-    reference = train("teacher", data, tmp_path / "reference", config, progress=False)
+    with caplog.at_level("INFO", logger="fgkd"):
+        reference = train("teacher", data, tmp_path / "reference", config, progress=False)
+    total = optimizer_steps(caplog.text)
     out = tmp_path / "preempted"
     process = subprocess.Popen(cli_train_args(config, out, data), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_for_file(out / "checkpoint.pt", process)
@@ -194,9 +204,13 @@ def test_preemption_signal_saves_a_mid_epoch_checkpoint_and_the_rerun_resumes_ex
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 1, stderr.decode()[-2000:]
     assert f"stopped by {signal.Signals(signum).name}" in stderr.decode()
-    saved = torch.load(out / "checkpoint.pt", weights_only=True)["state"]
-    assert saved["partial"] is not None and saved["partial"]["step"] >= 1  # stopped inside an epoch
-    resumed = train("teacher", data, out, config, progress=False)
+    epoch, step = checkpoint_position(out / "checkpoint.pt")
+    assert step >= 1  # stopped inside an epoch
+    caplog.clear()
+    with caplog.at_level("INFO", logger="fgkd"):
+        resumed = train("teacher", data, out, config, progress=False)
+    assert resumed_at(caplog.text) == (epoch, step)
+    assert optimizer_steps(caplog.text) == total - epoch * total // config.epochs - step
     for which in ("best", "last"):
         for key, value in weights(reference, which).items():
             assert torch.equal(value, weights(resumed, which)[key]), (which, key)
