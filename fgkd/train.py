@@ -14,7 +14,9 @@ import hashlib
 import json
 import logging
 import math
+import os
 import signal
+import tempfile
 import threading
 import time
 import zlib
@@ -161,9 +163,20 @@ def file_digest(path: str | Path) -> str:
 
 
 def select_device(config: TrainConfig, processes: Processes = Processes()) -> torch.device:
+    """The device to run on; one that is not a device, or not on this machine, is one line (not CUDA's traceback)."""
     if config.device == "auto":
         return torch.device(f"cuda:{processes.local_rank}" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
+    try:
+        device = torch.device(config.device)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise FgkdError(f"device {config.device!r} is not one of auto, cpu, cuda, cuda:N")
+    visible = torch.cuda.device_count()
+    if device.type == "cuda" and (device.index or 0) >= visible:
+        found = f"only cuda:0..cuda:{visible - 1} are visible" if visible else "no CUDA GPU is visible"
+        raise FgkdError(f"device {config.device!r}: {found} on this machine; use device auto or cpu")
+    return device
 
 
 def load_model(path: str | Path, num_classes: int | None = None, device: torch.device | str = "cpu",
@@ -290,10 +303,42 @@ def train(stage: str, data: str | Path, out: str | Path, config: TrainConfig, ea
         raise FgkdError("the teacher trains with cross-entropy alone; pass no --earlier models")
     config.check()
     processes = processes or distributed.from_environment()
+    _check_writable(Path(out))
     device = select_device(config, processes)
     with distributed.process_group(processes, device):
         return _train(stage, data, Path(out), config, earlier, index, progress and processes.main,
                       name or stage_name(stage, index), processes, device)
+
+
+def _check_writable(out: Path) -> None:
+    """A results folder that cannot take the files is refused before any training time is spent."""
+    try:
+        str(out).encode("utf-8")
+    except UnicodeEncodeError:
+        raise FgkdError(f"{os.fsencode(out)!r}: the name of the results folder is not UTF-8, and Parquet files cannot "
+                        "be written under such a path; choose a UTF-8 name for --out") from None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise FgkdError(f"{out}: the results cannot be written there ({err.strerror}); choose a writable folder "
+                        "for --out") from None
+
+
+def _check_images_per_step(model: torch.nn.Module, data, train_set, val_set, config: TrainConfig,
+                           processes: Processes) -> None:
+    """Batch norm cannot train on one image: a step of one image is refused before any training."""
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    shared = processes.world if processes.distributed and config.sync_batchnorm else 1  # processes per BN batch
+    if config.batch_size * shared < 2:
+        raise FgkdError(f"batch_size {config.batch_size}: batch norm cannot train on one image per step; "
+                        "use a batch size of 2 or more")
+    if min(config.batch_size, len(train_set) // processes.world) * shared < 2:
+        raise DataError(f"{data}: {len(train_set)} training image(s) ({len(val_set)} more held out for validation "
+                        f"by val_fraction {config.val_fraction}) for {processes.world} process(es): batch norm cannot "
+                        "train on one image per step; add training images or lower val_fraction")
 
 
 def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress, name, processes: Processes,
@@ -309,12 +354,13 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
         frozen_models.append(net.to(memory_format=_memory_format(device, config)))
         frozen_meta.append(meta)
     run_hash = config_hash(config, name, frozen_meta, processes.world)
-    identity = {"configuration": run_hash, "data": data_digest(data), "earlier": [file_digest(p) for p in earlier]}
     seed = derived_seed(config.seed, zlib.crc32(name.encode()))
 
     torch.manual_seed(seed)
     model = FGVCNet(config.backbone, num_classes, config.head, config.head_hidden, config.attention_stride,
                     aux_heads=len(earlier) if stage == "auxkd" else 0, pretrained=config.pretrained)
+    _check_images_per_step(model, data, train_set, val_set, config, processes)
+    identity = {"configuration": run_hash, "data": data_digest(data), "earlier": [file_digest(p) for p in earlier]}
     if processes.distributed and config.sync_batchnorm:
         model = distributed.sync_batchnorm(model, device)
     model = model.to(device, memory_format=_memory_format(device, config))

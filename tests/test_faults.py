@@ -49,13 +49,24 @@ def test_full_disk_names_the_file_and_keeps_earlier_results(data, mount):
     assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
 
 
-def test_read_only_results_folder_is_a_clear_error(data, mount):
-    out = mount("ro,size=1m")
-    result = CliRunner().invoke(main, ["train", "--stage", "teacher", "--data", str(data), "--out", str(out / "teacher"),
-                                       "--backbone", "resnet10", "--epochs", "1", "--resize", "36", "--crop", "32",
-                                       "--no-progress"])
-    assert result.exit_code == 1
-    assert "Read-only file system" in result.output and "teacher" in result.output
+@pytest.mark.parametrize("where", ["read-only", "under a file", "not UTF-8"])
+def test_an_unwritable_results_folder_is_one_line_before_the_first_epoch(data, mount, tmp_path, where):
+    if where == "read-only":
+        out, culprit = mount("ro,size=1m") / "teacher", "Read-only file system"
+    elif where == "under a file":
+        (tmp_path / "file").write_text("not a folder")
+        out, culprit = tmp_path / "file" / "teacher", "Not a directory"
+    else:
+        out, culprit = os.fsencode(tmp_path) + b"/r\xffsults", "r\\xffsults"  # as Python shows the byte
+    args = cli_train_args(TrainConfig(**{**TINY.__dict__, "epochs": 1}), "OUT", data)
+    args[args.index("OUT")] = out  # a real argv: bytes for the non-UTF-8 name
+    result = subprocess.run(args, capture_output=True, timeout=300)
+    stderr = result.stderr.decode(errors="replace")
+    assert result.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and culprit in errors[0] and "--out" in errors[0], errors
+    assert "epoch 1/" not in stderr  # refused before any training
+    assert not os.path.exists(os.path.join(os.fsencode(out), b"model.pt"))
 
 
 def test_corrupt_image_in_a_worker_is_one_line_naming_the_file(data, tmp_path):

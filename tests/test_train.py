@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 
@@ -162,6 +163,48 @@ def test_a_model_with_non_finite_weights_is_refused_by_predict_and_as_an_earlier
         assert result.exit_code == 1 and "Traceback" not in result.output, result.output
         assert result.output.splitlines()[-1].startswith(f"Error: {broken}: non-finite weights ({key})"), result.output
     assert not logits.exists() and not any((tmp_path / "student").glob("*"))
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tiny_data, tmp_path_factory):
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 1})
+    return train("teacher", tiny_data, tmp_path_factory.mktemp("teacher"), config, progress=False)
+
+
+# A CUDA device this machine does not have.
+ABSENT_CUDA = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "meta", ABSENT_CUDA])
+def test_a_device_that_is_not_here_is_one_line_for_train_and_predict(data, tiny_teacher, tmp_path, device):
+    out, logits = tmp_path / "teacher", tmp_path / "logits.parquet"
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 1, "device": device})
+    for args in (cli_train_args(config, out, data)[3:],
+                 ["predict", "--model", str(tiny_teacher), "--data", str(data), "--out", str(logits), "--device", device]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (result.output, result.exception)
+        assert result.output.splitlines()[-1].startswith(f"Error: device {device!r}"), result.output
+    assert not logits.exists() and not (out / "model.pt").exists()
+
+
+@pytest.mark.parametrize("culprit", ["batch size", "data"])
+def test_a_step_of_one_image_is_one_line_naming_the_batch_size_or_the_data(data, tmp_path, culprit):
+    from fgkd.atomic import write_parquet
+    from fgkd.data.manifest import read_manifest
+
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 1})
+    if culprit == "batch size":
+        config, expected = TrainConfig(**{**config.__dict__, "batch_size": 1}), "batch_size 1: batch norm cannot train"
+    else:  # one training image; the rest of the set is test images
+        shutil.copytree(data, tmp_path / "one_image")
+        data, expected = tmp_path / "one_image", f"{tmp_path / 'one_image'}: 1 training image(s)"
+        frame = read_manifest(data)
+        frame.loc[frame.index[frame.split == "train"][1:], "split"] = "test"
+        write_parquet(frame, data / "manifest.parquet")
+    result = CliRunner().invoke(main, cli_train_args(config, tmp_path / "teacher", data)[3:])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (result.output, result.exception)
+    assert result.output.splitlines()[-1].startswith(f"Error: {expected}"), result.output
+    assert not (tmp_path / "teacher" / "model.pt").exists()
 
 
 def test_wrong_earlier_models_are_refused(data, tmp_path):
