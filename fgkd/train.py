@@ -573,5 +573,6 @@ def _resume(path: Path, identity: dict, model, optimizer, fresh: dict, processes
     optimizer.load_state_dict(saved["optimizer"])
     partial = saved["state"].get("partial")
     if processes.main:  # step: the optimizer steps already taken in the next epoch
-        log.info("%s: resuming after epoch %d, step %d", path, saved["state"]["epoch"], partial["step"] if partial else 0)
+        log.info("%s: resuming after epoch %d, step %d", path, saved["state"]["epoch"],
+                 partial["step"] if partial else 0)
     return saved["state"]

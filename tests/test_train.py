@@ -122,7 +122,8 @@ def test_non_finite_options_are_one_line_and_leave_the_earlier_model(data, tmp_p
     result = CliRunner().invoke(main, cli_train_args(config, out, data)[3:])  # without `python -m fgkd`
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert result.output.splitlines()[-1] == f"Error: {key} must be a finite number (got {float(value)})"
-    assert sorted(p.name for p in out.iterdir()) == ["model.pt"] and (out / "model.pt").read_bytes() == b"an earlier model"
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt"]
+    assert (out / "model.pt").read_bytes() == b"an earlier model"
 
 
 def all_finite(state: dict) -> bool:
@@ -179,8 +180,8 @@ ABSENT_CUDA = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() e
 def test_a_device_that_is_not_here_is_one_line_for_train_and_predict(data, tiny_teacher, tmp_path, device):
     out, logits = tmp_path / "teacher", tmp_path / "logits.parquet"
     config = TrainConfig(**{**TINY.__dict__, "epochs": 1, "device": device})
-    for args in (cli_train_args(config, out, data)[3:],
-                 ["predict", "--model", str(tiny_teacher), "--data", str(data), "--out", str(logits), "--device", device]):
+    predict_args = ["predict", "--model", str(tiny_teacher), "--data", str(data), "--out", str(logits)]
+    for args in (cli_train_args(config, out, data)[3:], [*predict_args, "--device", device]):
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (result.output, result.exception)
         assert result.output.splitlines()[-1].startswith(f"Error: device {device!r}"), result.output
