@@ -135,7 +135,7 @@ def test_checkpoint_of_another_configuration_is_never_reused(data, tmp_path, cap
 def test_checkpoint_of_other_images_under_the_same_manifest_is_never_reused(data, other_images, tmp_path, caplog):
     import shutil
 
-    config = TrainConfig(**{**TINY.__dict__, "epochs": 8})
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 4})
     folder, out = tmp_path / "data", tmp_path / "run"
     shutil.copytree(data, folder)
     kill_after_first_checkpoint(cli_train_args(config, out, folder), out)
@@ -157,7 +157,7 @@ def test_checkpoint_of_a_data_set_with_other_classes_starts_over_without_a_trace
 
     generate(tmp_path / "three" / "raw", classes=3, images_per_class=12, size=32, seed=0)
     three = prepare("cub", tmp_path / "three" / "raw", tmp_path / "three" / "prepared", progress=False).parent
-    config = TrainConfig(**{**TINY.__dict__, "epochs": 8})
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 4})
     out = tmp_path / "run"
     kill_after_first_checkpoint(cli_train_args(config, out, data), out)
     with caplog.at_level("WARNING", logger="fgkd"):
@@ -168,7 +168,7 @@ def test_checkpoint_of_a_data_set_with_other_classes_starts_over_without_a_trace
 
 def test_checkpoint_whose_weights_do_not_fit_the_network_starts_over_without_a_traceback(data, tmp_path, caplog):
     """Same identity, other shapes: what a checkpoint of an fgkd with another network layout would hold."""
-    config = TrainConfig(**{**TINY.__dict__, "epochs": 8})
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 4})
     out = tmp_path / "run"
     kill_after_first_checkpoint(cli_train_args(config, out, data), out)
     saved = torch.load(out / "checkpoint.pt", weights_only=True)
@@ -190,7 +190,7 @@ def test_checkpoint_of_a_student_of_another_teacher_is_never_reused(data, other_
     teacher = tmp_path / "teacher" / "model.pt"
     teacher.parent.mkdir()
     shutil.copyfile(teachers[0], teacher)
-    config = TrainConfig(**{**TINY.__dict__, "epochs": 8})
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 4})
     out = tmp_path / "student"
     kill_after_first_checkpoint(cli_train_args(config, out, data, "--index", "1", "--earlier", str(teacher),
                                                stage="student"), out)
