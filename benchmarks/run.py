@@ -116,7 +116,7 @@ def inference(networks, batches, attention_only: bool = False):
 def fgkd_epoch(method, optimizer, batches, config):
     with StopRequest() as stop:
         train_epoch(method, method, optimizer, batches, torch.device("cpu"), config, "bench", False,
-                    Path("/nonexistent"), None, stop, None, Processes())
+                    None, None, stop, None, Processes())
 
 
 def sgd(model, config):

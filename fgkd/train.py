@@ -14,7 +14,9 @@ import hashlib
 import json
 import logging
 import math
+import os
 import signal
+import tempfile
 import threading
 import time
 import zlib
@@ -29,8 +31,10 @@ from tqdm import tqdm
 from . import distributed
 from .atomic import atomic_path, write_parquet
 from .data.dataset import ImageSizes, derived_seed, load_split, make_loader, make_train_loader
+from .data.manifest import COLUMNS, read_manifest
 from .distributed import Processes
-from .errors import FgkdError
+from .errors import DataError, FgkdError
+from .metrics import topk_hits
 from .methods import AuxKD, CrossEntropy, FrozenNetworks, OrthogonalStudent
 from .methods.orthogonal import VARIANTS
 from .models import BACKBONES, HEADS, FGVCNet
@@ -96,6 +100,9 @@ class TrainConfig:
     compile: str = "off"
 
     def check(self) -> None:
+        for field in dataclasses.fields(self):
+            if field.type == "float" and not math.isfinite(getattr(self, field.name)):
+                raise FgkdError(f"{field.name} must be a finite number (got {getattr(self, field.name)})")
         choices = {"backbone": tuple(BACKBONES), "head": HEADS, "orth": VARIANTS, "amp": ("auto", "bf16", "off"),
                    "channels_last": ("auto", "on", "off"),
                    "compile": ("off", "on")}
@@ -130,10 +137,47 @@ def config_hash(config: TrainConfig, name: str, earlier: list[dict], processes: 
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def data_digest(root: str | Path) -> str:
+    """sha256 of the manifest's rows and of every listed image's bytes: the identity of the data a checkpoint
+    was trained on (a regenerated set can keep its manifest and change every image).
+
+    Read once at the start of training (by each process): 4 ms for the 48 images of the tests; 12,000 images
+    of 80 KB (1 GB) take about 1 s from the page cache (measured on 1,200: 0.105 s; sha256 runs at 1.8 GB/s
+    here), plus the time to read 1 GB from a cold disk: a small share of one epoch."""
+    frame = read_manifest(root)
+    digest = hashlib.sha256(frame[list(COLUMNS)].to_csv(index=False).encode())
+    for relative in frame["path"]:
+        path = Path(root) / relative
+        try:
+            with open(path, "rb") as image:
+                digest.update(hashlib.file_digest(image, "sha256").digest())
+        except OSError as err:
+            raise DataError(f"{path}: listed in the manifest but unreadable ({err.strerror}); "
+                            "rerun `fgkd prepare` for this data set") from None
+    return digest.hexdigest()[:16]
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes: an earlier model retrained on other data keeps its config hash, not its bytes."""
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()[:16]
+
+
 def select_device(config: TrainConfig, processes: Processes = Processes()) -> torch.device:
+    """The device to run on; one that is not a device, or not on this machine, is one line (not CUDA's traceback)."""
     if config.device == "auto":
         return torch.device(f"cuda:{processes.local_rank}" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
+    try:
+        device = torch.device(config.device)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise FgkdError(f"device {config.device!r} is not one of auto, cpu, cuda, cuda:N")
+    visible = torch.cuda.device_count()
+    if device.type == "cuda" and (device.index or 0) >= visible:
+        found = f"only cuda:0..cuda:{visible - 1} are visible" if visible else "no CUDA GPU is visible"
+        raise FgkdError(f"device {config.device!r}: {found} on this machine; use device auto or cpu")
+    return device
 
 
 def load_model(path: str | Path, num_classes: int | None = None, device: torch.device | str = "cpu",
@@ -153,8 +197,33 @@ def load_model(path: str | Path, num_classes: int | None = None, device: torch.d
         check_classes(path, meta, num_classes)
     model = FGVCNet(meta["backbone"], meta["num_classes"], meta["head"], meta["head_hidden"],
                     meta["attention_stride"], meta["aux_heads"])
-    model.load_state_dict(saved["state_dict"] if which == "best" else saved["last_state_dict"])
+    weights = saved["state_dict"] if which == "best" else saved["last_state_dict"]
+    broken = non_finite_weights(weights)
+    if broken:
+        raise FgkdError(f"{path}: non-finite weights ({_some(broken)}); the model is broken, retrain that stage")
+    model.load_state_dict(weights)
     return model.to(device).eval(), meta
+
+
+def non_finite_weights(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors (parameters and buffers) holding a NaN or an infinity."""
+    floats = {k: v for k, v in state.items() if v.is_floating_point()}
+    flags = torch.stack([torch.isfinite(v).all() for v in floats.values()]).cpu()  # one device sync
+    return [k for k, finite in zip(floats, flags) if not finite]
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _diverged(problem: str, kept: Path | None) -> FgkdError:
+    """Training went non-finite. Runs are deterministic: resuming with the same settings diverges again."""
+    if kept is None:
+        return FgkdError(f"{problem}: training diverged before any checkpoint was written. Lower the learning "
+                         "rates (lr, backbone_lr) or check the data, then rerun")
+    return FgkdError(f"{problem}: training diverged. The last checkpoint, {kept}, is kept and finite, but a rerun "
+                     "with these settings would resume from it and diverge again: lower the learning rates (lr, "
+                     "backbone_lr; the stage then starts over) or check the data")
 
 
 def check_classes(path: str | Path, meta: dict, num_classes: int) -> None:
@@ -195,13 +264,15 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, config: Train
 
 
 def _val_accuracy(model, val_set, device, config: TrainConfig, processes: Processes) -> float:
-    """Top-1 on the validation split, each process scoring its share of the images."""
+    """Top-1 on the validation split (ties against the prediction, as every report), each process scoring its
+    share of the images."""
     if not len(val_set):
         return float("nan")
     loader = make_loader(val_set, config.batch_size, config.workers, processes.rank, processes.world)
-    result = evaluate(model, loader, device, config) if len(loader) else {"logits": np.zeros((0, 1)), "labels": []}
+    result = (evaluate(model, loader, device, config) if len(loader)
+              else {"logits": np.zeros((0, 1)), "labels": np.zeros(0, dtype=np.int64)})
     correct, count = distributed.all_sum(
-        [float((result["logits"].argmax(1) == result["labels"]).sum()), float(len(result["labels"]))], processes, device)
+        [float(topk_hits(result["logits"], result["labels"], 1).sum()), float(len(result["labels"]))], processes, device)
     return correct / count
 
 
@@ -235,10 +306,42 @@ def train(stage: str, data: str | Path, out: str | Path, config: TrainConfig, ea
         raise FgkdError("the teacher trains with cross-entropy alone; pass no --earlier models")
     config.check()
     processes = processes or distributed.from_environment()
+    _check_writable(Path(out))
     device = select_device(config, processes)
     with distributed.process_group(processes, device):
         return _train(stage, data, Path(out), config, earlier, index, progress and processes.main,
                       name or stage_name(stage, index), processes, device)
+
+
+def _check_writable(out: Path) -> None:
+    """A results folder that cannot take the files is refused before any training time is spent."""
+    try:
+        str(out).encode("utf-8")
+    except UnicodeEncodeError:
+        raise FgkdError(f"{os.fsencode(out)!r}: the name of the results folder is not UTF-8, and Parquet files cannot "
+                        "be written under such a path; choose a UTF-8 name for --out") from None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise FgkdError(f"{out}: the results cannot be written there ({err.strerror}); choose a writable folder "
+                        "for --out") from None
+
+
+def _check_images_per_step(model: torch.nn.Module, data, train_set, val_set, config: TrainConfig,
+                           processes: Processes) -> None:
+    """Batch norm cannot train on one image: a step of one image is refused before any training."""
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    shared = processes.world if processes.distributed and config.sync_batchnorm else 1  # processes per BN batch
+    if config.batch_size * shared < 2:
+        raise FgkdError(f"batch_size {config.batch_size}: batch norm cannot train on one image per step; "
+                        "use a batch size of 2 or more")
+    if min(config.batch_size, len(train_set) // processes.world) * shared < 2:
+        raise DataError(f"{data}: {len(train_set)} training image(s) ({len(val_set)} more held out for validation "
+                        f"by val_fraction {config.val_fraction}) for {processes.world} process(es): batch norm cannot "
+                        "train on one image per step; add training images or lower val_fraction")
 
 
 def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress, name, processes: Processes,
@@ -259,6 +362,8 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
     torch.manual_seed(seed)
     model = FGVCNet(config.backbone, num_classes, config.head, config.head_hidden, config.attention_stride,
                     aux_heads=len(earlier) if stage == "auxkd" else 0, pretrained=config.pretrained)
+    _check_images_per_step(model, data, train_set, val_set, config, processes)
+    identity = {"configuration": run_hash, "data": data_digest(data), "earlier": [file_digest(p) for p in earlier]}
     if processes.distributed and config.sync_batchnorm:
         model = distributed.sync_batchnorm(model, device)
     model = model.to(device, memory_format=_memory_format(device, config))
@@ -272,11 +377,21 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
     checkpoint_path = out / "checkpoint.pt"
     state = {"epoch": 0, "history": [], "best_val": -1.0, "best_epoch": -1, "best_state": None, "partial": None}
     if checkpoint_path.exists():
-        state = _resume(checkpoint_path, run_hash, model, optimizer, state, processes)
+        state = _resume(checkpoint_path, identity, model, optimizer, state, processes)
 
-    def save(partial: dict | None = None) -> None:
+    has_checkpoint = state["epoch"] > 0 or state["partial"] is not None  # resumed
+
+    def save(where: str, partial: dict | None = None) -> Path:
+        """Write the checkpoint, unless the weights went non-finite: then stop, keeping the last one."""
+        nonlocal has_checkpoint
+        broken = non_finite_weights(model.state_dict())
+        if broken:
+            raise _diverged(f"non-finite weights ({_some(broken)}) after {where}",
+                            checkpoint_path if has_checkpoint else None)
         if processes.main:
-            _save_checkpoint(checkpoint_path, run_hash, model, optimizer, {**state, "partial": partial})
+            _save_checkpoint(checkpoint_path, identity, model, optimizer, {**state, "partial": partial})
+        has_checkpoint = True
+        return checkpoint_path
 
     step = method
     if processes.distributed:
@@ -285,6 +400,7 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
             method, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False)
     if config.compile == "on":
         step = torch.compile(step)
+    steps = 0  # optimizer steps of this process: what a resumed run saves
     with StopRequest() as stop:
         for epoch in range(state["epoch"], config.epochs):
             for group, base in zip(optimizer.param_groups, (config.lr, config.backbone_lr)):
@@ -295,8 +411,9 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
             loader = make_train_loader(train_set, config.batch_size, epoch_seed, config.workers, processes.rank,
                                        processes.world, skip_batches=partial["step"] if partial else 0)
             label = f"{name} {epoch + 1}/{config.epochs}"
-            row = train_epoch(step, method, optimizer, loader, device, config, label, progress, checkpoint_path,
-                               partial, stop, save, processes)
+            row, epoch_steps = train_epoch(step, method, optimizer, loader, device, config, label, progress,
+                                           checkpoint_path if has_checkpoint else None, partial, stop, save, processes)
+            steps += epoch_steps
             state["partial"] = None
             distributed.broadcast_buffers(model, processes)
             row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
@@ -310,13 +427,15 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
             if processes.main:
                 log.info("%s epoch %d/%d %s", name, epoch + 1, config.epochs,
                          " ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch",)))
-            save()
+            save(label)
 
     if processes.main:
+        log.info("%s: done, %d optimizer steps run by this process", name, steps)
         metadata = {
             "backbone": config.backbone, "num_classes": num_classes, "head": config.head,
             "head_hidden": config.head_hidden, "attention_stride": config.attention_stride,
             "aux_heads": len(earlier) if stage == "auxkd" else 0, "stage": name, "config_hash": run_hash,
+            "data_digest": identity["data"],
             "resize": config.resize, "crop": config.crop, "best_epoch": state["best_epoch"], "epochs": config.epochs,
             "processes": processes.world, "config": json.dumps(dataclasses.asdict(config), sort_keys=True),
         }
@@ -359,17 +478,19 @@ class StopRequest:
         return False
 
 
-def train_epoch(step, method, optimizer, loader, device, config, label, progress, checkpoint_path, partial, stop,
-                 save, processes: Processes) -> dict[str, float]:
+def train_epoch(step, method, optimizer, loader, device, config, label, progress, kept: Path | None, partial, stop,
+                save, processes: Processes) -> tuple[dict[str, float], int]:
     """One epoch of ``step`` (the method, or its DDP wrapper). After a mid-epoch checkpoint, ``partial``
     carries the finished steps (the loader already skips their images) and the sums over all processes
-    (kept by the main process only, so that the end-of-epoch all-sum counts them once)."""
+    (kept by the main process only, so that the end-of-epoch all-sum counts them once). ``kept`` is this
+    run's last checkpoint, if any. Returns the epoch's row and the number of optimizer steps taken here."""
     method.train()
     partial = partial or {"step": 0, "sums": {}, "correct": 0, "seen": 0, "seconds": 0.0}
     keep = processes.main
     sums = dict(partial["sums"]) if keep else dict.fromkeys(partial["sums"], 0.0)
     correct, seen = (partial["correct"], partial["seen"]) if keep else (0, 0)
     start = time.perf_counter() - partial["seconds"]
+    taken = 0
     bar = tqdm(loader, desc=label, unit="batch", leave=False, disable=not progress)
     for number, (images, labels, _) in enumerate(bar, start=partial["step"] + 1):
         images = images.to(device, non_blocking=True, memory_format=_memory_format(device, config))
@@ -380,29 +501,28 @@ def train_epoch(step, method, optimizer, loader, device, config, label, progress
         non_finite, stopping = _agree(not torch.isfinite(loss), bool(stop.received), processes, device)
         if non_finite:
             terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in output.losses.items())
-            kept = f"the last good checkpoint is kept at {checkpoint_path}" if checkpoint_path.exists() else "no epoch had finished"
-            raise FgkdError(f"non-finite loss ({terms}) at {label}, step {number}; {kept}. "
-                            "Lower the learning rate or check the data, then rerun")
+            raise _diverged(f"non-finite loss ({terms}) at {label}, step {number}", kept)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        taken += 1
         batch = len(labels)
         for key, value in {**output.losses, **output.extras, "loss": loss}.items():
             sums[key] = sums.get(key, 0.0) + float(value.detach()) * batch
-        correct += int((output.logits.argmax(1) == labels).sum())
+        correct += int(topk_hits(output.logits.detach().float().cpu().numpy(), labels.cpu().numpy(), 1).sum())
         seen += batch
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}", img_s=f"{seen * processes.world / (time.perf_counter() - start):.0f}")
         if stopping:
             totals = _all_sums(sums, correct, seen, processes, device)
-            save({"step": number, **totals, "seconds": time.perf_counter() - start})
+            saved = save(f"{label}, step {number}", {"step": number, **totals, "seconds": time.perf_counter() - start})
             raise FgkdError(f"stopped by {stop.received or 'a signal to another process'} at {label}, step {number}; "
-                            f"checkpoint saved to {checkpoint_path}: rerun the same command to resume")
+                            f"checkpoint saved to {saved}: rerun the same command to resume")
     seconds = time.perf_counter() - start
     totals = _all_sums(sums, correct, seen, processes, device)
     if totals["seen"] == 0:
         raise FgkdError("the training split is empty; check the manifest and val_fraction")
     return {**{k: v / totals["seen"] for k, v in totals["sums"].items()}, "train_acc": totals["correct"] / totals["seen"],
-            "seconds": seconds, "images_per_s": totals["seen"] / seconds}
+            "seconds": seconds, "images_per_s": totals["seen"] / seconds}, taken
 
 
 def _agree(non_finite: bool, stopping: bool, processes: Processes, device) -> tuple[bool, bool]:
@@ -419,26 +539,43 @@ def _all_sums(sums: dict, correct: int, seen: int, processes: Processes, device)
     return {"sums": dict(zip(keys, values[:-2])), "correct": int(values[-2]), "seen": int(values[-1])}
 
 
-def _save_checkpoint(path: Path, run_hash: str, model, optimizer, state: dict) -> None:
+def _save_checkpoint(path: Path, identity: dict, model, optimizer, state: dict) -> None:
     with atomic_path(path) as tmp:
-        torch.save({"config_hash": run_hash, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        torch.save({"identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "state": state}, tmp)
 
 
-def _resume(path: Path, run_hash: str, model, optimizer, fresh: dict, processes: Processes) -> dict:
+IDENTITY_PARTS = {"configuration": "configuration", "data": "data set (other manifest rows or image bytes)",
+                  "earlier": "set of earlier models (other --earlier model.pt contents)"}
+
+
+def _resume(path: Path, identity: dict, model, optimizer, fresh: dict, processes: Processes) -> dict:
+    """The checkpoint's state, if it was written by this very run: same configuration, data and earlier
+    models, and weights that fit the network; otherwise a warning saying why, and ``fresh``."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         log.warning("%s: unreadable checkpoint (%s); starting this stage over", path, err)
         return fresh
-    if saved.get("config_hash") != run_hash:
-        log.warning("%s: written by another configuration (hash %s, now %s); not resuming from it, starting over",
-                    path, saved.get("config_hash"), run_hash)
+    saved_identity = saved.get("identity") if isinstance(saved, dict) else None
+    if not isinstance(saved_identity, dict):
+        log.warning("%s: written by an older fgkd (no record of its data); not resuming from it, starting this "
+                    "stage over", path)
+        return fresh
+    differs = [IDENTITY_PARTS[key] for key in IDENTITY_PARTS if saved_identity.get(key) != identity[key]]
+    if differs:
+        hashes = f" (hash {saved_identity.get('configuration')}, now {identity['configuration']})"
+        log.warning("%s: written by another %s; not resuming from it, starting this stage over", path,
+                    " and another ".join(d + hashes if d == "configuration" else d for d in differs))
+        return fresh
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    if {k: v.shape for k, v in saved["model"].items()} != expected:
+        log.warning("%s: its weights do not fit this network; not resuming from it, starting this stage over", path)
         return fresh
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     partial = saved["state"].get("partial")
-    if processes.main:
-        log.info("%s: resuming after epoch %d%s", path, saved["state"]["epoch"],
-                 f" and {partial['step']} steps of the next" if partial else "")
+    if processes.main:  # step: the optimizer steps already taken in the next epoch
+        log.info("%s: resuming after epoch %d, step %d", path, saved["state"]["epoch"],
+                 partial["step"] if partial else 0)
     return saved["state"]

@@ -7,6 +7,7 @@ the tests compare fgkd's output against what the layout says, row by row; each r
 
 from __future__ import annotations
 
+import re
 import tarfile
 import time
 import zipfile
@@ -170,13 +171,35 @@ def wait_for_file(path: Path, process, timeout: float = 300) -> None:
         time.sleep(0.005)
 
 
-def cli_train_args(config, out: Path, data: Path, *extra: str) -> list[str]:
-    """`fgkd train --stage teacher` with every field of a TrainConfig as its option."""
+def cli_train_args(config, out: Path, data: Path, *extra: str, stage: str = "teacher") -> list[str]:
+    """`fgkd train --stage <stage>` with every field of a TrainConfig as its option."""
     import sys
 
-    args = [sys.executable, "-m", "fgkd", "train", "--stage", "teacher", "--data", str(data), "--out", str(out),
+    args = [sys.executable, "-m", "fgkd", "train", "--stage", stage, "--data", str(data), "--out", str(out),
             "--no-progress", *extra]
     for key, value in config.__dict__.items():
         flag = key.replace("_", "-")
         args += [f"--{flag}" if value else f"--no-{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)]
     return args
+
+
+def checkpoint_position(path: Path) -> tuple[int, int]:
+    """(finished epochs, optimizer steps taken in the next epoch) of a checkpoint.pt."""
+    import torch
+
+    state = torch.load(path, weights_only=True)["state"]
+    return state["epoch"], state["partial"]["step"] if state["partial"] else 0
+
+
+def resumed_at(log: str) -> tuple[int, int]:
+    """(epoch, step) of a run log's one "resuming after epoch E, step S" line."""
+    found = re.findall(r"resuming after epoch (\d+), step (\d+)", log)
+    assert len(found) == 1, log[-3000:]
+    return int(found[0][0]), int(found[0][1])
+
+
+def optimizer_steps(log: str) -> int:
+    """The optimizer steps a finished run took (its main process), from its log."""
+    found = re.findall(r"done, (\d+) optimizer steps run by this process", log)
+    assert len(found) == 1, log[-3000:]
+    return int(found[0])

@@ -10,7 +10,7 @@ import torch
 from fgkd.data.prepare import prepare
 from fgkd.data.synth import generate
 from fgkd.train import TrainConfig, load_model, train
-from fixtures import cli_train_args, wait_for_file
+from fixtures import checkpoint_position, cli_train_args, optimizer_steps, resumed_at, wait_for_file
 
 # Batch-norm layers in the trunk and in the official head, so that synchronised statistics matter; one batch
 # of all 48 training images per epoch (24 per process).
@@ -63,8 +63,8 @@ def test_two_processes_train_like_one_process_with_the_doubled_batch(data, tmp_p
 def test_a_signal_stops_every_process_at_one_step_and_the_rerun_resumes_exactly(data, tmp_path):
     config = per_process(TrainConfig(**{**CONFIG.__dict__, "epochs": 6, "batch_size": 8}), 2)
     reference = tmp_path / "reference"
-    subprocess.run(cli_train_args(config, reference, data, "--processes", "2"), check=True, capture_output=True,
-                   timeout=600)
+    total = optimizer_steps(subprocess.run(cli_train_args(config, reference, data, "--processes", "2"), check=True,
+                                           capture_output=True, text=True, timeout=600).stderr)
 
     out = tmp_path / "preempted"
     args = cli_train_args(config, out, data, "--processes", "2")
@@ -73,10 +73,12 @@ def test_a_signal_stops_every_process_at_one_step_and_the_rerun_resumes_exactly(
     launcher.send_signal(signal.SIGUSR1)  # SLURM's --signal=USR1@... reaches the launcher; it tells the workers
     _, stderr = launcher.communicate(timeout=120)
     assert launcher.returncode != 0 and "stopped by SIGUSR1" in stderr, stderr[-3000:]
-    saved = torch.load(out / "checkpoint.pt", weights_only=True)["state"]
-    assert saved["epoch"] < config.epochs and not (out / "model.pt").exists()
+    epoch, step = checkpoint_position(out / "checkpoint.pt")
+    assert epoch < config.epochs and not (out / "model.pt").exists()
 
-    subprocess.run(args, check=True, capture_output=True, timeout=600)
+    log = subprocess.run(args, check=True, capture_output=True, text=True, timeout=600).stderr
+    assert resumed_at(log) == (epoch, step)
+    assert optimizer_steps(log) == total - epoch * total // config.epochs - step
     for which in ("state_dict", "last_state_dict"):
         expected = torch.load(reference / "model.pt", weights_only=True)[which]
         resumed = torch.load(out / "model.pt", weights_only=True)[which]

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from fgkd.cli import main
 from fgkd.errors import FgkdError
-from fgkd.train import TrainConfig, train
+from fgkd.train import TrainConfig, load_model, train
 from conftest import TINY
 from fixtures import cli_train_args, wait_for_file
 from test_workflow import BIN, project_copy, run
@@ -49,13 +49,24 @@ def test_full_disk_names_the_file_and_keeps_earlier_results(data, mount):
     assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
 
 
-def test_read_only_results_folder_is_a_clear_error(data, mount):
-    out = mount("ro,size=1m")
-    result = CliRunner().invoke(main, ["train", "--stage", "teacher", "--data", str(data), "--out", str(out / "teacher"),
-                                       "--backbone", "resnet10", "--epochs", "1", "--resize", "36", "--crop", "32",
-                                       "--no-progress"])
-    assert result.exit_code == 1
-    assert "Read-only file system" in result.output and "teacher" in result.output
+@pytest.mark.parametrize("where", ["read-only", "under a file", "not UTF-8"])
+def test_an_unwritable_results_folder_is_one_line_before_the_first_epoch(data, mount, tmp_path, where):
+    if where == "read-only":
+        out, culprit = mount("ro,size=1m") / "teacher", "Read-only file system"
+    elif where == "under a file":
+        (tmp_path / "file").write_text("not a folder")
+        out, culprit = tmp_path / "file" / "teacher", "Not a directory"
+    else:
+        out, culprit = os.fsencode(tmp_path) + b"/r\xffsults", "r\\xffsults"  # as Python shows the byte
+    args = cli_train_args(TrainConfig(**{**TINY.__dict__, "epochs": 1}), "OUT", data)
+    args[args.index("OUT")] = out  # a real argv: bytes for the non-UTF-8 name
+    result = subprocess.run(args, capture_output=True, timeout=300)
+    stderr = result.stderr.decode(errors="replace")
+    assert result.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and culprit in errors[0] and "--out" in errors[0], errors
+    assert "epoch 1/" not in stderr  # refused before any training
+    assert not os.path.exists(os.path.join(os.fsencode(out), b"model.pt"))
 
 
 def test_corrupt_image_in_a_worker_is_one_line_naming_the_file(data, tmp_path):
@@ -77,21 +88,117 @@ def test_corrupt_image_in_a_worker_is_one_line_naming_the_file(data, tmp_path):
     assert "Traceback" not in result.output
 
 
-def test_checkpoint_of_another_configuration_is_never_reused(data, tmp_path, caplog):
-    other = TrainConfig(**{**TINY.__dict__, "lr": 0.01, "epochs": 3})
-    out = tmp_path / "run"
-    process = subprocess.Popen(cli_train_args(other, out, data), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def kill_after_first_checkpoint(args: list[str], out) -> None:
+    """Run `fgkd train` and SIGKILL it once it has written out/checkpoint.pt."""
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wait_for_file(out / "checkpoint.pt", process)
     process.kill()
     _, stderr = process.communicate()
-    assert (out / "checkpoint.pt").exists(), stderr.decode()[-2000:]
+    assert (out / "checkpoint.pt").exists() and not (out / "model.pt").exists(), stderr.decode()[-2000:]
+
+
+def same_weights(a, b) -> bool:
+    a, b = (torch.load(p, weights_only=True) for p in (a, b))
+    return all(torch.equal(a[which][k], b[which][k]) for which in ("state_dict", "last_state_dict") for k in a[which])
+
+
+@pytest.fixture
+def other_images(data, tmp_path):
+    """A copy of ``data`` with the same manifest, bytes for bytes, and every image replaced by the same-named
+    image of a set generated with another seed: what rerunning synth with another seed can leave behind."""
+    import shutil
+
+    from fgkd.data.manifest import read_manifest
+    from fgkd.data.prepare import prepare
+    from fgkd.data.synth import generate
+
+    generate(tmp_path / "seed1" / "raw", classes=4, images_per_class=12, size=32, seed=1)
+    prepare("cub", tmp_path / "seed1" / "raw", tmp_path / "seed1" / "prepared", progress=False)
+    copy = tmp_path / "other_images"
+    shutil.copytree(data, copy)
+    for relative in read_manifest(copy)["path"]:
+        shutil.copyfile(tmp_path / "seed1" / "prepared" / relative, copy / relative)
+    assert (copy / "manifest.parquet").read_bytes() == (data / "manifest.parquet").read_bytes()
+    return copy
+
+
+def test_checkpoint_of_another_configuration_is_never_reused(data, tmp_path, caplog):
+    other = TrainConfig(**{**TINY.__dict__, "lr": 0.01, "epochs": 3})
+    out = tmp_path / "run"
+    kill_after_first_checkpoint(cli_train_args(other, out, data), out)
     with caplog.at_level("WARNING", logger="fgkd"):
         resumed = train("teacher", data, out, TINY, progress=False)
     assert "written by another configuration" in caplog.text
-    fresh = train("teacher", data, tmp_path / "fresh", TINY, progress=False)
-    a = torch.load(resumed, weights_only=True)["last_state_dict"]
-    b = torch.load(fresh, weights_only=True)["last_state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(resumed, train("teacher", data, tmp_path / "fresh", TINY, progress=False))
+
+
+def test_checkpoint_of_other_images_under_the_same_manifest_is_never_reused(data, other_images, tmp_path, caplog):
+    import shutil
+
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 4})
+    folder, out = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(data, folder)
+    kill_after_first_checkpoint(cli_train_args(config, out, folder), out)
+    shutil.rmtree(folder)
+    shutil.copytree(other_images, folder)  # the data regenerated in place; same options, same command
+    with caplog.at_level("INFO", logger="fgkd"):
+        resumed = train("teacher", folder, out, config, progress=False)
+    assert "written by another data set" in caplog.text and "another configuration" not in caplog.text
+    assert "resuming after" not in caplog.text
+    assert same_weights(resumed, train("teacher", folder, tmp_path / "fresh", config, progress=False))
+    from fgkd.train import data_digest
+
+    assert load_model(resumed)[1]["data_digest"] == data_digest(folder) != data_digest(data)
+
+
+def test_checkpoint_of_a_data_set_with_other_classes_starts_over_without_a_traceback(data, tmp_path, caplog):
+    from fgkd.data.prepare import prepare
+    from fgkd.data.synth import generate
+
+    generate(tmp_path / "three" / "raw", classes=3, images_per_class=12, size=32, seed=0)
+    three = prepare("cub", tmp_path / "three" / "raw", tmp_path / "three" / "prepared", progress=False).parent
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 4})
+    out = tmp_path / "run"
+    kill_after_first_checkpoint(cli_train_args(config, out, data), out)
+    with caplog.at_level("WARNING", logger="fgkd"):
+        resumed = train("teacher", three, out, config, progress=False)
+    assert "written by another data set" in caplog.text
+    assert same_weights(resumed, train("teacher", three, tmp_path / "fresh", config, progress=False))
+
+
+def test_checkpoint_whose_weights_do_not_fit_the_network_starts_over_without_a_traceback(data, tmp_path, caplog):
+    """Same identity, other shapes: what a checkpoint of an fgkd with another network layout would hold."""
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 4})
+    out = tmp_path / "run"
+    kill_after_first_checkpoint(cli_train_args(config, out, data), out)
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
+    saved["model"]["head.classifier.4.weight"] = torch.zeros(5, TINY.head_hidden)
+    torch.save(saved, out / "checkpoint.pt")
+    with caplog.at_level("WARNING", logger="fgkd"):
+        resumed = train("teacher", data, out, config, progress=False)
+    assert "its weights do not fit this network" in caplog.text
+    assert same_weights(resumed, train("teacher", data, tmp_path / "fresh", config, progress=False))
+
+
+def test_checkpoint_of_a_student_of_another_teacher_is_never_reused(data, other_images, tmp_path, caplog):
+    """A teacher retrained on other data keeps its configuration hash; its bytes change."""
+    import shutil
+
+    teachers = [train("teacher", source, tmp_path / name, TINY, progress=False)
+                for source, name in ((data, "teacher_a"), (other_images, "teacher_b"))]
+    assert len({load_model(t)[1]["config_hash"] for t in teachers}) == 1
+    teacher = tmp_path / "teacher" / "model.pt"
+    teacher.parent.mkdir()
+    shutil.copyfile(teachers[0], teacher)
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 4})
+    out = tmp_path / "student"
+    kill_after_first_checkpoint(cli_train_args(config, out, data, "--index", "1", "--earlier", str(teacher),
+                                               stage="student"), out)
+    shutil.copyfile(teachers[1], teacher)
+    with caplog.at_level("WARNING", logger="fgkd"):
+        resumed = train("student", data, out, config, [teacher], index=1, progress=False)
+    assert "written by another set of earlier models" in caplog.text and "configuration" not in caplog.text
+    assert same_weights(resumed, train("student", data, tmp_path / "fresh", config, [teacher], index=1, progress=False))
 
 
 def test_kill_9_of_snakemake_then_the_same_command_resumes_to_the_same_weights(tmp_path):

@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fgkd.losses import kd_loss, or_loss, orthogonal_loss, spatial_attention
+from fgkd.losses import kd_loss, or_loss, or_loss_from_maps, or_reference_maps, orthogonal_loss, spatial_attention
+from fgkd.methods import FrozenNetworks, OrthogonalStudent
+from fgkd.models import FGVCNet
 
 
 def test_spatial_attention_is_the_normalised_channel_energy():
@@ -90,3 +92,51 @@ def test_kd_loss_is_the_batch_mean_kl_scaled_by_t_squared():
         kl = (p * (p.log() - q.log())).sum(dim=1).mean()
         torch.testing.assert_close(kd_loss(student, teacher, T), kl * T * T)
     assert kd_loss(teacher, teacher, 3.0).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def or_student(weight: float) -> OrthogonalStudent:
+    """Student 1 of a tiny ResNet against a frozen teacher, attention at stride 8 (layer2); same seeds every call."""
+    torch.manual_seed(0)
+    teacher = FGVCNet("resnet10", 4, "official", 32, attention_stride=8).eval()
+    student = FGVCNet("resnet10", 4, "official", 32, attention_stride=8)
+    return OrthogonalStudent(student, FrozenNetworks([teacher]), "or", weight).train()
+
+
+def fixed_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 3])
+
+
+def test_adaptive_or_term_is_p_ce_with_the_gradient_of_the_or_loss_scaled_by_p_ce_over_or():
+    """orth == p x CE holds by construction; what matters is its gradient. With the weight p x CE / OR detached,
+    d orth / d features = (p x CE / OR) x d OR / d features, and nothing flows back through CE into the head."""
+    method = or_student(0.1)
+    images, labels = fixed_batch()
+    out = method(images, labels)
+    ce, orth, raw = out.losses["ce"], out.losses["orth"], out.extras["orth_raw"]
+    features = method.model.attention_features
+    torch.testing.assert_close(orth, 0.1 * ce)
+    with torch.no_grad():
+        teacher_maps = [or_reference_maps(method.earlier.networks[0].attention_only(images))]
+    or_value = or_loss_from_maps(features, teacher_maps)  # the OR loss again, a graph of its own
+    torch.testing.assert_close(or_value.detach(), raw)
+
+    (expected,) = torch.autograd.grad(or_value, features, retain_graph=True)
+    (gradient,) = torch.autograd.grad(orth, features, retain_graph=True)
+    assert gradient.abs().sum() > 0
+    torch.testing.assert_close(gradient, float(0.1 * ce.detach() / raw) * expected)
+    head = list(method.model.head.parameters())
+    assert all(g is None for g in torch.autograd.grad(orth, head, allow_unused=True))
+
+
+def test_one_step_with_p_0_1_moves_only_the_layers_up_to_the_attention_map_away_from_p_0():
+    after = {}
+    for weight in (0.0, 0.1):
+        method = or_student(weight)
+        optimizer = torch.optim.SGD(method.model.parameters(), lr=0.1)
+        out = method(*fixed_batch())
+        sum(out.losses.values()).backward()
+        optimizer.step()
+        after[weight] = method.model.state_dict()
+    differs = {k for k in after[0.0] if not torch.equal(after[0.0][k], after[0.1][k])}
+    assert differs and all(k.startswith(("trunk.conv1", "trunk.bn1", "trunk.layer1", "trunk.layer2")) for k in differs)
+    assert {"trunk.conv1.weight", "trunk.layer2.0.conv2.weight"} <= differs

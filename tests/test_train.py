@@ -1,20 +1,24 @@
 """The training engine end to end on a tiny synthetic set: every stage, determinism, resume, errors."""
 
+import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 
 import pandas as pd
 import pytest
 import torch
+from click.testing import CliRunner
 
+from fgkd.cli import main
 from fgkd.data.prepare import prepare
 from fgkd.data.synth import generate
 from fgkd.ensemble import ensemble, predict
 from fgkd.errors import FgkdError
 from fgkd.train import TrainConfig, load_model, train
 from conftest import TINY
-from fixtures import cli_train_args, wait_for_file
+from fixtures import checkpoint_position, cli_train_args, optimizer_steps, resumed_at, wait_for_file
 
 @pytest.fixture
 def data(tiny_data):
@@ -68,9 +72,11 @@ def test_same_seed_same_history_and_weights(data, tmp_path):
     assert not torch.equal(weights(a, "last")["head.classifier.4.weight"], weights(c, "last")["head.classifier.4.weight"])
 
 
-def test_killed_run_resumes_to_the_same_final_weights(data, tmp_path):
+def test_killed_run_resumes_to_the_same_final_weights(data, tmp_path, caplog):
     config = TrainConfig(**{**TINY.__dict__, "epochs": 8})
-    reference = train("teacher", data, tmp_path / "reference", config, progress=False)
+    with caplog.at_level("INFO", logger="fgkd"):
+        reference = train("teacher", data, tmp_path / "reference", config, progress=False)
+    total = optimizer_steps(caplog.text)
 
     out = tmp_path / "killed"
     process = subprocess.Popen(cli_train_args(config, out, data), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -79,9 +85,15 @@ def test_killed_run_resumes_to_the_same_final_weights(data, tmp_path):
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert (out / "checkpoint.pt").exists() and not (out / "model.pt").exists(), "the run was not killed mid-way"
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["state"]["epoch"] < config.epochs
+    epoch, step = checkpoint_position(out / "checkpoint.pt")
+    assert 1 <= epoch < config.epochs
 
-    resumed = train("teacher", data, out, config, progress=False)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="fgkd"):
+        resumed = train("teacher", data, out, config, progress=False)
+    # Bit-determinism makes a rerun from scratch end with the same weights: count what the rerun did.
+    assert resumed_at(caplog.text) == (epoch, step)
+    assert optimizer_steps(caplog.text) == total - epoch * total // config.epochs - step
     for which in ("best", "last"):
         for key, value in weights(reference, which).items():
             assert torch.equal(value, weights(resumed, which)[key]), (which, key)
@@ -95,6 +107,105 @@ def test_non_finite_loss_stops_with_a_clear_error_and_no_model(data, tmp_path):
     with pytest.raises(FgkdError, match="non-finite loss"):
         train("teacher", data, tmp_path / "nan", config, progress=False)
     assert not (tmp_path / "nan" / "model.pt").exists()
+
+
+FLOAT_OPTIONS = [field.name for field in dataclasses.fields(TrainConfig) if field.type == "float"]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("key", FLOAT_OPTIONS)
+def test_non_finite_options_are_one_line_and_leave_the_earlier_model(data, tmp_path, key, value):
+    out = tmp_path / "teacher"
+    out.mkdir()
+    (out / "model.pt").write_bytes(b"an earlier model")
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 1, key: float(value)})
+    result = CliRunner().invoke(main, cli_train_args(config, out, data)[3:])  # without `python -m fgkd`
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output.splitlines()[-1] == f"Error: {key} must be a finite number (got {float(value)})"
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt"]
+    assert (out / "model.pt").read_bytes() == b"an earlier model"
+
+
+def all_finite(state: dict) -> bool:
+    return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_weights_going_non_finite_after_a_checkpoint_stop_the_run_and_keep_the_finite_checkpoint(data, tmp_path):
+    """One step per epoch at lr 1e10: epoch 1 ends finite, epoch 2's loss is finite but its update overflows the
+    batch-norm running variances (buffers, not parameters): only a check of the weights can see it."""
+    out = tmp_path / "teacher"
+    good = train("teacher", data, out, TrainConfig(**{**TINY.__dict__, "epochs": 1}), progress=False).read_bytes()
+    config = TrainConfig(**{**TINY.__dict__, "lr": 1e10, "backbone_lr": 1e10, "batch_size": 48, "epochs": 2})
+    result = subprocess.run(cli_train_args(config, out, data), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "non-finite weights" in errors[0] and "running_var" in errors[0], errors
+    assert "checkpoint.pt, is kept" in errors[0] and "lower the learning rates" in errors[0]
+    assert (out / "model.pt").read_bytes() == good
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert saved["state"]["epoch"] == 1 and saved["state"]["partial"] is None
+    assert all_finite(saved["model"]) and all_finite(saved["state"]["best_state"])
+
+
+@pytest.mark.parametrize("key", ["head.classifier.4.weight", "trunk.bn1.running_var"])
+def test_a_model_with_non_finite_weights_is_refused_by_predict_and_as_an_earlier_model(data, tmp_path, key):
+    teacher = train("teacher", data, tmp_path / "teacher", TrainConfig(**{**TINY.__dict__, "epochs": 1}),
+                    progress=False)
+    saved = torch.load(teacher, weights_only=True)
+    saved["state_dict"][key][0] = float("nan")
+    broken = tmp_path / "broken" / "model.pt"
+    broken.parent.mkdir()
+    torch.save(saved, broken)
+    logits = tmp_path / "logits.parquet"
+    for args in (["predict", "--model", str(broken), "--data", str(data), "--out", str(logits)],
+                 ["train", "--stage", "student", "--index", "1", "--earlier", str(broken), "--data", str(data),
+                  "--out", str(tmp_path / "student"), "--no-progress"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert result.output.splitlines()[-1].startswith(f"Error: {broken}: non-finite weights ({key})"), result.output
+    assert not logits.exists() and not any((tmp_path / "student").glob("*"))
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tiny_data, tmp_path_factory):
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 1})
+    return train("teacher", tiny_data, tmp_path_factory.mktemp("teacher"), config, progress=False)
+
+
+# A CUDA device this machine does not have.
+ABSENT_CUDA = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "meta", ABSENT_CUDA])
+def test_a_device_that_is_not_here_is_one_line_for_train_and_predict(data, tiny_teacher, tmp_path, device):
+    out, logits = tmp_path / "teacher", tmp_path / "logits.parquet"
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 1, "device": device})
+    predict_args = ["predict", "--model", str(tiny_teacher), "--data", str(data), "--out", str(logits)]
+    for args in (cli_train_args(config, out, data)[3:], [*predict_args, "--device", device]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (result.output, result.exception)
+        assert result.output.splitlines()[-1].startswith(f"Error: device {device!r}"), result.output
+    assert not logits.exists() and not (out / "model.pt").exists()
+
+
+@pytest.mark.parametrize("culprit", ["batch size", "data"])
+def test_a_step_of_one_image_is_one_line_naming_the_batch_size_or_the_data(data, tmp_path, culprit):
+    from fgkd.atomic import write_parquet
+    from fgkd.data.manifest import read_manifest
+
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 1})
+    if culprit == "batch size":
+        config, expected = TrainConfig(**{**config.__dict__, "batch_size": 1}), "batch_size 1: batch norm cannot train"
+    else:  # one training image; the rest of the set is test images
+        shutil.copytree(data, tmp_path / "one_image")
+        data, expected = tmp_path / "one_image", f"{tmp_path / 'one_image'}: 1 training image(s)"
+        frame = read_manifest(data)
+        frame.loc[frame.index[frame.split == "train"][1:], "split"] = "test"
+        write_parquet(frame, data / "manifest.parquet")
+    result = CliRunner().invoke(main, cli_train_args(config, tmp_path / "teacher", data)[3:])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (result.output, result.exception)
+    assert result.output.splitlines()[-1].startswith(f"Error: {expected}"), result.output
+    assert not (tmp_path / "teacher" / "model.pt").exists()
 
 
 def test_wrong_earlier_models_are_refused(data, tmp_path):
@@ -125,9 +236,11 @@ def test_part_occlusion_as_generated_matches_predict_on_the_prepared_files(data,
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
-def test_preemption_signal_saves_a_mid_epoch_checkpoint_and_the_rerun_resumes_exactly(data, tmp_path, signum):
+def test_preemption_signal_saves_a_mid_epoch_checkpoint_and_the_rerun_resumes_exactly(data, tmp_path, signum, caplog):
     config = TrainConfig(**{**TINY.__dict__, "epochs": 6})
-    reference = train("teacher", data, tmp_path / "reference", config, progress=False)
+    with caplog.at_level("INFO", logger="fgkd"):
+        reference = train("teacher", data, tmp_path / "reference", config, progress=False)
+    total = optimizer_steps(caplog.text)
     out = tmp_path / "preempted"
     process = subprocess.Popen(cli_train_args(config, out, data), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_for_file(out / "checkpoint.pt", process)
@@ -135,9 +248,13 @@ def test_preemption_signal_saves_a_mid_epoch_checkpoint_and_the_rerun_resumes_ex
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 1, stderr.decode()[-2000:]
     assert f"stopped by {signal.Signals(signum).name}" in stderr.decode()
-    saved = torch.load(out / "checkpoint.pt", weights_only=True)["state"]
-    assert saved["partial"] is not None and saved["partial"]["step"] >= 1  # stopped inside an epoch
-    resumed = train("teacher", data, out, config, progress=False)
+    epoch, step = checkpoint_position(out / "checkpoint.pt")
+    assert step >= 1  # stopped inside an epoch
+    caplog.clear()
+    with caplog.at_level("INFO", logger="fgkd"):
+        resumed = train("teacher", data, out, config, progress=False)
+    assert resumed_at(caplog.text) == (epoch, step)
+    assert optimizer_steps(caplog.text) == total - epoch * total // config.epochs - step
     for which in ("best", "last"):
         for key, value in weights(reference, which).items():
             assert torch.equal(value, weights(resumed, which)[key]), (which, key)
@@ -169,3 +286,21 @@ def test_gpu_fast_path_settings_compute_like_float32(data, tmp_path):
     assert all(v.dtype == torch.float32 for v in weights(fast).values() if v.is_floating_point())
     logits = pd.read_parquet(predict(fast, data, tmp_path / "logits.parquet")).filter(like="logit_")
     assert logits.notna().all().all()
+
+
+def test_validation_accuracy_counts_ties_against_the_prediction(data):
+    """It picks the best epoch: a network that scores every class alike must earn nothing (argmax would credit it
+    with the share of class 0)."""
+    import torch
+
+    from fgkd.data.dataset import ImageSizes, load_split
+    from fgkd.distributed import Processes
+    from fgkd.models import FGVCNet
+    from fgkd.train import _val_accuracy
+
+    model = FGVCNet("resnet10", 4, "gap", 32, 8)
+    torch.nn.init.zeros_(model.head.fc.weight)
+    torch.nn.init.zeros_(model.head.fc.bias)
+    val = load_split(data, "val", ImageSizes(TINY.resize, TINY.crop), TINY.val_fraction, TINY.seed)
+    assert (val.labels == 0).any()
+    assert _val_accuracy(model, val, torch.device("cpu"), TINY, Processes()) == 0.0

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from fgkd.train import TrainConfig
-from fixtures import wait_for_file
+from fixtures import optimizer_steps, resumed_at, wait_for_file
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".venv" / "bin"
@@ -263,8 +263,12 @@ def test_slurm_signal_before_the_time_limit_checkpoints_and_the_retry_resumes(tm
     output, _ = process.communicate(timeout=900)
     assert process.returncode == 0, output[-3000:]
     assert "Trying to restart job" in output or "retry" in output.lower()
-    log = (project / "logs/train/synthetic/resnet10/seed0/teacher.log").read_text()  # the retry's (it replaces the first)
-    assert_resumed_from_checkpoint_in(log)
+    logs = {name: (project / "logs/train/synthetic/resnet10/seed0/teacher.log").read_text()
+            for name, project in projects.items()}  # the SLURM one is the retry's: it replaces the stopped attempt's
+    epoch, step = resumed_at(logs["slurm"])
+    assert step >= 1, logs["slurm"][-3000:]  # stopped, and resumed, inside an epoch
+    per_epoch = optimizer_steps(logs["reference"]) // 12
+    assert optimizer_steps(logs["slurm"]) == optimizer_steps(logs["reference"]) - epoch * per_epoch - step
     a = torch.load(projects["reference"] / target, weights_only=True)
     b = torch.load(project / target, weights_only=True)
     assert a["metadata"]["processes"] == b["metadata"]["processes"] == 2
@@ -437,6 +441,3 @@ def test_a_running_snakemakes_lock_is_kept_and_a_second_run_in_its_folder_refuse
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
 
-
-def assert_resumed_from_checkpoint_in(log: str) -> None:
-    assert "resuming after epoch" in log and "steps of the next" in log, log[-2000:]
