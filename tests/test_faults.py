@@ -225,3 +225,18 @@ def test_kill_9_of_snakemake_then_the_same_command_resumes_to_the_same_weights(t
     for which in ("state_dict", "last_state_dict"):
         assert all(torch.equal(a[which][k], b[which][k]) for k in a[which])
     assert "resuming after epoch" in (killed / "logs/train/synthetic/resnet10/seed0/teacher.log").read_text()
+
+
+def test_a_rewrite_that_fills_the_disk_leaves_the_earlier_file_whole(mount):
+    """What "any earlier version is untouched" rests on: new content goes to a temporary sibling and is renamed into
+    place only once complete (writing the file in place would truncate it first)."""
+    from fgkd.atomic import atomic_path
+
+    out = mount("size=1m")
+    earlier = os.urandom(300_000)
+    (out / "model.pt").write_bytes(earlier)
+    with pytest.raises(FgkdError, match=r"model.pt: could not be written.*untouched"):
+        with atomic_path(out / "model.pt") as tmp:
+            tmp.write_bytes(os.urandom(900_000))
+    assert (out / "model.pt").read_bytes() == earlier
+    assert [p.name for p in out.iterdir()] == ["model.pt"]

@@ -79,8 +79,16 @@ def non_utf8_index(raw):
     return "classes.txt"
 
 
+def class_without_training_images(raw):
+    labels = dict(line.split() for line in (cub_root(raw) / "image_class_labels.txt").read_text().splitlines())
+    split = cub_root(raw) / "train_test_split.txt"
+    split.write_text("".join(f"{image} {0 if labels[image] == '2' else flag}\n"
+                             for image, flag in (line.split() for line in split.read_text().splitlines())))
+    return "Bird_B' has no training images"
+
+
 FAULTS = [remove_image, corrupt_image, truncate_image, label_out_of_range, path_escapes_root, empty_test_split,
-          missing_index_file, malformed_line, non_utf8_index]
+          missing_index_file, malformed_line, non_utf8_index, class_without_training_images]
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.__name__ for f in FAULTS])

@@ -106,6 +106,7 @@ def test_changing_one_students_weight_reruns_it_and_downstream_only(finished):
     counts = job_counts(result.stdout)
     assert counts.get("train_variant") == 2  # student_2 and the aux-KD student that imitates it
     assert counts.get("predict") == 2
+    assert counts.get("ensemble") == counts.get("attention") == counts.get("report") == 1
     assert not {"prepare", "synth", "train_shared"} & set(counts)
     outputs = re.findall(r"output: (\S+)", result.stdout)
     assert {"results/synthetic/resnet10/seed0/or/student_2/model.pt,", "results/synthetic/resnet10/seed0/or/auxkd/model.pt,"} <= set(outputs)
