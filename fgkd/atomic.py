@@ -16,6 +16,16 @@ from typing import Iterator
 from .errors import FgkdError
 
 
+def require_utf8_name(path: str | os.PathLike, option: str = "--out") -> None:
+    """Parquet (pyarrow) cannot name a file whose path is not UTF-8: refuse such a name, before any work where the
+    caller checks it early, and at the latest here rather than with a traceback after the work."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise FgkdError(f"{os.fsencode(path)!r}: the name is not UTF-8, and Parquet files cannot be written under it; "
+                        f"choose a UTF-8 name for {option}") from None
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it onto ``target``.
@@ -24,6 +34,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     file; the previous ``target``, if any, is left as it was.
     """
     target = Path(target)
+    require_utf8_name(target, "the output")
     tmp_path = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import write_parquet
+from .atomic import require_utf8_name, write_parquet
 from .data.dataset import ImageSizes, load_split, make_loader
 from .errors import FgkdError
 from .metrics import check_combine, ensemble_scores, topk_accuracy
@@ -20,6 +20,7 @@ ALL_SUBSETS_UP_TO = 6  # members; beyond that only the prefixes (2^n grows fast)
 def predict(model_path: str | Path, data: str | Path, out: str | Path, which: str = "best", batch_size: int = 64,
             workers: int = 0, device: str = "auto") -> Path:
     """One pass over the test split: out is a Parquet file with image_id, label, logit_000..."""
+    require_utf8_name(out)
     config = TrainConfig(device=device, workers=workers)
     target = select_device(config)
     model, meta = load_model(model_path, None, target, which)

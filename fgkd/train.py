@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import signal
 import tempfile
 import threading
@@ -29,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from . import distributed
-from .atomic import atomic_path, write_parquet
+from .atomic import atomic_path, require_utf8_name, write_parquet
 from .data.dataset import ImageSizes, derived_seed, load_split, make_loader, make_train_loader
 from .data.manifest import COLUMNS, read_manifest
 from .distributed import Processes
@@ -315,11 +314,7 @@ def train(stage: str, data: str | Path, out: str | Path, config: TrainConfig, ea
 
 def _check_writable(out: Path) -> None:
     """A results folder that cannot take the files is refused before any training time is spent."""
-    try:
-        str(out).encode("utf-8")
-    except UnicodeEncodeError:
-        raise FgkdError(f"{os.fsencode(out)!r}: the name of the results folder is not UTF-8, and Parquet files cannot "
-                        "be written under such a path; choose a UTF-8 name for --out") from None
+    require_utf8_name(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):

@@ -240,3 +240,25 @@ def test_a_rewrite_that_fills_the_disk_leaves_the_earlier_file_whole(mount):
             tmp.write_bytes(os.urandom(900_000))
     assert (out / "model.pt").read_bytes() == earlier
     assert [p.name for p in out.iterdir()] == ["model.pt"]
+
+
+def test_a_non_utf8_output_name_is_one_line_for_every_writer(data, tmp_path):
+    """Parquet cannot name such a file: before, `prepare` converted every image and then died with a traceback."""
+    import sys
+
+    model = train("teacher", data, tmp_path / "teacher", TrainConfig(**{**TINY.__dict__, "epochs": 1}), progress=False)
+    from fgkd.ensemble import predict
+
+    logits = predict(model, data, tmp_path / "logits.parquet")
+    raw = data.parent / "raw"
+    bad = os.fsencode(tmp_path) + b"/\xffout"
+    commands = {"prepare": ["prepare", "cub", "--root", str(raw), "--out", bad],
+                "predict": ["predict", "--model", str(model), "--data", str(data), "--out", bad + b".parquet"],
+                "ensemble": ["ensemble", str(logits), "--out", bad + b".parquet"]}
+    for name, args in commands.items():
+        result = subprocess.run([sys.executable, "-m", "fgkd", *args], capture_output=True, timeout=300)
+        stderr = result.stderr.decode(errors="replace")
+        assert result.returncode == 1 and "Traceback" not in stderr, (name, stderr[-2000:])
+        errors = [line for line in stderr.splitlines() if line.startswith("Error: ")]
+        assert len(errors) == 1 and "\\xffout" in errors[0] and "not UTF-8" in errors[0], (name, errors)
+    assert not [p for p in os.listdir(os.fsencode(tmp_path)) if b"\xff" in p]

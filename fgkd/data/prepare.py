@@ -32,7 +32,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from ..atomic import atomic_path, replace_directory, write_parquet
+from ..atomic import atomic_path, replace_directory, require_utf8_name, write_parquet
 from ..errors import DataError, FgkdError
 from .manifest import MANIFEST
 from .sources import LOADERS, SPLITS, SourceImage, SourceSet
@@ -163,6 +163,7 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, resize: int = 512, w
     if resize < 16:
         raise DataError(f"--resize must be at least 16 pixels (got {resize})")
     raw, out = Path(raw), Path(out)
+    require_utf8_name(out)
     if not raw.exists():
         raise DataError(f"{raw}: no such file or folder; pass the data set folder or archive to --root")
     _refuse_to_delete_foreign_files(out)
