@@ -26,6 +26,15 @@ def require_utf8_name(path: str | os.PathLike, option: str = "--out") -> None:
                         f"choose a UTF-8 name for {option}") from None
 
 
+def refuse_to_overwrite_inputs(target: str | os.PathLike, inputs, option: str = "--out") -> None:
+    """An output that is one of the command's own inputs would destroy it: refuse it (paths compared resolved, so
+    that `a/../b` and symbolic links count)."""
+    resolved = Path(target).resolve()
+    for source in inputs:
+        if Path(source).resolve() == resolved:
+            raise FgkdError(f"{option} {target} is the input {source} and would overwrite it; choose another {option}")
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it onto ``target``.

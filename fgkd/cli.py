@@ -66,7 +66,7 @@ def _config_options(command):
     """One --option per TrainConfig field, with the field's default and type."""
     import dataclasses
 
-    from .train import CONFIG_HELP, TrainConfig
+    from .config import CONFIG_HELP, TrainConfig
 
     for field in reversed(dataclasses.fields(TrainConfig)):
         flag = "--" + field.name.replace("_", "-")
@@ -138,11 +138,10 @@ def ensemble(logits, names, combine, out):
     """Accuracy of the first member, the first two, ... (and every subset when few) from cached logits."""
     from pathlib import Path
 
-    from .atomic import write_parquet
+    from .atomic import refuse_to_overwrite_inputs, write_parquet
     from .ensemble import ensemble as run_ensemble
 
-    if Path(out).resolve() in {Path(p).resolve() for p in logits}:
-        raise FgkdError(f"--out {out} is one of the input logits files and would overwrite it; choose another --out")
+    refuse_to_overwrite_inputs(out, logits)
     members = names.split(",") if names else [Path(p).parent.name for p in logits]
     frame = run_ensemble(list(logits), members, combine)
     write_parquet(frame, out)

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import require_utf8_name, write_parquet
+from .atomic import refuse_to_overwrite_inputs, require_utf8_name, write_parquet
 from .data.dataset import ImageSizes, load_split, make_loader
-from .errors import FgkdError
+from .data.manifest import MANIFEST
+from .errors import FgkdError, brief
 from .metrics import check_combine, ensemble_scores, topk_accuracy
 from .train import TrainConfig, check_classes, evaluate, load_model, select_device
 
@@ -21,6 +22,7 @@ def predict(model_path: str | Path, data: str | Path, out: str | Path, which: st
             workers: int = 0, device: str = "auto") -> Path:
     """One pass over the test split: out is a Parquet file with image_id, label, logit_000..."""
     require_utf8_name(out)
+    refuse_to_overwrite_inputs(out, [model_path, Path(data) / MANIFEST])
     config = TrainConfig(device=device, workers=workers)
     target = select_device(config)
     model, meta = load_model(model_path, None, target, which)
@@ -44,7 +46,7 @@ def read_logits(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     try:
         frame = pd.read_parquet(path)
     except Exception as err:
-        raise FgkdError(f"{path}: unreadable logits file ({err}); rerun `fgkd predict`") from None
+        raise FgkdError(f"{path}: unreadable logits file ({brief(err)}); rerun `fgkd predict`") from None
     columns = [c for c in frame.columns if c not in ("image_id", "label")]
     expected = [f"logit_{c:03d}" for c in range(len(columns))]
     if not {"image_id", "label"} <= set(frame.columns) or not columns:

@@ -14,9 +14,15 @@ class DataError(FgkdError):
 
 
 def one_line(err: BaseException) -> str:
-    """The message of an error, without the worker traceback that DataLoader wraps around it."""
+    """The message of an error on one line, without the worker traceback that DataLoader wraps around it."""
     text = str(err)
     if "Original Traceback" in text:
         last = text.strip().splitlines()[-1]
         text = last.split(": ", 1)[1] if ": " in last else last
-    return text
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def brief(err: BaseException) -> str:
+    """The first line of a library's error (torch's and pyarrow's run to many lines), to quote inside ours."""
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    return lines[0][:200]

@@ -29,7 +29,7 @@ def topk_hits(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     One comparison per score: a tenth of the time of a partial sort, which counts for the 2^n subsets of
     an ensemble."""
     true = np.take_along_axis(scores, labels[:, None], axis=1)
-    return (scores >= true).sum(axis=1) <= k  # the true class itself is one of the >=
+    return ((scores >= true).sum(axis=1) <= k) & np.isfinite(true[:, 0])  # the true class is one of the >=; NaN never hits
 
 
 def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -59,5 +59,6 @@ def combine_scores(member_logits: Sequence[np.ndarray], combine: str) -> np.ndar
 def _member_scores(logits: np.ndarray, combine: str) -> np.ndarray:
     if combine == "logits":
         return logits
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    # float64: in float32, exp underflows to exactly 0 below about -104 and would tie classes that are not tied.
+    shifted = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)

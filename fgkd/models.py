@@ -173,10 +173,14 @@ class FGVCNet(nn.Module):
 
     def forward(self, images: torch.Tensor):
         features = self.trunk(images)
-        logits = self.head(features)
-        if len(self.aux) == 0:
-            return logits
-        return logits, [aux(features) for aux in self.aux]
+        # The heads run in float32 even under bf16 autocast: bf16 logits (8 bits of mantissa) tie near classes, and
+        # a tie counts against the prediction. They are a sliver of the compute; on float32 this changes nothing.
+        with torch.autocast(features.device.type, enabled=False):
+            features = features.float()
+            logits = self.head(features)
+            if len(self.aux) == 0:
+                return logits
+            return logits, [aux(features) for aux in self.aux]
 
     def attention_only(self, images: torch.Tensor) -> torch.Tensor:
         """The attention feature map without the layers after it: all that a frozen earlier network gives

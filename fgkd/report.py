@@ -23,7 +23,7 @@ import torch.nn.functional as F  # noqa: E402
 from .atomic import atomic_path, write_parquet  # noqa: E402
 from .data.dataset import IMAGENET_MEAN, IMAGENET_STD, ImageSizes, load_split  # noqa: E402
 from .ensemble import ensemble, read_logits  # noqa: E402
-from .errors import FgkdError  # noqa: E402
+from .errors import FgkdError, brief  # noqa: E402
 from .losses import attention_energy, normalise_attention  # noqa: E402
 from .metrics import COMBINE_TEXT, check_combine, topk_accuracy  # noqa: E402
 from .train import load_model  # noqa: E402
@@ -91,7 +91,7 @@ def _parameters(model_path: Path) -> int:
     try:
         state = torch.load(model_path, map_location="cpu", weights_only=True)["state_dict"]
     except Exception as err:  # missing, truncated, or not a model.pt
-        raise FgkdError(f"{model_path}: not a readable fgkd model ({err}); retrain that stage") from None
+        raise FgkdError(f"{model_path}: not a readable fgkd model ({brief(err)}); retrain that stage") from None
     return int(sum(v.numel() for k, v in state.items() if v.is_floating_point() and "running_" not in k))
 
 
@@ -102,7 +102,7 @@ def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     try:
         frame = pd.read_parquet(path)
     except Exception as err:  # pyarrow raises several types for a damaged file
-        raise FgkdError(f"{path}: unreadable ({err}); rerun the step that writes it (snakemake does)") from None
+        raise FgkdError(f"{path}: unreadable ({brief(err)}); rerun the step that writes it (snakemake does)") from None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise FgkdError(f"{path}: no column {', '.join(missing)} (written by another fgkd version); delete it and "

@@ -19,7 +19,6 @@ import tempfile
 import threading
 import time
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,99 +27,19 @@ import torch
 from tqdm import tqdm
 
 from . import distributed
-from .atomic import atomic_path, require_utf8_name, write_parquet
+from .atomic import atomic_path, refuse_to_overwrite_inputs, require_utf8_name, write_parquet
+from .config import TrainConfig
 from .data.dataset import ImageSizes, derived_seed, load_split, make_loader, make_train_loader
 from .data.manifest import COLUMNS, read_manifest
 from .distributed import Processes
-from .errors import DataError, FgkdError
+from .errors import DataError, FgkdError, brief
 from .metrics import topk_hits
 from .methods import AuxKD, CrossEntropy, FrozenNetworks, OrthogonalStudent
-from .methods.orthogonal import VARIANTS
-from .models import BACKBONES, HEADS, FGVCNet
+from .models import FGVCNet
 
 log = logging.getLogger("fgkd")
 STAGES = ("teacher", "student", "auxkd")
 MODEL_FORMAT = 1
-
-
-CONFIG_HELP = {
-    "backbone": "torchvision backbone (see fgkd.models.BACKBONES)",
-    "pretrained": "start from ImageNet weights (cached in TORCH_HOME)",
-    "head": "official (max-pool, BN, Linear(head_hidden), BN, ELU, Linear) or gap (avg-pool, Linear)",
-    "lr": "learning rate of the new layers (the heads)",
-    "backbone_lr": "learning rate of the trunk; the paper's 0.001 assumes pretrained weights",
-    "resize": "short side before cropping",
-    "crop": "square crop fed to the network",
-    "val_fraction": "share of train held out to pick the best epoch; 0 keeps the last epoch",
-    "seed": "each stage derives its own seed from it and its stage",
-    "workers": "DataLoader worker processes",
-    "orth": "orthogonal loss of the students: or (official) or at (attention transfer)",
-    "orth_weight": "p of the adaptive OR weight (OR term = p x CE), or the fixed lambda of AT; 0 = plain CE",
-    "attention_stride": "output stride of the attention feature map: 32 is the last, 16/8/4 earlier and larger",
-    "kd_temperature": "temperature T of the aux-KD losses",
-    "kd_alpha": "weight of KD against CE on each auxiliary head",
-    "amp": "auto (bf16 autocast on CUDA), bf16, off",
-    "channels_last": "auto (on CUDA), on, off",
-    "device": "auto, cpu, cuda, cuda:1, ... (under torchrun, auto = each process its own GPU)",
-    "sync_batchnorm": "under torchrun: batch-norm statistics over all processes' images (N processes then train "
-                      "like one with N x batch_size)",
-    "compile": "torch.compile the trained network: off, on",
-}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of one stage; the CLI exposes each field as --field-name (help in CONFIG_HELP)."""
-
-    backbone: str = "resnet18"
-    pretrained: bool = False
-    head: str = "official"
-    head_hidden: int = 512
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 0.01
-    backbone_lr: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    resize: int = 600
-    crop: int = 448
-    val_fraction: float = 0.1
-    seed: int = 0
-    workers: int = 0
-    orth: str = "or"
-    orth_weight: float = 0.1
-    attention_stride: int = 32
-    kd_temperature: float = 4.0
-    kd_alpha: float = 0.5
-    amp: str = "auto"
-    channels_last: str = "auto"
-    device: str = "auto"
-    sync_batchnorm: bool = True
-    compile: str = "off"
-
-    def check(self) -> None:
-        for field in dataclasses.fields(self):
-            if field.type == "float" and not math.isfinite(getattr(self, field.name)):
-                raise FgkdError(f"{field.name} must be a finite number (got {getattr(self, field.name)})")
-        choices = {"backbone": tuple(BACKBONES), "head": HEADS, "orth": VARIANTS, "amp": ("auto", "bf16", "off"),
-                   "channels_last": ("auto", "on", "off"),
-                   "compile": ("off", "on")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise FgkdError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
-        positive = ("head_hidden", "epochs", "batch_size", "resize", "crop", "kd_temperature")
-        for key in positive:
-            if not getattr(self, key) > 0:
-                raise FgkdError(f"{key} must be > 0 (got {getattr(self, key)})")
-        for key in ("lr", "backbone_lr", "momentum", "weight_decay", "orth_weight", "workers"):
-            if getattr(self, key) < 0:
-                raise FgkdError(f"{key} must be >= 0 (got {getattr(self, key)})")
-        if not 0 <= self.val_fraction < 1:
-            raise FgkdError(f"val_fraction must be in [0, 1) (got {self.val_fraction})")
-        if not 0 <= self.kd_alpha <= 1:
-            raise FgkdError(f"kd_alpha must be in [0, 1] (got {self.kd_alpha})")
-        if self.crop > self.resize:
-            raise FgkdError(f"crop ({self.crop}) must not exceed resize ({self.resize})")
 
 
 def stage_name(stage: str, index: int | None) -> str:
@@ -188,7 +107,7 @@ def load_model(path: str | Path, num_classes: int | None = None, device: torch.d
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors of many kinds
-        raise FgkdError(f"{path}: not a readable fgkd model ({err}); delete it and retrain that stage") from None
+        raise FgkdError(f"{path}: not a readable fgkd model ({brief(err)}); delete it and retrain that stage") from None
     if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
         raise FgkdError(f"{path}: not an fgkd model of format {MODEL_FORMAT}; retrain that stage")
     meta = saved["metadata"]
@@ -303,6 +222,7 @@ def train(stage: str, data: str | Path, out: str | Path, config: TrainConfig, ea
         raise FgkdError("auxkd needs at least one --earlier model to imitate")
     if stage == "teacher" and earlier:
         raise FgkdError("the teacher trains with cross-entropy alone; pass no --earlier models")
+    refuse_to_overwrite_inputs(Path(out) / "model.pt", earlier)
     config.check()
     processes = processes or distributed.from_environment()
     _check_writable(Path(out))

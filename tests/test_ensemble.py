@@ -129,3 +129,14 @@ def test_ensemble_out_equal_to_an_input_is_refused_and_the_input_kept(tmp_path, 
     result = CliRunner().invoke(main, ["ensemble", *map(str, files), "--out", str(out)])
     one_line_error(result, str(out), "input")
     assert files[1].read_bytes() == before
+
+
+def test_a_nan_score_is_never_a_hit_and_softmax_does_not_underflow_into_ties():
+    from fgkd.metrics import combine_scores, topk_accuracy
+
+    assert topk_accuracy(np.full((3, 4), np.nan, dtype=np.float32), np.array([0, 1, 2]), 1) == 0.0
+    # Far-apart logits: in float32, exp(-110) and exp(-120) are both exactly 0 and would tie classes 2..6.
+    a = np.array([[0, -50, -120, -130, -140, -150, -160]], dtype=np.float32)
+    b = np.array([[0, -60, -110, -200, -200, -200, -200]], dtype=np.float32)
+    probs = combine_scores([a, b], "probs")
+    assert topk_accuracy(probs, np.array([2]), 3) == 1.0  # class 2 is third by the mean of softmax

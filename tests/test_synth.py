@@ -100,3 +100,16 @@ def test_bad_arguments_are_named(tmp_path):
     synth.generate(tmp_path, 2, 2, 32, 0)
     with pytest.raises(FgkdError, match="already holds"):
         synth.generate(tmp_path, 2, 2, 32, 0)
+
+
+@pytest.mark.parametrize("args,culprit", [(["--occlusion", "nan"], "--occlusion"), (["--occlusion", "5"], "--occlusion"),
+                                          (["--seed", "-1"], "--seed")])
+def test_an_occlusion_outside_0_1_or_a_negative_seed_is_one_line_and_writes_nothing(tmp_path, args, culprit):
+    from click.testing import CliRunner
+
+    from fgkd.cli import main
+
+    result = CliRunner().invoke(main, ["synth", "--out", str(tmp_path / "raw"), "--classes", "2",
+                                       "--images-per-class", "2", *args])
+    assert result.exit_code == 1 and result.output.startswith(f"Error: {culprit}"), result.output
+    assert not (tmp_path / "raw").exists()

@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from fgkd.cli import main
+from fgkd.data.dataset import ImageSizes, load_split
 from fgkd.data.prepare import prepare
 from fgkd.data.synth import generate
 from fgkd.ensemble import ensemble, predict
@@ -286,6 +287,11 @@ def test_gpu_fast_path_settings_compute_like_float32(data, tmp_path):
     assert all(v.dtype == torch.float32 for v in weights(fast).values() if v.is_floating_point())
     logits = pd.read_parquet(predict(fast, data, tmp_path / "logits.parquet")).filter(like="logit_")
     assert logits.notna().all().all()
+    model, _ = load_model(fast)
+    images = torch.stack([load_split(data, "test", ImageSizes(32, 32))[i][0] for i in range(8)])
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what validation and predict run under on CUDA
+        out = model(images)
+    assert out.dtype == torch.float32 and not torch.equal(out.to(torch.bfloat16).float(), out)  # bf16 logits tie
 
 
 def test_validation_accuracy_counts_ties_against_the_prediction(data):
@@ -304,3 +310,27 @@ def test_validation_accuracy_counts_ties_against_the_prediction(data):
     val = load_split(data, "val", ImageSizes(TINY.resize, TINY.crop), TINY.val_fraction, TINY.seed)
     assert (val.labels == 0).any()
     assert _val_accuracy(model, val, torch.device("cpu"), TINY, Processes()) == 0.0
+
+
+def test_an_output_that_is_an_input_is_refused_and_the_input_kept(data, tmp_path):
+    """Before, a student trained into its teacher's folder replaced the teacher, and predict wrote logits over the
+    model (or the manifest) it read."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from fgkd.cli import main
+
+    data = shutil.copytree(data, tmp_path / "data")  # the shared fixture must survive a regression
+    teacher = train("teacher", data, tmp_path / "teacher", TrainConfig(**{**TINY.__dict__, "epochs": 1}), progress=False)
+    before = teacher.read_bytes(), (data / "manifest.parquet").read_bytes()
+    runs = [["train", "--stage", "student", "--index", "1", "--earlier", str(teacher), "--data", str(data),
+             "--out", str(tmp_path / "teacher" / ".." / "teacher"), "--backbone", "resnet10", "--epochs", "1",
+             "--resize", "36", "--crop", "32", "--no-progress"],
+            ["predict", "--model", str(teacher), "--data", str(data), "--out", str(teacher)],
+            ["predict", "--model", str(teacher), "--data", str(data), "--out", str(data / "manifest.parquet")]]
+    for args in runs:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1 and "would overwrite it" in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert (teacher.read_bytes(), (data / "manifest.parquet").read_bytes()) == before

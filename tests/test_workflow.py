@@ -131,6 +131,12 @@ def test_schema_lists_every_train_option():
     ({"method": "zz"}, "method/ablations: 'zz' is not defined under variants (or, lambda0)"),
     ({"datasets": {"cub": {"format": "cub", "raw": "data/raw/missing.tgz"}}, "run_datasets": ["cub"]},
      "datasets.cub.raw: data/raw/missing.tgz does not exist; put the official folder or archive there"),
+    ({"datasets": {"..": {"format": "cub", "raw": "x"}}}, "datasets: the name '..' is not allowed"),
+    ({"datasets": {"x": {"format": "cub", "raw": ""}}}, "datasets.x.raw: '' should be non-empty"),
+    ({"backbones": ["resnet10", "resnet10"]}, "backbones: ['resnet10', 'resnet10'] has non-unique elements"),
+    ({"train": {"device": "gpu"}}, "train.device: 'gpu' does not match"),
+    ({"stages": {"student_3": {"lr": 0.1}}}, "stages.student_3: there are only 2 students"),
+    ({"variants": {"or": {"crop": 40}}}, "synthetic / or / student_1: crop (40) must not exceed resize (36)"),
 ])
 def test_config_errors_are_one_line_before_any_job(tmp_path, override, first_line):
     project = project_copy(tmp_path / "project")
@@ -442,3 +448,14 @@ def test_a_running_snakemakes_lock_is_kept_and_a_second_run_in_its_folder_refuse
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
 
+
+
+def test_a_partial_configfile_says_that_the_default_is_not_read_and_how_to_extend_it(tmp_path):
+    project = project_copy(tmp_path / "project")
+    (project / "overlay.yaml").write_text(yaml.safe_dump({"train": {"epochs": 2}}))
+    alone = run(["snakemake", "--cores", "1", "all", "--dry-run", "--configfile", "overlay.yaml"], project, check=False)
+    assert alone.returncode == 1
+    assert "config/config.yaml is not read then; to extend it, give both: --configfile config/config.yaml" in alone.stderr
+    both = run(["snakemake", "--cores", "1", "all", "--dry-run", "--printshellcmds", "--configfile",
+                "config/config.yaml", "overlay.yaml"], project)
+    assert {train_options_in(w)["epochs"] for w in shell_commands(both.stdout, "train")} == {"2"}

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from PIL import Image
 from torchvision.transforms import v2
 
-from ..errors import DataError
+from ..errors import DataError, brief
 from .manifest import read_manifest
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,7 +54,7 @@ class ManifestDataset(Dataset):
             with Image.open(path) as decoded:
                 image = torch.from_numpy(np.array(decoded.convert("RGB"))).permute(2, 0, 1)
         except (OSError, SyntaxError, ValueError) as err:
-            raise DataError(f"{path}: cannot decode image ({err}); rerun `fgkd prepare` for this data set") from None
+            raise DataError(f"{path}: cannot decode image ({brief(err)}); rerun `fgkd prepare` for this data set") from None
         if self.transform is not None:
             image = self.transform(image)
         return image, self.labels[index], self.image_ids[index]

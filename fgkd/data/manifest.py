@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import DataError
+from ..errors import DataError, brief
 
 MANIFEST = "manifest.parquet"
 COLUMNS = ("image_id", "path", "label", "class_name", "split")
@@ -20,7 +20,7 @@ def read_manifest(root: str | Path) -> pd.DataFrame:
     try:
         frame = pd.read_parquet(path)
     except Exception as err:  # pyarrow raises several types for a damaged file
-        raise DataError(f"{path}: unreadable manifest ({err}); delete it and rerun `fgkd prepare`") from None
+        raise DataError(f"{path}: unreadable manifest ({brief(err)}); delete it and rerun `fgkd prepare`") from None
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(f"{path}: missing columns {missing}; rerun `fgkd prepare` to rebuild it")

@@ -33,7 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..atomic import atomic_path, replace_directory, require_utf8_name, write_parquet
-from ..errors import DataError, FgkdError
+from ..errors import DataError, FgkdError, brief
 from .manifest import MANIFEST
 from .sources import LOADERS, SPLITS, SourceImage, SourceSet
 
@@ -66,7 +66,7 @@ def unpack_archive(archive: Path, into: Path) -> Path:
         else:
             raise DataError(f"{archive}: not a folder, a tar archive or a zip archive; pass the data set folder or its official archive")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
-        raise DataError(f"{archive}: cannot unpack ({err}); the archive is damaged, re-download it") from None
+        raise DataError(f"{archive}: cannot unpack ({brief(err)}); the archive is damaged, re-download it") from None
     return into
 
 
@@ -114,7 +114,7 @@ def _convert(task: Conversion) -> str | None:
     except DataError as err:
         return str(err)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        return f"{source}: corrupt or truncated image ({err}); re-download it or remove it from the index"
+        return f"{source}: corrupt or truncated image ({brief(err)}); re-download it or remove it from the index"
     return None
 
 
@@ -220,7 +220,7 @@ def _refuse_to_delete_foreign_files(out: Path) -> None:
     try:
         ours = set(pd.read_parquet(out / MANIFEST, columns=["path"])["path"]) | {MANIFEST}
     except Exception as err:  # pyarrow raises several types for a damaged file
-        raise DataError(f"{out / MANIFEST}: unreadable ({err}); move {out} away or delete it, then rerun") from None
+        raise DataError(f"{out / MANIFEST}: unreadable ({brief(err)}); move {out} away or delete it, then rerun") from None
     foreign = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
                      if (p.is_symlink() or not p.is_dir()) and p.relative_to(out).as_posix() not in ours)
     if foreign:

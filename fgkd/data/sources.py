@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import DataError
+from ..errors import DataError, brief
 
 SPLITS = ("train", "test")
 AIRCRAFT_BANNER_PX = 20
@@ -163,7 +163,7 @@ def _mat_annotations(path: Path) -> list:
     try:
         mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
     except Exception as err:  # scipy raises several unrelated types for a damaged file
-        raise DataError(f"{path}: cannot read this .mat file ({err}); re-download it") from None
+        raise DataError(f"{path}: cannot read this .mat file ({brief(err)}); re-download it") from None
     key = "class_names" if path.name == "cars_meta.mat" else "annotations"
     if key not in mat:
         raise DataError(f"{path}: no '{key}' variable; is this the Stanford Cars devkit file?")

@@ -279,6 +279,10 @@ def generate(out: str | Path, classes: int, images_per_class: int, size: int, se
         raise FgkdError(f"--size must be at least 16 pixels (got {size})")
     if not 0 < test_fraction < 1:
         raise FgkdError(f"test fraction must be in (0, 1) (got {test_fraction})")
+    if not 0 <= params.occlusion_prob <= 1:  # written so that NaN fails too
+        raise FgkdError(f"--occlusion is a probability in [0, 1] (got {params.occlusion_prob})")
+    if seed < 0:
+        raise FgkdError(f"--seed must be >= 0 (got {seed})")
     root = Path(out) / "CUB_200_2011"
     if (root / "images.txt").exists():
         raise FgkdError(f"{root} already holds a data set; remove it or choose another --out")

@@ -5,10 +5,14 @@ import re
 import shlex
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from jsonschema import ValidationError
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+
+from fgkd.config import TrainConfig  # torch-free: the options of `fgkd train` and their checks
+from fgkd.errors import FgkdError
 
 
 def config_error(message):
@@ -24,6 +28,9 @@ def describe_invalid(error):
         allowed = ", ".join(error.schema.get("properties", {})) or "none"
         unexpected = ", ".join(sorted(set(error.instance) - set(error.schema.get("properties", {}))))
         return f"{where}: unknown key {unexpected} (allowed: {allowed})"
+    if error.validator == "required" and not error.absolute_path:
+        return (f"{error.message}. A --configfile is a whole experiment: config/config.yaml is not read then; to "
+                "extend it, give both: --configfile config/config.yaml yours.yaml")
     if error.validator == "oneOf":
         return f"{where}: give exactly one of `raw` (the folder or archive) and `synth` (generator settings)"
     if "propertyNames" in error.absolute_schema_path:
@@ -69,6 +76,10 @@ for _name in config["run_datasets"]:
             f"datasets.{_name}.raw: {_raw} does not exist; put the official folder or archive there "
             "(or `dvc pull` it), or change the path"
         )
+
+for _stage in config["stages"]:
+    if _stage.startswith("student_") and int(_stage.split("_")[1]) > config["students"]:
+        config_error(f"stages.{_stage}: there are only {config['students']} students (students: {config['students']})")
 
 # Training jobs ask for gpus_per_job GPUs and run that many data-parallel processes (train_processes
 # overrides it: several CPU processes on a CPU cluster); evaluation jobs need one GPU at most.
@@ -134,6 +145,24 @@ def train_options(wildcards, stage, variant=None):
         options.update(stages.get("auxkd", {}))
     options.update(stages.get(stage, {}))
     return options
+
+
+def check_stage_options():
+    """What the schema cannot say, for every network the config trains (e.g. a crop larger than its resize): the
+    checks of `fgkd train` itself, run while planning rather than after hours of data preparation."""
+    stages = [(stage, None) for stage in SHARED_STAGES] + [
+        (stage, variant) for variant in [METHOD, *ABLATIONS] for stage in [*STUDENTS, "auxkd"]
+    ]
+    for dataset, backbone, seed in RUNS:
+        where = SimpleNamespace(dataset=dataset, backbone=backbone, seed=seed)
+        for stage, variant in stages:
+            try:
+                TrainConfig(**train_options(where, stage, variant)).check_values()
+            except FgkdError as err:
+                config_error(f"{dataset} / {variant or 'shared'} / {stage}: {err}")
+
+
+check_stage_options()
 
 
 def cli_flags(options):

@@ -1,0 +1,98 @@
+"""The options of one training stage: a plain dataclass without torch, so that the workflow can check every
+stage's options while it plans, and `fgkd --help` starts fast."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from .errors import FgkdError
+
+
+CONFIG_HELP = {
+    "backbone": "torchvision backbone (see fgkd.models.BACKBONES)",
+    "pretrained": "start from ImageNet weights (cached in TORCH_HOME)",
+    "head": "official (max-pool, BN, Linear(head_hidden), BN, ELU, Linear) or gap (avg-pool, Linear)",
+    "lr": "learning rate of the new layers (the heads)",
+    "backbone_lr": "learning rate of the trunk; the paper's 0.001 assumes pretrained weights",
+    "resize": "short side before cropping",
+    "crop": "square crop fed to the network",
+    "val_fraction": "share of train held out to pick the best epoch; 0 keeps the last epoch",
+    "seed": "each stage derives its own seed from it and its stage",
+    "workers": "DataLoader worker processes",
+    "orth": "orthogonal loss of the students: or (official) or at (attention transfer)",
+    "orth_weight": "p of the adaptive OR weight (OR term = p x CE), or the fixed lambda of AT; 0 = plain CE",
+    "attention_stride": "output stride of the attention feature map: 32 is the last, 16/8/4 earlier and larger",
+    "kd_temperature": "temperature T of the aux-KD losses",
+    "kd_alpha": "weight of KD against CE on each auxiliary head",
+    "amp": "auto (bf16 autocast on CUDA), bf16, off",
+    "channels_last": "auto (on CUDA), on, off",
+    "device": "auto, cpu, cuda, cuda:1, ... (under torchrun, auto = each process its own GPU)",
+    "sync_batchnorm": "under torchrun: batch-norm statistics over all processes' images (N processes then train "
+                      "like one with N x batch_size)",
+    "compile": "torch.compile the trained network: off, on",
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one stage; the CLI exposes each field as --field-name (help in CONFIG_HELP)."""
+
+    backbone: str = "resnet18"
+    pretrained: bool = False
+    head: str = "official"
+    head_hidden: int = 512
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 0.01
+    backbone_lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    resize: int = 600
+    crop: int = 448
+    val_fraction: float = 0.1
+    seed: int = 0
+    workers: int = 0
+    orth: str = "or"
+    orth_weight: float = 0.1
+    attention_stride: int = 32
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.5
+    amp: str = "auto"
+    channels_last: str = "auto"
+    device: str = "auto"
+    sync_batchnorm: bool = True
+    compile: str = "off"
+
+    def check(self) -> None:
+        """Every option finite and in range, then the choices (their registries import torch: see check_values)."""
+        self.check_values()
+        from .methods.orthogonal import VARIANTS
+        from .models import BACKBONES, HEADS
+
+        choices = {"backbone": tuple(BACKBONES), "head": HEADS, "orth": VARIANTS, "amp": ("auto", "bf16", "off"),
+                   "channels_last": ("auto", "on", "off"),
+                   "compile": ("off", "on")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise FgkdError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
+
+    def check_values(self) -> None:
+        """The checks that need no torch: the workflow runs them on every stage's options before any job."""
+        for field in dataclasses.fields(self):
+            if field.type == "float" and not math.isfinite(getattr(self, field.name)):
+                raise FgkdError(f"{field.name} must be a finite number (got {getattr(self, field.name)})")
+        positive = ("head_hidden", "epochs", "batch_size", "resize", "crop", "kd_temperature")
+        for key in positive:
+            if not getattr(self, key) > 0:
+                raise FgkdError(f"{key} must be > 0 (got {getattr(self, key)})")
+        for key in ("lr", "backbone_lr", "momentum", "weight_decay", "orth_weight", "workers"):
+            if getattr(self, key) < 0:
+                raise FgkdError(f"{key} must be >= 0 (got {getattr(self, key)})")
+        if not 0 <= self.val_fraction < 1:
+            raise FgkdError(f"val_fraction must be in [0, 1) (got {self.val_fraction})")
+        if not 0 <= self.kd_alpha <= 1:
+            raise FgkdError(f"kd_alpha must be in [0, 1] (got {self.kd_alpha})")
+        if self.crop > self.resize:
+            raise FgkdError(f"crop ({self.crop}) must not exceed resize ({self.resize})")
