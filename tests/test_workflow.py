@@ -387,16 +387,17 @@ def test_command_line_config_overrides_keys_of_the_default_experiment(tmp_path):
 
 
 def test_names_paths_and_values_reach_fgkd_verbatim_never_the_shell(tmp_path):
-    """A data set name and a raw path with spaces run; a value with `;` is one argument, not a second command."""
+    """A data set whose name and raw path hold spaces and shell syntax is prepared and trained; nothing of them runs."""
     from fixtures import make_cub
 
     project = project_copy(tmp_path / "project")
-    make_cub(project / "data" / "raw" / "cub birds")
+    name, raw = "my birds; touch INJECTED", "data/raw/cub birds $(touch INJECTED2) `touch INJECTED3`"
+    make_cub(project / raw)
     config = yaml.safe_load((project / "config" / "config.yaml").read_text())
-    config["datasets"] = {"my birds": {"format": "cub", "raw": "data/raw/cub birds", "resize": 48}}
-    config["run_datasets"] = ["my birds"]
-    (project / "spaces.yaml").write_text(yaml.safe_dump(config))
-    plan = run(["snakemake", "--cores", "2", "ablations", "--dry-run", "--printshellcmds", "--configfile", "spaces.yaml"],
+    config["datasets"] = {name: {"format": "cub", "raw": raw, "resize": 48}}
+    config["run_datasets"] = [name]
+    (project / "odd.yaml").write_text(yaml.safe_dump(config))
+    plan = run(["snakemake", "--cores", "2", "ablations", "--dry-run", "--printshellcmds", "--configfile", "odd.yaml"],
                project).stdout
     path_options = {"--root", "--out", "--data", "--model", "--earlier", "--raw", "--overlap", "--figure"}
     for program in ("prepare", "train", "predict", "ensemble", "attention", "report"):  # no synthetic set here
@@ -405,21 +406,14 @@ def test_names_paths_and_values_reach_fgkd_verbatim_never_the_shell(tmp_path):
         for words in commands:
             paths = [words[i + 1] for i, w in enumerate(words[:-1]) if w in path_options]
             paths += [w for w in words if w.endswith(".parquet") and not w.startswith("-")]  # ensemble's inputs
-            assert paths and all("my birds" in p or "cub birds" in p or p == "results/reports" or
+            assert paths and all(name in p or raw in p or p == "results/reports" or
                                  p.startswith("results/reports/") for p in paths), (program, words)
             if program == "report":
-                assert words.count("my birds/resnet10/0") == 1
-    target = "results/my birds/resnet10/seed0/teacher/model.pt"
-    run(["snakemake", "--cores", "2", target, "--configfile", "spaces.yaml"], project)
+                assert words.count(f"{name}/resnet10/0") == 1
+    target = f"results/{name}/resnet10/seed0/teacher/model.pt"
+    run(["snakemake", "--cores", "2", target, "--configfile", "odd.yaml"], project)
     assert load_model_metadata(project / target)["num_classes"] == 3
-
-    config["stages"] = {"teacher": {"device": "cpu; touch INJECTED"}}
-    (project / "injected.yaml").write_text(yaml.safe_dump(config))
-    failed = run(["snakemake", "--cores", "2", target, "--configfile", "injected.yaml"], project, check=False)
-    assert failed.returncode != 0
-    assert not (project / "INJECTED").exists()
-    log = (project / "logs/train/my birds/resnet10/seed0/teacher.log").read_text()
-    assert "cpu; touch INJECTED" in log  # fgkd got the whole value as the device and refused it
+    assert not [p for p in project.rglob("INJECTED*")]
 
 
 def load_model_metadata(path: Path) -> dict:
