@@ -1,3 +1,4 @@
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,3 +23,23 @@ def tiny_data(tmp_path_factory):
     generate(base / "raw", classes=4, images_per_class=12, size=32, seed=0)
     prepare("cub", base / "raw", base / "prepared", progress=False)
     return base / "prepared"
+
+
+@pytest.fixture
+def mount(tmp_path):
+    """mount(options) -> a fresh tmpfs folder (full or read-only disks are real here; needs root, as CI has);
+    unmounted afterwards."""
+    mounted = []
+
+    def make(options):
+        target = tmp_path / f"mnt{len(mounted)}"
+        target.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True,
+                                text=True)
+        assert result.returncode == 0, f"these fault tests need root to mount a tmpfs: {result.stderr}"
+        mounted.append(target)
+        return target
+
+    yield make
+    for target in mounted:
+        subprocess.run(["umount", str(target)], capture_output=True)

@@ -21,24 +21,6 @@ def data(tiny_data):
     return tiny_data
 
 
-@pytest.fixture
-def mount(tmp_path):
-    """mount(options) -> a fresh tmpfs folder (needs root, as CI has); unmounted afterwards."""
-    mounted = []
-
-    def make(options):
-        target = tmp_path / f"mnt{len(mounted)}"
-        target.mkdir()
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True, text=True)
-        assert result.returncode == 0, f"these fault tests need root to mount a tmpfs: {result.stderr}"
-        mounted.append(target)
-        return target
-
-    yield make
-    for target in mounted:
-        subprocess.run(["umount", str(target)], capture_output=True)
-
-
 def test_full_disk_names_the_file_and_keeps_earlier_results(data, mount):
     out = mount("size=1m")
     earlier = b"an earlier model the user wants to keep"

@@ -1,6 +1,5 @@
 """Every bad input gives one clear line naming the culprit, and no manifest."""
 
-import subprocess
 import tarfile
 
 import pytest
@@ -235,25 +234,6 @@ def test_names_that_would_share_one_output_file_are_refused(tmp_path, other):
     add_cub_image(tmp_path / "raw", f"001.Bird_A/{name}", 255 - decoded(jpg), format="PNG")
     assert_one_line_error(cli_prepare("cub", tmp_path / "raw", tmp_path / "out"), jpg.name, name, "rename one")
     assert not (tmp_path / "out").exists()
-
-
-@pytest.fixture
-def mount(tmp_path):
-    """mount(options) -> a fresh tmpfs folder (needs root); unmounted afterwards."""
-    mounted = []
-
-    def make(options):
-        target = tmp_path / f"mnt{len(mounted)}"
-        target.mkdir()
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True,
-                                text=True)
-        assert result.returncode == 0, f"this fault test needs root to mount a tmpfs: {result.stderr}"
-        mounted.append(target)
-        return target
-
-    yield make
-    for target in mounted:
-        subprocess.run(["umount", str(target)], capture_output=True)
 
 
 def test_output_on_a_read_only_file_system_is_one_line(tmp_path, mount):
