@@ -118,6 +118,17 @@ def test_schema_lists_every_train_option():
     assert set(schema["$defs"]["train_options"]["properties"]) == {f.name for f in dataclasses.fields(TrainConfig)}
 
 
+def test_schema_backbones_are_the_model_registrys():
+    """One list (a YAML anchor) for `train.backbone`, `backbones` and `backbone_train`, equal to fgkd's registry."""
+    from fgkd.models import BACKBONES
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    lists = [schema["$defs"]["train_options"]["properties"]["backbone"]["enum"],
+             schema["properties"]["backbones"]["items"]["enum"],
+             schema["properties"]["backbone_train"]["propertyNames"]["enum"]]
+    assert all(sorted(names) == sorted(BACKBONES) for names in lists)
+
+
 @pytest.mark.parametrize("override,first_line", [
     ({"train": {"epcohs": 3}}, "train: unknown key epcohs (allowed: backbone, pretrained,"),
     ({"students": 0}, "students: 0 is less than the minimum of 1"),
@@ -134,6 +145,7 @@ def test_schema_lists_every_train_option():
     ({"datasets": {"..": {"format": "cub", "raw": "x"}}}, "datasets: the name '..' is not allowed"),
     ({"datasets": {"x": {"format": "cub", "raw": ""}}}, "datasets.x.raw: '' should be non-empty"),
     ({"backbones": ["resnet10", "resnet10"]}, "backbones: ['resnet10', 'resnet10'] has non-unique elements"),
+    ({"backbone_train": {"resnet5": {"epochs": 2}}}, "backbone_train: the name 'resnet5' is not allowed"),
     ({"train": {"device": "gpu"}}, "train.device: 'gpu' does not match"),
     ({"stages": {"student_3": {"lr": 0.1}}}, "stages.student_3: there are only 2 students"),
     ({"variants": {"or": {"crop": 40}}}, "synthetic / or / student_1: crop (40) must not exceed resize (36)"),
@@ -325,9 +337,10 @@ def train_options_in(words: list[str]) -> dict[str, str | bool]:
 
 
 def expected_train_options(config: dict, dataset: str, backbone: str, seed: str, variant: str | None, stage: str):
-    """The layering the README documents: train, the data set's train, backbone and seed from the path, the
-    variant (students), the stage's overrides (the aux-KD baselines take auxkd's first). Nothing else."""
-    options = {**config["train"], **config["datasets"][dataset].get("train", {}), "backbone": backbone, "seed": seed}
+    """The layering the README documents: train, the backbone's train, the data set's train, backbone and seed
+    from the path, the variant (students), the stage's overrides (the aux-KD baselines take auxkd's first)."""
+    options = {**config["train"], **config.get("backbone_train", {}).get(backbone, {}),
+               **config["datasets"][dataset].get("train", {}), "backbone": backbone, "seed": seed}
     if stage.startswith("student_"):
         options.update(config["variants"][variant])
     stages = config.get("stages", {})

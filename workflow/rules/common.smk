@@ -134,9 +134,13 @@ wildcard_constraints:
 
 
 def train_options(wildcards, stage, variant=None):
-    """train, the data set's train, backbone and seed from the path, the variant (students only),
-    then the stage's overrides (aux-KD baselines inherit the aux-KD student's)."""
-    options = {**config["train"], **config["datasets"][wildcards.dataset].get("train", {})}
+    """train, the backbone's train, the data set's train, backbone and seed from the path, the variant
+    (students only), then the stage's overrides (aux-KD baselines inherit the aux-KD student's)."""
+    options = {
+        **config["train"],
+        **config["backbone_train"].get(wildcards.backbone, {}),
+        **config["datasets"][wildcards.dataset].get("train", {}),
+    }
     options.update(backbone=wildcards.backbone, seed=int(wildcards.seed))
     if variant is not None and stage.startswith("student"):
         options.update(config["variants"][variant])
