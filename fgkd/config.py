@@ -16,7 +16,10 @@ CONFIG_HELP = {
     "head": "official (max-pool, BN, Linear(head_hidden), BN, ELU, Linear) or gap (avg-pool, Linear)",
     "lr": "learning rate of the new layers (the heads)",
     "backbone_lr": "learning rate of the trunk; the paper's 0.001 assumes pretrained weights",
-    "resize": "short side before cropping",
+    "preprocessing": "imagenet: fgkd's short-side resize to resize, random crop + flip (test: centre crop), ImageNet "
+                     "mean/std of torchvision's weights; official: PRIS-CV's train.py/test.py, square resize x resize, "
+                     "random crop with 8 px zero padding + flip (test: centre crop), mean = std = 0.5",
+    "resize": "short side (imagenet) or square side (official) before cropping",
     "crop": "square crop fed to the network",
     "val_fraction": "share of train held out to pick the best epoch; 0 keeps the last epoch",
     "seed": "each stage derives its own seed from it and its stage",
@@ -49,6 +52,7 @@ class TrainConfig:
     backbone_lr: float = 0.001
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    preprocessing: str = "imagenet"
     resize: int = 600
     crop: int = 448
     val_fraction: float = 0.1
@@ -68,10 +72,12 @@ class TrainConfig:
     def check(self) -> None:
         """Every option finite and in range, then the choices (their registries import torch: see check_values)."""
         self.check_values()
+        from .data.dataset import PREPROCESSING
         from .methods.orthogonal import VARIANTS
         from .models import BACKBONES, HEADS
 
-        choices = {"backbone": tuple(BACKBONES), "head": HEADS, "orth": VARIANTS, "amp": ("auto", "bf16", "off"),
+        choices = {"backbone": tuple(BACKBONES), "head": HEADS, "orth": VARIANTS, "preprocessing": tuple(PREPROCESSING),
+                   "amp": ("auto", "bf16", "off"),
                    "channels_last": ("auto", "on", "off"),
                    "compile": ("off", "on")}
         for key, allowed in choices.items():

@@ -150,6 +150,34 @@ def check_classes(path: str | Path, meta: dict, num_classes: int) -> None:
                         "it belongs to another data set, retrain it")
 
 
+def input_sizes(meta: dict) -> ImageSizes:
+    """The inputs a model was trained on (a model.pt of an earlier fgkd has no preprocessing key: imagenet's)."""
+    return ImageSizes(meta["resize"], meta["crop"], meta.get("preprocessing", "imagenet"))
+
+
+def describe_inputs(sizes: ImageSizes) -> str:
+    return f"preprocessing {sizes.preprocessing}, resize {sizes.resize}, crop {sizes.crop}"
+
+
+def shared_input_sizes(paths: list[str | Path], metas: list[dict]) -> ImageSizes:
+    """The one input recipe of several models shown the same images (attention maps, part occlusion)."""
+    first = input_sizes(metas[0])
+    for path, meta in zip(paths[1:], metas[1:]):
+        if input_sizes(meta) != first:
+            raise FgkdError(f"{path}: trained on {describe_inputs(input_sizes(meta))}, {paths[0]} on "
+                            f"{describe_inputs(first)}; give models trained on the same inputs")
+    return first
+
+
+def _check_earlier_inputs(path: str | Path, meta: dict, sizes: ImageSizes) -> None:
+    """A frozen network sees the student's input images: trained on others, its attention maps and logits (the OR
+    and KD targets) would be silently wrong."""
+    if input_sizes(meta) != sizes:
+        raise FgkdError(f"{path}: trained on {describe_inputs(input_sizes(meta))}, this stage on "
+                        f"{describe_inputs(sizes)}; an earlier network sees this stage's images, so train every stage "
+                        "of a run with the same preprocessing, resize and crop")
+
+
 def _cosine(base: float, epoch: int, epochs: int) -> float:
     """The official schedule: lr/2 * (cos(pi * epoch / epochs) + 1), set once per epoch."""
     return base / 2 * (math.cos(math.pi * epoch / epochs) + 1)
@@ -261,7 +289,7 @@ def _check_images_per_step(model: torch.nn.Module, data, train_set, val_set, con
 
 def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress, name, processes: Processes,
            device: torch.device) -> Path:
-    sizes = ImageSizes(config.resize, config.crop)
+    sizes = ImageSizes(config.resize, config.crop, config.preprocessing)
     train_set = load_split(data, "train", sizes, config.val_fraction, config.seed)
     val_set = load_split(data, "val", sizes, config.val_fraction, config.seed)
     num_classes = train_set.num_classes
@@ -269,6 +297,7 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
     frozen_models, frozen_meta = [], []
     for path in earlier:
         net, meta = load_model(path, num_classes, device)
+        _check_earlier_inputs(path, meta, sizes)
         frozen_models.append(net.to(memory_format=_memory_format(device, config)))
         frozen_meta.append(meta)
     run_hash = config_hash(config, name, frozen_meta, processes.world)
@@ -350,7 +379,7 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
             "backbone": config.backbone, "num_classes": num_classes, "head": config.head,
             "head_hidden": config.head_hidden, "attention_stride": config.attention_stride,
             "aux_heads": len(earlier) if stage == "auxkd" else 0, "stage": name, "config_hash": run_hash,
-            "data_digest": identity["data"],
+            "data_digest": identity["data"], "preprocessing": config.preprocessing,
             "resize": config.resize, "crop": config.crop, "best_epoch": state["best_epoch"], "epochs": config.epochs,
             "processes": processes.world, "config": json.dumps(dataclasses.asdict(config), sort_keys=True),
         }

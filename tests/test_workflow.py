@@ -114,8 +114,12 @@ def test_changing_one_students_weight_reruns_it_and_downstream_only(finished):
 
 
 def test_schema_lists_every_train_option():
+    from fgkd.data.dataset import PREPROCESSING
+
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
-    assert set(schema["$defs"]["train_options"]["properties"]) == {f.name for f in dataclasses.fields(TrainConfig)}
+    options = schema["$defs"]["train_options"]["properties"]
+    assert set(options) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert options["preprocessing"]["enum"] == list(PREPROCESSING)
 
 
 @pytest.mark.parametrize("override,first_line", [
@@ -137,6 +141,7 @@ def test_schema_lists_every_train_option():
     ({"train": {"device": "gpu"}}, "train.device: 'gpu' does not match"),
     ({"stages": {"student_3": {"lr": 0.1}}}, "stages.student_3: there are only 2 students"),
     ({"variants": {"or": {"crop": 40}}}, "synthetic / or / student_1: crop (40) must not exceed resize (36)"),
+    ({"train": {"preprocessing": "squash"}}, "train.preprocessing: 'squash' is not one of ['imagenet', 'official']"),
 ])
 def test_config_errors_are_one_line_before_any_job(tmp_path, override, first_line):
     project = project_copy(tmp_path / "project")
