@@ -6,13 +6,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import FgkdError
 
 
 CONFIG_HELP = {
     "backbone": "torchvision backbone (see fgkd.models.BACKBONES)",
-    "pretrained": "start from ImageNet weights (cached in TORCH_HOME)",
+    "pretrained": "the trunk's start weights: none (random), imagenet (torchvision's ImageNet weights, cached in "
+                  "TORCH_HOME), or the path of a torchvision state dict of the backbone's classifier (for clusters "
+                  "without internet; its classifier head is dropped)",
+    "init_from": "none, or a fgkd model.pt to start from (transfer): its trunk, and its main head when the classes "
+                 "and head fit",
     "head": "official (max-pool, BN, Linear(head_hidden), BN, ELU, Linear) or gap (avg-pool, Linear)",
     "lr": "learning rate of the new layers (the heads)",
     "backbone_lr": "learning rate of the trunk; the paper's 0.001 assumes pretrained weights",
@@ -38,12 +43,17 @@ CONFIG_HELP = {
 }
 
 
+# The values of the start-weights options that name no file; any other value is a file's path.
+WEIGHT_KEYWORDS = {"pretrained": ("none", "imagenet"), "init_from": ("none",)}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of one stage; the CLI exposes each field as --field-name (help in CONFIG_HELP)."""
 
     backbone: str = "resnet18"
-    pretrained: bool = False
+    pretrained: str = "none"
+    init_from: str = "none"
     head: str = "official"
     head_hidden: int = 512
     epochs: int = 10
@@ -72,6 +82,7 @@ class TrainConfig:
     def check(self) -> None:
         """Every option finite and in range, then the choices (their registries import torch: see check_values)."""
         self.check_values()
+        self.check_files()
         from .data.dataset import PREPROCESSING
         from .methods.orthogonal import VARIANTS
         from .models import BACKBONES, HEADS
@@ -102,3 +113,20 @@ class TrainConfig:
             raise FgkdError(f"kd_alpha must be in [0, 1] (got {self.kd_alpha})")
         if self.crop > self.resize:
             raise FgkdError(f"crop ({self.crop}) must not exceed resize ({self.resize})")
+        for key in WEIGHT_KEYWORDS:
+            if not getattr(self, key):
+                raise FgkdError(f"{key} is empty; give {', '.join(WEIGHT_KEYWORDS[key])} or a file's path")
+        if self.pretrained != "none" and self.init_from != "none":
+            raise FgkdError(f"pretrained ({self.pretrained}) and init_from ({self.init_from}) are both set: init_from "
+                            "replaces the trunk's weights, so the pretrained ones would be lost; set pretrained: none")
+
+    def weight_files(self) -> dict[str, str]:
+        """The start-weights options that name a file: inputs of the run, part of its identity."""
+        return {key: getattr(self, key) for key, words in WEIGHT_KEYWORDS.items() if getattr(self, key) not in words}
+
+    def check_files(self) -> None:
+        """Every start-weights file exists."""
+        for key, path in self.weight_files().items():
+            if not Path(path).is_file():
+                raise FgkdError(f"{key}: {path}: no such file; give {' or '.join(WEIGHT_KEYWORDS[key])}, or the path "
+                                "of an existing file")

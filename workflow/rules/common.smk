@@ -135,7 +135,8 @@ wildcard_constraints:
 
 def train_options(wildcards, stage, variant=None):
     """train, the data set's train, backbone and seed from the path, the variant (students only),
-    then the stage's overrides (aux-KD baselines inherit the aux-KD student's)."""
+    then the stage's overrides (aux-KD baselines inherit the aux-KD student's); pretrained: true/false is
+    imagenet/none."""
     options = {**config["train"], **config["datasets"][wildcards.dataset].get("train", {})}
     options.update(backbone=wildcards.backbone, seed=int(wildcards.seed))
     if variant is not None and stage.startswith("student"):
@@ -144,6 +145,8 @@ def train_options(wildcards, stage, variant=None):
     if stage in ("auxkd_ce", "auxkd_single"):
         options.update(stages.get("auxkd", {}))
     options.update(stages.get(stage, {}))
+    if isinstance(options.get("pretrained"), bool):
+        options["pretrained"] = "imagenet" if options["pretrained"] else "none"
     return options
 
 
