@@ -124,9 +124,9 @@ class TrainConfig:
         """The start-weights options that name a file: inputs of the run, part of its identity."""
         return {key: getattr(self, key) for key, words in WEIGHT_KEYWORDS.items() if getattr(self, key) not in words}
 
-    def check_files(self) -> None:
-        """Every start-weights file exists."""
+    def check_files(self, made_later: tuple[str, ...] = ()) -> None:
+        """Every start-weights file exists (except ``made_later``: files an earlier job of the workflow writes)."""
         for key, path in self.weight_files().items():
-            if not Path(path).is_file():
+            if path not in made_later and not Path(path).is_file():
                 raise FgkdError(f"{key}: {path}: no such file; give {' or '.join(WEIGHT_KEYWORDS[key])}, or the path "
                                 "of an existing file")
