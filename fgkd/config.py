@@ -6,17 +6,25 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import FgkdError
 
 
 CONFIG_HELP = {
     "backbone": "torchvision backbone (see fgkd.models.BACKBONES)",
-    "pretrained": "start from ImageNet weights (cached in TORCH_HOME)",
+    "pretrained": "the trunk's start weights: none (random), imagenet (torchvision's ImageNet weights, cached in "
+                  "TORCH_HOME), or the path of a torchvision state dict of the backbone's classifier (for clusters "
+                  "without internet; its classifier head is dropped)",
+    "init_from": "none, or a fgkd model.pt to start from (transfer): its trunk, and its main head when the classes "
+                 "and head fit",
     "head": "official (max-pool, BN, Linear(head_hidden), BN, ELU, Linear) or gap (avg-pool, Linear)",
     "lr": "learning rate of the new layers (the heads)",
     "backbone_lr": "learning rate of the trunk; the paper's 0.001 assumes pretrained weights",
-    "resize": "short side before cropping",
+    "preprocessing": "imagenet: fgkd's short-side resize to resize, random crop + flip (test: centre crop), ImageNet "
+                     "mean/std of torchvision's weights; official: PRIS-CV's train.py/test.py, square resize x resize, "
+                     "random crop with 8 px zero padding + flip (test: centre crop), mean = std = 0.5",
+    "resize": "short side (imagenet) or square side (official) before cropping",
     "crop": "square crop fed to the network",
     "val_fraction": "share of train held out to pick the best epoch; 0 keeps the last epoch",
     "seed": "each stage derives its own seed from it and its stage",
@@ -35,12 +43,17 @@ CONFIG_HELP = {
 }
 
 
+# The values of the start-weights options that name no file; any other value is a file's path.
+WEIGHT_KEYWORDS = {"pretrained": ("none", "imagenet"), "init_from": ("none",)}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of one stage; the CLI exposes each field as --field-name (help in CONFIG_HELP)."""
 
     backbone: str = "resnet18"
-    pretrained: bool = False
+    pretrained: str = "none"
+    init_from: str = "none"
     head: str = "official"
     head_hidden: int = 512
     epochs: int = 10
@@ -49,6 +62,7 @@ class TrainConfig:
     backbone_lr: float = 0.001
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    preprocessing: str = "imagenet"
     resize: int = 600
     crop: int = 448
     val_fraction: float = 0.1
@@ -68,10 +82,13 @@ class TrainConfig:
     def check(self) -> None:
         """Every option finite and in range, then the choices (their registries import torch: see check_values)."""
         self.check_values()
+        self.check_files()
+        from .data.dataset import PREPROCESSING
         from .methods.orthogonal import VARIANTS
         from .models import BACKBONES, HEADS
 
-        choices = {"backbone": tuple(BACKBONES), "head": HEADS, "orth": VARIANTS, "amp": ("auto", "bf16", "off"),
+        choices = {"backbone": tuple(BACKBONES), "head": HEADS, "orth": VARIANTS, "preprocessing": tuple(PREPROCESSING),
+                   "amp": ("auto", "bf16", "off"),
                    "channels_last": ("auto", "on", "off"),
                    "compile": ("off", "on")}
         for key, allowed in choices.items():
@@ -96,3 +113,20 @@ class TrainConfig:
             raise FgkdError(f"kd_alpha must be in [0, 1] (got {self.kd_alpha})")
         if self.crop > self.resize:
             raise FgkdError(f"crop ({self.crop}) must not exceed resize ({self.resize})")
+        for key in WEIGHT_KEYWORDS:
+            if not getattr(self, key):
+                raise FgkdError(f"{key} is empty; give {', '.join(WEIGHT_KEYWORDS[key])} or a file's path")
+        if self.pretrained != "none" and self.init_from != "none":
+            raise FgkdError(f"pretrained ({self.pretrained}) and init_from ({self.init_from}) are both set: init_from "
+                            "replaces the trunk's weights, so the pretrained ones would be lost; set pretrained: none")
+
+    def weight_files(self) -> dict[str, str]:
+        """The start-weights options that name a file: inputs of the run, part of its identity."""
+        return {key: getattr(self, key) for key, words in WEIGHT_KEYWORDS.items() if getattr(self, key) not in words}
+
+    def check_files(self, made_later: tuple[str, ...] = ()) -> None:
+        """Every start-weights file exists (except ``made_later``: files an earlier job of the workflow writes)."""
+        for key, path in self.weight_files().items():
+            if path not in made_later and not Path(path).is_file():
+                raise FgkdError(f"{key}: {path}: no such file; give {' or '.join(WEIGHT_KEYWORDS[key])}, or the path "
+                                "of an existing file")

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 
 from .atomic import refuse_to_overwrite_inputs, require_utf8_name, write_parquet
-from .data.dataset import ImageSizes, load_split, make_loader
+from .data.dataset import load_split, make_loader
 from .data.manifest import MANIFEST
 from .errors import FgkdError, brief
 from .metrics import check_combine, ensemble_scores, topk_accuracy
-from .train import TrainConfig, check_classes, evaluate, load_model, select_device
+from .train import TrainConfig, check_classes, evaluate, input_sizes, load_model, select_device
 
 ALL_SUBSETS_UP_TO = 6  # members; beyond that only the prefixes (2^n grows fast)
 
@@ -26,7 +26,7 @@ def predict(model_path: str | Path, data: str | Path, out: str | Path, which: st
     config = TrainConfig(device=device, workers=workers)
     target = select_device(config)
     model, meta = load_model(model_path, None, target, which)
-    test_set = load_split(data, "test", ImageSizes(meta["resize"], meta["crop"]))
+    test_set = load_split(data, "test", input_sizes(meta))
     check_classes(model_path, meta, test_set.num_classes)
     if not len(test_set):
         raise FgkdError(f"{data}: its manifest has no test images, and predict scores the test split; "

@@ -26,3 +26,8 @@ def brief(err: BaseException) -> str:
     """The first line of a library's error (torch's and pyarrow's run to many lines), to quote inside ours."""
     lines = str(err).strip().splitlines() or [type(err).__name__]
     return lines[0][:200]
+
+
+def some(names: list[str], shown: int = 3) -> str:
+    """The first few of many names, for a one-line message."""
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")

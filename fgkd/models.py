@@ -16,7 +16,7 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from .errors import FgkdError
+from .errors import FgkdError, some
 
 
 @dataclass(frozen=True)
@@ -60,12 +60,15 @@ def _check_backbone(name: str) -> Backbone:
     return BACKBONES[name]
 
 
+def imagenet_weights_file(name: str) -> Path:
+    """Where torchvision keeps the backbone's ImageNet weights (TORCH_HOME's cache)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(torchvision.models.get_model_weights(name).DEFAULT.url).name
+
+
 def _pretrained_weights(name: str):
     """The torchvision weights enum entry, from TORCH_HOME's cache or downloaded; a clear error if neither."""
-    if name == "resnet10":
-        raise FgkdError("backbone 'resnet10' has no pretrained weights; set pretrained: false or pick a torchvision backbone")
+    cached = imagenet_weights_file(name)
     weights = torchvision.models.get_model_weights(name).DEFAULT
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     if not cached.is_file():
         try:
             torch.hub.load_state_dict_from_url(weights.url, progress=False)
@@ -74,18 +77,64 @@ def _pretrained_weights(name: str):
                 f"pretrained weights for {name} are not in the cache ({cached}) and cannot be downloaded ({err}); "
                 f"on a machine with internet run: python -c \"import torchvision; torchvision.models.get_model("
                 f"'{name}', weights='DEFAULT')\" and copy {cached.name} to {cached.parent} (or set TORCH_HOME), "
-                "or set pretrained: false"
+                "or give pretrained the path of a local weights file, or set pretrained: none"
             ) from None
     return weights
 
 
-def build_trunk(name: str, pretrained: bool) -> nn.Module:
-    """The convolutional part of a torchvision classifier: image -> final feature map."""
+# The keys of each family's own classifier, which fgkd replaces by its heads: a weights file may leave them out.
+CLASSIFIER_KEYS = {"resnet": "fc.", "vgg": "classifier.", "densenet": "classifier."}
+
+
+def load_weights_file(model: nn.Module, name: str, path: str | Path) -> None:
+    """Load a local torchvision-format state dict into torchvision's classifier ``model`` (for clusters without
+    internet): plain, wrapped as {"state_dict": ...}, or with DDP's "module." prefix. Its classifier keys may be absent
+    or of any shape; every other key must fit, and num_batches_tracked (absent from old files) may be missing."""
+    head = CLASSIFIER_KEYS[_check_backbone(name).family]
+    fix = (f"give the state dict of torchvision's {name} as torch.save(model.state_dict(), path) writes it (its "
+           f"{head}* keys may be left out), or set backbone to the one the file was made for")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unpickling errors of many kinds; torch's first line (on weights_only) misleads
+        raise FgkdError(f"pretrained: {path}: torch.load(weights_only=True) cannot read it (not a PyTorch file, "
+                        f"damaged, or holding more than tensors); {fix}") from None
+    if isinstance(state, dict) and {"format", "metadata"} <= state.keys():
+        raise FgkdError(f"pretrained: {path} is a fgkd model.pt, not torchvision weights; give it as init_from "
+                        "(with pretrained: none)")
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not (isinstance(state, dict) and state and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                      for k, v in state.items())):
+        raise FgkdError(f"pretrained: {path}: not a state dict (tensors by name); {fix}")
+    if all(key.startswith("module.") for key in state):
+        state = {key.removeprefix("module."): value for key, value in state.items()}
+    expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith(head)}
+    given = {k: v for k, v in state.items() if not k.startswith(head)}
+    missing = [k for k in expected if k not in given and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [f"{k} {tuple(given[k].shape)} (expected {tuple(expected[k])})"
+              for k in expected if k in given and given[k].shape != expected[k]]
+    problems = [f"{what}: {some(keys)}" for what, keys in
+                (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)) if keys]
+    if problems:
+        raise FgkdError(f"pretrained: {path} does not fit {name} ({'; '.join(problems)}); {fix}")
+    model.load_state_dict(given, strict=False)  # left out: the classifier (replaced by fgkd's) and num_batches_tracked
+
+
+def build_trunk(name: str, pretrained: str = "none") -> nn.Module:
+    """The convolutional part of a torchvision classifier: image -> final feature map. ``pretrained``: none,
+    imagenet (torchvision's cached weights) or the path of a weights file (see load_weights_file)."""
     spec = _check_backbone(name)
     if name == "resnet10":
+        if pretrained == "imagenet":
+            raise FgkdError("backbone 'resnet10' has no ImageNet weights; set pretrained: none or a weights file's "
+                            "path, or pick a torchvision backbone")
         model = ResNet(BasicBlock, [1, 1, 1, 1])
     else:
-        model = torchvision.models.get_model(name, weights=_pretrained_weights(name) if pretrained else None)
+        weights = _pretrained_weights(name) if pretrained == "imagenet" else None
+        model = torchvision.models.get_model(name, weights=weights)
+    if pretrained not in ("none", "imagenet"):
+        load_weights_file(model, name, pretrained)
     if spec.family == "resnet":
         return nn.Sequential(OrderedDict(list(model.named_children())[:-2]))
     if spec.family == "densenet":
@@ -153,7 +202,7 @@ class FGVCNet(nn.Module):
     """
 
     def __init__(self, backbone: str, num_classes: int, head: str = "official", head_hidden: int = 512,
-                 attention_stride: int = 32, aux_heads: int = 0, pretrained: bool = False):
+                 attention_stride: int = 32, aux_heads: int = 0, pretrained: str = "none"):
         super().__init__()
         channels = _check_backbone(backbone).channels
         self.trunk = build_trunk(backbone, pretrained)

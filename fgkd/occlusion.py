@@ -20,12 +20,12 @@ from PIL import Image
 
 from .atomic import write_parquet
 from .data import synth
-from .data.dataset import ImageSizes, fgvc_transform
+from .data.dataset import fgvc_transform
 from .data.manifest import read_manifest
 from .data.prepare import JPEG_QUALITY
 from .errors import FgkdError
 from .metrics import check_combine, combine_scores, topk_accuracy
-from .train import load_model
+from .train import load_model, shared_input_sizes
 
 
 def _jpeg_round_trip(pixels: np.ndarray) -> torch.Tensor:
@@ -65,8 +65,7 @@ def part_occlusion(raw: str | Path, prepared: str | Path, models: list[str | Pat
         raise FgkdError(f"{prepared}: its manifest has no test images to re-render; prepare the synthetic set again")
     loaded = [load_model(p) for p in models]
     names = [Path(p).parent.name for p in models]
-    sizes = ImageSizes(loaded[0][1]["resize"], loaded[0][1]["crop"])
-    transform = fgvc_transform(sizes, train=False)
+    transform = fgvc_transform(shared_input_sizes(models, [meta for _, meta in loaded]), train=False)
     labels = test["label"].to_numpy()
     nuisances = [synth.sample_nuisance(synth.stream_rng(meta["seed"], synth.IMAGE_STREAM, int(i)), meta["size"], params)
                  for i in test["image_id"]]

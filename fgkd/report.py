@@ -21,12 +21,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from .atomic import atomic_path, write_parquet  # noqa: E402
-from .data.dataset import IMAGENET_MEAN, IMAGENET_STD, ImageSizes, load_split  # noqa: E402
+from .data.dataset import PREPROCESSING, load_split  # noqa: E402
 from .ensemble import ensemble, read_logits  # noqa: E402
 from .errors import FgkdError, brief  # noqa: E402
 from .losses import attention_energy, normalise_attention  # noqa: E402
 from .metrics import COMBINE_TEXT, check_combine, topk_accuracy  # noqa: E402
-from .train import load_model  # noqa: E402
+from .train import load_model, shared_input_sizes  # noqa: E402
 
 OVERLAP_IMAGES = 256
 HISTORY_COLUMNS = ("stage", "epoch", "loss", "train_acc", "val_acc", "seconds", "images_per_s")
@@ -42,8 +42,9 @@ def _stage_of(path: str | Path) -> str:
 def attention(model_paths: list[str], data: str | Path, images: int, overlap_out: str | Path, figure_out: str | Path):
     """Mean pairwise overlap of the networks' normalised attention maps on test images, and a figure."""
     loaded = [load_model(p) for p in model_paths]
-    models, meta = [model for model, _ in loaded], loaded[0][1]
-    test_set = load_split(data, "test", ImageSizes(meta["resize"], meta["crop"]))
+    models = [model for model, _ in loaded]
+    sizes = shared_input_sizes(model_paths, [meta for _, meta in loaded])
+    test_set = load_split(data, "test", sizes)
     count = min(len(test_set), OVERLAP_IMAGES)
     picks = np.linspace(0, len(test_set) - 1, count).round().astype(int)
     batch = torch.stack([test_set[int(i)][0] for i in picks])
@@ -63,8 +64,8 @@ def attention(model_paths: list[str], data: str | Path, images: int, overlap_out
     chosen = np.searchsorted(picks, shown)
     fig, axes = plt.subplots(len(chosen), len(models) + 1, figsize=(1.6 * (len(models) + 1), 1.6 * len(chosen)),
                              squeeze=False)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    mean = torch.tensor(PREPROCESSING[sizes.preprocessing].mean).view(3, 1, 1)  # undo the models' normalisation
+    std = torch.tensor(PREPROCESSING[sizes.preprocessing].std).view(3, 1, 1)
     for row, index in enumerate(chosen):
         picture = (batch[index] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
         axes[row, 0].imshow(picture)

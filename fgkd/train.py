@@ -32,10 +32,10 @@ from .config import TrainConfig
 from .data.dataset import ImageSizes, derived_seed, load_split, make_loader, make_train_loader
 from .data.manifest import COLUMNS, read_manifest
 from .distributed import Processes
-from .errors import DataError, FgkdError, brief
+from .errors import DataError, FgkdError, brief, some
 from .metrics import topk_hits
 from .methods import AuxKD, CrossEntropy, FrozenNetworks, OrthogonalStudent
-from .models import FGVCNet
+from .models import FGVCNet, imagenet_weights_file
 
 log = logging.getLogger("fgkd")
 STAGES = ("teacher", "student", "auxkd")
@@ -118,7 +118,7 @@ def load_model(path: str | Path, num_classes: int | None = None, device: torch.d
     weights = saved["state_dict"] if which == "best" else saved["last_state_dict"]
     broken = non_finite_weights(weights)
     if broken:
-        raise FgkdError(f"{path}: non-finite weights ({_some(broken)}); the model is broken, retrain that stage")
+        raise FgkdError(f"{path}: non-finite weights ({some(broken)}); the model is broken, retrain that stage")
     model.load_state_dict(weights)
     return model.to(device).eval(), meta
 
@@ -128,10 +128,6 @@ def non_finite_weights(state: dict[str, torch.Tensor]) -> list[str]:
     floats = {k: v for k, v in state.items() if v.is_floating_point()}
     flags = torch.stack([torch.isfinite(v).all() for v in floats.values()]).cpu()  # one device sync
     return [k for k, finite in zip(floats, flags) if not finite]
-
-
-def _some(names: list[str]) -> str:
-    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _diverged(problem: str, kept: Path | None) -> FgkdError:
@@ -148,6 +144,69 @@ def check_classes(path: str | Path, meta: dict, num_classes: int) -> None:
     if meta["num_classes"] != num_classes:
         raise FgkdError(f"{path}: trained for {meta['num_classes']} classes, the data set has {num_classes}; "
                         "it belongs to another data set, retrain it")
+
+
+def input_sizes(meta: dict) -> ImageSizes:
+    """The inputs a model was trained on (a model.pt of an earlier fgkd has no preprocessing key: imagenet's)."""
+    return ImageSizes(meta["resize"], meta["crop"], meta.get("preprocessing", "imagenet"))
+
+
+def describe_inputs(sizes: ImageSizes) -> str:
+    return f"preprocessing {sizes.preprocessing}, resize {sizes.resize}, crop {sizes.crop}"
+
+
+def shared_input_sizes(paths: list[str | Path], metas: list[dict]) -> ImageSizes:
+    """The one input recipe of several models shown the same images (attention maps, part occlusion)."""
+    first = input_sizes(metas[0])
+    for path, meta in zip(paths[1:], metas[1:]):
+        if input_sizes(meta) != first:
+            raise FgkdError(f"{path}: trained on {describe_inputs(input_sizes(meta))}, {paths[0]} on "
+                            f"{describe_inputs(first)}; give models trained on the same inputs")
+    return first
+
+
+def _check_earlier_inputs(path: str | Path, meta: dict, sizes: ImageSizes) -> None:
+    """A frozen network sees the student's input images: trained on others, its attention maps and logits (the OR
+    and KD targets) would be silently wrong."""
+    if input_sizes(meta) != sizes:
+        raise FgkdError(f"{path}: trained on {describe_inputs(input_sizes(meta))}, this stage on "
+                        f"{describe_inputs(sizes)}; an earlier network sees this stage's images, so train every stage "
+                        "of a run with the same preprocessing, resize and crop")
+
+
+def start_weights(config: TrainConfig) -> dict:
+    """Where the network's first weights come from, with the sha256 of that file: part of a checkpoint's identity
+    (a run never resumes from a checkpoint that started from other weights) and of model.pt's metadata."""
+    files = config.weight_files()
+    if config.pretrained == "imagenet":
+        source, path = "imagenet", imagenet_weights_file(config.backbone)
+    elif files:
+        source, path = next(iter(files.items()))  # one at most: check_values refuses both
+    else:
+        return {"source": "none", "file": None, "sha256": None}
+    return {"source": source, "file": str(path), "sha256": file_digest(path)}
+
+
+def initialise_from(model: FGVCNet, path: str | Path, config: TrainConfig, num_classes: int) -> None:
+    """Transfer: the trunk of a fgkd model.pt (its best-on-val weights), and its main head when the classes and the
+    head fit; otherwise the head keeps its fresh initialisation (the log says why). Aux heads are never copied."""
+    try:
+        source, meta = load_model(path)
+    except FgkdError as err:
+        raise FgkdError(f"init_from: {err}; init_from takes a model.pt written by `fgkd train` (a torchvision weights "
+                        "file goes to pretrained)") from None
+    if meta["backbone"] != config.backbone:
+        raise FgkdError(f"init_from: {path} is a {meta['backbone']} model, this stage trains a {config.backbone}; "
+                        "give a model of the same backbone")
+    model.trunk.load_state_dict(source.trunk.state_dict())
+    theirs = (meta["num_classes"], meta["head"], meta["head_hidden"])
+    ours = (num_classes, config.head, config.head_hidden)
+    if theirs == ours:
+        model.head.load_state_dict(source.head.state_dict())
+        log.info("init_from %s: trunk and main head copied", path)
+    else:
+        log.info("init_from %s: trunk copied; main head re-initialised (%d classes, head %s of %d hidden units there; "
+                 "%d classes, head %s of %d here)", path, *theirs, *ours)
 
 
 def _cosine(base: float, epoch: int, epochs: int) -> float:
@@ -261,7 +320,7 @@ def _check_images_per_step(model: torch.nn.Module, data, train_set, val_set, con
 
 def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress, name, processes: Processes,
            device: torch.device) -> Path:
-    sizes = ImageSizes(config.resize, config.crop)
+    sizes = ImageSizes(config.resize, config.crop, config.preprocessing)
     train_set = load_split(data, "train", sizes, config.val_fraction, config.seed)
     val_set = load_split(data, "val", sizes, config.val_fraction, config.seed)
     num_classes = train_set.num_classes
@@ -269,6 +328,7 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
     frozen_models, frozen_meta = [], []
     for path in earlier:
         net, meta = load_model(path, num_classes, device)
+        _check_earlier_inputs(path, meta, sizes)
         frozen_models.append(net.to(memory_format=_memory_format(device, config)))
         frozen_meta.append(meta)
     run_hash = config_hash(config, name, frozen_meta, processes.world)
@@ -277,8 +337,14 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
     torch.manual_seed(seed)
     model = FGVCNet(config.backbone, num_classes, config.head, config.head_hidden, config.attention_stride,
                     aux_heads=len(earlier) if stage == "auxkd" else 0, pretrained=config.pretrained)
+    if config.init_from != "none":
+        initialise_from(model, config.init_from, config, num_classes)
     _check_images_per_step(model, data, train_set, val_set, config, processes)
-    identity = {"configuration": run_hash, "data": data_digest(data), "earlier": [file_digest(p) for p in earlier]}
+    identity = {"configuration": run_hash, "data": data_digest(data), "earlier": [file_digest(p) for p in earlier],
+                "start": start_weights(config)}
+    start = identity["start"]
+    if processes.main and start["file"]:
+        log.info("%s starts from %s weights %s (sha256 %s)", name, start["source"], start["file"], start["sha256"])
     if processes.distributed and config.sync_batchnorm:
         model = distributed.sync_batchnorm(model, device)
     model = model.to(device, memory_format=_memory_format(device, config))
@@ -301,7 +367,7 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
         nonlocal has_checkpoint
         broken = non_finite_weights(model.state_dict())
         if broken:
-            raise _diverged(f"non-finite weights ({_some(broken)}) after {where}",
+            raise _diverged(f"non-finite weights ({some(broken)}) after {where}",
                             checkpoint_path if has_checkpoint else None)
         if processes.main:
             _save_checkpoint(checkpoint_path, identity, model, optimizer, {**state, "partial": partial})
@@ -350,7 +416,7 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
             "backbone": config.backbone, "num_classes": num_classes, "head": config.head,
             "head_hidden": config.head_hidden, "attention_stride": config.attention_stride,
             "aux_heads": len(earlier) if stage == "auxkd" else 0, "stage": name, "config_hash": run_hash,
-            "data_digest": identity["data"],
+            "data_digest": identity["data"], "start": identity["start"], "preprocessing": config.preprocessing,
             "resize": config.resize, "crop": config.crop, "best_epoch": state["best_epoch"], "epochs": config.epochs,
             "processes": processes.world, "config": json.dumps(dataclasses.asdict(config), sort_keys=True),
         }
@@ -461,7 +527,8 @@ def _save_checkpoint(path: Path, identity: dict, model, optimizer, state: dict) 
 
 
 IDENTITY_PARTS = {"configuration": "configuration", "data": "data set (other manifest rows or image bytes)",
-                  "earlier": "set of earlier models (other --earlier model.pt contents)"}
+                  "earlier": "set of earlier models (other --earlier model.pt contents)",
+                  "start": "start weights (another --pretrained or --init-from file, or other contents)"}
 
 
 def _resume(path: Path, identity: dict, model, optimizer, fresh: dict, processes: Processes) -> dict:

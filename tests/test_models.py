@@ -49,7 +49,7 @@ def test_missing_pretrained_weights_say_how_to_seed_the_cache(tmp_path, monkeypa
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
     with pytest.raises(FgkdError, match=r"resnet18.*not in the cache.*TORCH_HOME"):
-        FGVCNet("resnet18", 3, pretrained=True)
+        FGVCNet("resnet18", 3, pretrained="imagenet")
 
 
 def test_frozen_networks_stay_in_eval_mode_and_receive_no_gradient():

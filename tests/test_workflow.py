@@ -114,8 +114,12 @@ def test_changing_one_students_weight_reruns_it_and_downstream_only(finished):
 
 
 def test_schema_lists_every_train_option():
+    from fgkd.data.dataset import PREPROCESSING
+
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
-    assert set(schema["$defs"]["train_options"]["properties"]) == {f.name for f in dataclasses.fields(TrainConfig)}
+    options = schema["$defs"]["train_options"]["properties"]
+    assert set(options) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert options["preprocessing"]["enum"] == list(PREPROCESSING)
 
 
 def test_schema_backbones_are_the_model_registrys():
@@ -149,6 +153,13 @@ def test_schema_backbones_are_the_model_registrys():
     ({"train": {"device": "gpu"}}, "train.device: 'gpu' does not match"),
     ({"stages": {"student_3": {"lr": 0.1}}}, "stages.student_3: there are only 2 students"),
     ({"variants": {"or": {"crop": 40}}}, "synthetic / or / student_1: crop (40) must not exceed resize (36)"),
+    ({"train": {"preprocessing": "squash"}}, "train.preprocessing: 'squash' is not one of ['imagenet', 'official']"),
+    ({"train": {"pretrained": "weights/{backbone}.pth"}},
+     "synthetic / shared / teacher: pretrained: weights/resnet10.pth: no such file"),
+    ({"train": {"pretrained": "w/{arch}.pth"}},
+     "synthetic / shared / teacher: pretrained: 'w/{arch}.pth': {arch} is not a placeholder here; use {dataset},"),
+    ({"stages": {"auxkd": {"pretrained": True, "init_from": "x.pt"}}},
+     "synthetic / shared / auxkd_ce: pretrained (imagenet) and init_from (x.pt) are both set"),
 ])
 def test_config_errors_are_one_line_before_any_job(tmp_path, override, first_line):
     project = project_copy(tmp_path / "project")
@@ -466,3 +477,38 @@ def test_a_partial_configfile_says_that_the_default_is_not_read_and_how_to_exten
     both = run(["snakemake", "--cores", "1", "all", "--dry-run", "--printshellcmds", "--configfile",
                 "config/config.yaml", "overlay.yaml"], project)
     assert {train_options_in(w)["epochs"] for w in shell_commands(both.stdout, "train")} == {"2"}
+
+
+def test_start_weights_files_are_job_inputs_filled_per_job(tmp_path):
+    """`pretrained: weights/{backbone}.pth`: each job gets its backbone's file as an input, so a new file retrains what
+    starts from it. `init_from` may name a model this workflow trains (transfer from another data set): it plans."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    project = project_copy(tmp_path / "project")
+    weights = project / "weights" / "resnet10.pth"
+    weights.parent.mkdir()
+    torch.manual_seed(1)
+    torch.save(ResNet(BasicBlock, [1, 1, 1, 1]).state_dict(), weights)
+    (project / "start.yaml").write_text(yaml.safe_dump({"train": {"pretrained": "weights/{backbone}.pth"}}))
+    args = ["--configfile", "config/config.yaml", "start.yaml"]
+    teacher = "results/synthetic/resnet10/seed0/teacher/model.pt"
+    run(["snakemake", "--cores", "2", teacher, *args], project)
+    log = (project / "logs/train/synthetic/resnet10/seed0/teacher.log").read_text()
+    assert "teacher starts from pretrained weights weights/resnet10.pth (sha256 " in log
+    assert "Nothing to be done" in run(["snakemake", "-n", teacher, *args], project).stdout
+    torch.manual_seed(2)
+    torch.save(ResNet(BasicBlock, [1, 1, 1, 1]).state_dict(), weights)
+    replanned = run(["snakemake", "-n", teacher, *args], project).stdout
+    assert job_counts(replanned) == {"train_shared": 1}
+    assert "reason: Updated input files: weights/resnet10.pth" in replanned
+
+    transfer = dict(yaml.safe_load((project / "config" / "config.yaml").read_text())["datasets"]["synthetic"])
+    transfer["train"] = {"init_from": "results/synthetic/{backbone}/seed{seed}/teacher/model.pt"}
+    (project / "transfer.yaml").write_text(yaml.safe_dump({"datasets": {"other": transfer},
+                                                           "run_datasets": ["synthetic", "other"]}))
+    target = "results/other/resnet10/seed0/teacher/model.pt"
+    planned = run(["snakemake", "-n", "-p", "--forceall", target, "--configfile", "config/config.yaml",
+                   "transfer.yaml"], project).stdout
+    (command,) = [words for words in shell_commands(planned, "train") if target.rsplit("/", 1)[0] in " ".join(words)]
+    assert command[command.index("--init-from") + 1] == teacher
+    assert job_counts(planned)["train_shared"] == 2  # the synthetic teacher first, then the other's

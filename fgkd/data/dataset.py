@@ -20,18 +20,46 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
+class Preprocessing:
+    """How a decoded image becomes the network's input; ``mean`` and ``std`` also undo it for display."""
+
+    square: bool  # resize to resize x resize (the aspect is lost), else the short side to resize (aspect kept)
+    padding: int  # zero pixels added around the image before the random training crop
+    on_pil: bool  # resample as torchvision's transforms do on a PIL image (PIL's bilinear), else on the uint8 tensor
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+PREPROCESSING = {
+    # fgkd's own recipe (the default): short side to `resize`, with the ImageNet statistics of torchvision's weights.
+    "imagenet": Preprocessing(square=False, padding=0, on_pil=False, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    # PRIS-CV/knowledge-transfer-based-FGVC, train.py and test.py: Resize((600, 600)), RandomCrop(448, padding=8) +
+    # RandomHorizontalFlip / CenterCrop(448), ToTensor, Normalize((0.5,) * 3, (0.5,) * 3), on PIL images.
+    "official": Preprocessing(square=True, padding=8, on_pil=True, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+}
+
+
+@dataclass(frozen=True)
 class ImageSizes:
-    """Resize the short side to ``resize``, then crop ``crop`` x ``crop`` (paper: 600 / 448)."""
+    """The network's input: ``preprocessing`` (a key of PREPROCESSING) resizes to ``resize``, then crops ``crop`` x
+    ``crop`` (paper: 600 / 448). A model.pt records all three, and every use of the model reads them from there."""
 
     resize: int
     crop: int
+    preprocessing: str = "imagenet"
 
 
 def fgvc_transform(sizes: ImageSizes, train: bool) -> v2.Compose:
-    """Train: resize, random crop, flip. Test: resize, centre crop. Then normalise."""
-    spatial = [v2.Resize(sizes.resize, antialias=True)]
-    spatial += [v2.RandomCrop(sizes.crop), v2.RandomHorizontalFlip()] if train else [v2.CenterCrop(sizes.crop)]
-    return v2.Compose([*spatial, v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    """Train: resize, random crop, flip. Test: resize, centre crop. Then normalise (see PREPROCESSING)."""
+    recipe = PREPROCESSING[sizes.preprocessing]
+    spatial = [v2.ToPILImage()] if recipe.on_pil else []
+    spatial.append(v2.Resize((sizes.resize, sizes.resize) if recipe.square else sizes.resize, antialias=True))
+    if train:
+        spatial += [v2.RandomCrop(sizes.crop, padding=recipe.padding or None), v2.RandomHorizontalFlip()]
+    else:
+        spatial.append(v2.CenterCrop(sizes.crop))
+    spatial += [v2.PILToTensor()] if recipe.on_pil else []
+    return v2.Compose([*spatial, v2.ToDtype(torch.float32, scale=True), v2.Normalize(recipe.mean, recipe.std)])
 
 
 class ManifestDataset(Dataset):

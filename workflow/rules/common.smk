@@ -11,7 +11,7 @@ from jsonschema import ValidationError
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from fgkd.config import TrainConfig  # torch-free: the options of `fgkd train` and their checks
+from fgkd.config import WEIGHT_KEYWORDS, TrainConfig  # torch-free: the options of `fgkd train` and their checks
 from fgkd.errors import FgkdError
 
 
@@ -133,9 +133,26 @@ wildcard_constraints:
     stage="student_[0-9]+|auxkd",
 
 
+WEIGHT_PLACEHOLDERS = ("dataset", "backbone", "seed")
+
+
+def job_path(key, path, wildcards):
+    """A start-weights path with {dataset}, {backbone} and {seed} filled from the job (a config may train several
+    backbones, each from its own file)."""
+    try:
+        return path.format_map({name: str(getattr(wildcards, name)) for name in WEIGHT_PLACEHOLDERS})
+    except KeyError as err:
+        problem = f"{{{err.args[0]}}} is not a placeholder here"
+    except (ValueError, IndexError) as err:  # a lone brace, {0}, a format spec
+        problem = str(err)
+    raise FgkdError(f"{key}: {path!r}: {problem}; use {', '.join('{' + n + '}' for n in WEIGHT_PLACEHOLDERS)} "
+                    "({{ and }} for a literal brace)")
+
+
 def train_options(wildcards, stage, variant=None):
     """train, the backbone's train, the data set's train, backbone and seed from the path, the variant
-    (students only), then the stage's overrides (aux-KD baselines inherit the aux-KD student's)."""
+    (students only), then the stage's overrides (aux-KD baselines inherit the aux-KD student's); pretrained:
+    true/false is imagenet/none, and the start-weights paths are filled for the job."""
     options = {
         **config["train"],
         **config["backbone_train"].get(wildcards.backbone, {}),
@@ -148,12 +165,24 @@ def train_options(wildcards, stage, variant=None):
     if stage in ("auxkd_ce", "auxkd_single"):
         options.update(stages.get("auxkd", {}))
     options.update(stages.get(stage, {}))
+    if isinstance(options.get("pretrained"), bool):
+        options["pretrained"] = "imagenet" if options["pretrained"] else "none"
+    for key in WEIGHT_KEYWORDS:
+        if key in options:
+            options[key] = job_path(key, options[key], wildcards)
     return options
 
 
+def start_files(wildcards, stage, variant=None):
+    """The stage's start-weights files: inputs of its job, so that Snakemake retrains it when they change."""
+    return list(TrainConfig(**train_options(wildcards, stage, variant)).weight_files().values())
+
+
 def check_stage_options():
-    """What the schema cannot say, for every network the config trains (e.g. a crop larger than its resize): the
-    checks of `fgkd train` itself, run while planning rather than after hours of data preparation."""
+    """What the schema cannot say, for every network the config trains (e.g. a crop larger than its resize, a
+    start-weights file that is not there): the checks of `fgkd train` itself, run while planning rather than after
+    hours of data preparation. A file under results/ may be written by a job of this workflow (transfer from the
+    model of another data set)."""
     stages = [(stage, None) for stage in SHARED_STAGES] + [
         (stage, variant) for variant in [METHOD, *ABLATIONS] for stage in [*STUDENTS, "auxkd"]
     ]
@@ -161,7 +190,10 @@ def check_stage_options():
         where = SimpleNamespace(dataset=dataset, backbone=backbone, seed=seed)
         for stage, variant in stages:
             try:
-                TrainConfig(**train_options(where, stage, variant)).check_values()
+                options = TrainConfig(**train_options(where, stage, variant))
+                options.check_values()
+                options.check_files(made_later=tuple(p for p in options.weight_files().values()
+                                                     if Path(p).parts[:1] == ("results",)))
             except FgkdError as err:
                 config_error(f"{dataset} / {variant or 'shared'} / {stage}: {err}")
 

@@ -18,6 +18,7 @@ rule train_shared:
     input:
         data="data/prepared/{dataset}",
         earlier=lambda wc: [f"{SEED_DIR}/teacher/model.pt".format(**wc)] if wc.shared == "auxkd_single" else [],
+        start=lambda wc: start_files(wc, wc.shared),
     output:
         model=f"{SEED_DIR}/{{shared}}/model.pt",
         history=f"{SEED_DIR}/{{shared}}/history.parquet",
@@ -45,6 +46,7 @@ rule train_variant:
     input:
         data="data/prepared/{dataset}",
         earlier=variant_earlier,
+        start=lambda wc: start_files(wc, wc.stage, wc.variant),
     output:
         model=f"{VARIANT_DIR}/{{stage}}/model.pt",
         history=f"{VARIANT_DIR}/{{stage}}/history.parquet",
