@@ -13,8 +13,8 @@ from .errors import FgkdError
 
 CONFIG_HELP = {
     "backbone": "torchvision backbone (see fgkd.models.BACKBONES)",
-    "pretrained": "the trunk's start weights: none (random), imagenet (torchvision's ImageNet weights, cached in "
-                  "TORCH_HOME), or the path of a torchvision state dict of the backbone's classifier (for clusters "
+    "pretrained": "the trunk's start weights: none (random), imagenet (torchvision's IMAGENET1K_V1 weights, as "
+                  "the official code's pretrained=True, cached in TORCH_HOME), or the path of a torchvision state dict of the backbone's classifier (for clusters "
                   "without internet; its classifier head is dropped)",
     "init_from": "none, or a fgkd model.pt to start from (transfer): its trunk, and its main head when the classes "
                  "and head fit",

@@ -60,15 +60,19 @@ def _check_backbone(name: str) -> Backbone:
     return BACKBONES[name]
 
 
+IMAGENET_WEIGHTS = "IMAGENET1K_V1"  # what the official code's pretrained=True loads (resnet50's DEFAULT is V2)
+
+
 def imagenet_weights_file(name: str) -> Path:
     """Where torchvision keeps the backbone's ImageNet weights (TORCH_HOME's cache)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(torchvision.models.get_model_weights(name).DEFAULT.url).name
+    weights = torchvision.models.get_model_weights(name)[IMAGENET_WEIGHTS]
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
 
 
 def _pretrained_weights(name: str):
     """The torchvision weights enum entry, from TORCH_HOME's cache or downloaded; a clear error if neither."""
     cached = imagenet_weights_file(name)
-    weights = torchvision.models.get_model_weights(name).DEFAULT
+    weights = torchvision.models.get_model_weights(name)[IMAGENET_WEIGHTS]
     if not cached.is_file():
         try:
             torch.hub.load_state_dict_from_url(weights.url, progress=False)
@@ -76,7 +80,7 @@ def _pretrained_weights(name: str):
             raise FgkdError(
                 f"pretrained weights for {name} are not in the cache ({cached}) and cannot be downloaded ({err}); "
                 f"on a machine with internet run: python -c \"import torchvision; torchvision.models.get_model("
-                f"'{name}', weights='DEFAULT')\" and copy {cached.name} to {cached.parent} (or set TORCH_HOME), "
+                f"'{name}', weights='{IMAGENET_WEIGHTS}')\" and copy {cached.name} to {cached.parent} (or set TORCH_HOME), "
                 "or give pretrained the path of a local weights file, or set pretrained: none"
             ) from None
     return weights

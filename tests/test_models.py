@@ -67,3 +67,26 @@ def test_frozen_networks_stay_in_eval_mode_and_receive_no_gradient():
     assert set(out.losses) == {"ce", "orth"}
     # the adaptive OR weight keeps the term at p x CE
     assert out.losses["orth"].item() == pytest.approx(0.1 * out.losses["ce"].item(), rel=1e-5)
+
+
+def test_imagenet_weights_are_the_official_codes_v1_from_the_cache(tmp_path, monkeypatch):
+    """pretrained: imagenet is what the official code's pretrained=True loads: IMAGENET1K_V1 (for resnet50 torchvision's
+    DEFAULT is the later V2). The test seeds TORCH_HOME with a file under V1's name; V2's is absent and not
+    downloadable, so taking DEFAULT fails."""
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    v1 = torchvision.models.ResNet50_Weights.IMAGENET1K_V1
+    assert torchvision.models.ResNet50_Weights.DEFAULT != v1
+    torch.manual_seed(3)
+    weights = torchvision.models.resnet50().state_dict()
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(weights, cache / v1.url.rsplit("/", 1)[1])
+    trunk = FGVCNet("resnet50", 3, pretrained="imagenet").trunk.state_dict()
+    assert trunk.keys() <= weights.keys()
+    assert all(torch.equal(trunk[k], weights[k]) for k in trunk)
