@@ -137,6 +137,12 @@ def test_schema_lists_every_train_option():
     ({"train": {"device": "gpu"}}, "train.device: 'gpu' does not match"),
     ({"stages": {"student_3": {"lr": 0.1}}}, "stages.student_3: there are only 2 students"),
     ({"variants": {"or": {"crop": 40}}}, "synthetic / or / student_1: crop (40) must not exceed resize (36)"),
+    ({"datasets": {"synthetic": {"format": "cub", "synth": {"classes": 5, "identity_parts": 2}}}},
+     "datasets.synthetic.synth: --classes 5 with --identity-parts 2: some part's marking would belong to one class"),
+    ({"datasets": {"synthetic": {"format": "cub", "synth": {"identity_parts": 9}}}},
+     "datasets.synthetic.synth: --identity-parts 9: must be 2 to 4, the part slots"),
+    ({"datasets": {"x": {"format": "cub", "synth": {"identity_parts": 2}}}, "run_datasets": ["x"]},
+     "datasets.x.synth: 'classes' is a dependency of 'identity_parts'"),
 ])
 def test_config_errors_are_one_line_before_any_job(tmp_path, override, first_line):
     project = project_copy(tmp_path / "project")

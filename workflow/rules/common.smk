@@ -12,6 +12,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from fgkd.config import TrainConfig  # torch-free: the options of `fgkd train` and their checks
+from fgkd.data.synth import check_identity_parts
 from fgkd.errors import FgkdError
 
 
@@ -89,6 +90,13 @@ EVAL_GPUS = min(1, config["gpus_per_job"])
 RUNS = [(d, b, s) for d in config["run_datasets"] for b in config["backbones"] for s in config["seeds"]]
 PAIRS = [(d, b) for d in config["run_datasets"] for b in config["backbones"]]
 SYNTHETIC = [d for d in config["run_datasets"] if "synth" in config["datasets"][d]]
+
+for _name in SYNTHETIC:
+    _synth = config["datasets"][_name]["synth"]
+    try:
+        check_identity_parts(_synth.get("classes"), _synth.get("identity_parts"))
+    except FgkdError as err:
+        config_error(f"datasets.{_name}.synth: {err}")
 
 
 def seed_dir(dataset, backbone, seed):
