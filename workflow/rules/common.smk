@@ -118,6 +118,7 @@ REPORTS = [
     "results/reports/metrics.parquet",
     "results/reports/ensembles.parquet",
     "results/reports/history.parquet",
+    "results/reports/comparisons.parquet",
     "results/reports/summary.md",
     "results/reports/metrics.json",
     "results/reports/curves.csv",
@@ -128,6 +129,7 @@ REPORTS = [
 ABLATION_REPORTS = [
     "results/reports/ablations/metrics.parquet",
     "results/reports/ablations/part_occlusion.parquet",
+    "results/reports/ablations/comparisons.parquet",
     "results/reports/ablations/summary.md",
 ]
 
