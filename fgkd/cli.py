@@ -38,12 +38,16 @@ def main():
 @click.option("--seed", default=0, show_default=True, help="Same seed, same bytes.")
 @click.option("--occlusion", default=0.25, show_default=True, help="Probability that each part is occluded.")
 @click.option("--test-fraction", default=0.5, show_default=True, help="Share of each class in the test split.")
+@click.option("--identity-parts", type=int, default=None,
+              help="N >= 2: a class is a combination of markings over N part slots, one part alone cannot tell it "
+                   "(default: every slot identifies the class).")
 @_friendly
-def synth(out, classes, images_per_class, size, seed, occlusion, test_fraction):
+def synth(out, classes, images_per_class, size, seed, occlusion, test_fraction, identity_parts):
     """Generate the synthetic fine-grained data set in the CUB-200-2011 layout."""
     from .data.synth import SynthParams, generate
 
-    root = generate(out, classes, images_per_class, size, seed, SynthParams(occlusion_prob=occlusion), test_fraction)
+    root = generate(out, classes, images_per_class, size, seed, SynthParams(occlusion_prob=occlusion), test_fraction,
+                    identity_parts)
     click.echo(f"wrote {classes * images_per_class} images in {classes} classes to {root}")
 
 

@@ -45,12 +45,10 @@ def conditions() -> list[tuple[str, list[bool] | None]]:
     return [("as generated", None), ("all visible", [False] * len(slots)), *hide_one, *only_one]
 
 
-@torch.inference_mode()
-def part_occlusion(raw: str | Path, prepared: str | Path, models: list[str | Path], out: str | Path,
-                   batch_size: int = 128, combine: str = "logits") -> pd.DataFrame:
-    """Top-1 of each network and of their ensemble (``combine``, see fgkd.metrics) under each occlusion
-    condition; the ensemble rows name their combine rule."""
-    check_combine(combine)
+def rerender(raw: str | Path, image_ids: list[int], labels: list[int],
+             occluded: list[bool] | None) -> list[torch.Tensor]:
+    """Images of the `fgkd synth` data set in ``raw`` as `fgkd synth` + `fgkd prepare` made them (uint8, C x H x W),
+    with the parts hidden as in ``occluded`` (None: as generated)."""
     meta_path = Path(raw) / "CUB_200_2011" / "synthetic.json"
     if not meta_path.is_file():
         raise FgkdError(f"{meta_path}: missing; part occlusion needs a data set made by `fgkd synth`")
@@ -58,7 +56,24 @@ def part_occlusion(raw: str | Path, prepared: str | Path, models: list[str | Pat
     fields = {f.name for f in dataclasses.fields(synth.SynthParams)}
     params = synth.SynthParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["params"].items()
                                   if k in fields})
-    codes = synth.class_codes(meta["classes"], synth.stream_rng(meta["seed"], synth.CODE_STREAM, 0))
+    codes = synth.class_codes(meta["classes"], synth.stream_rng(meta["seed"], synth.CODE_STREAM, 0),
+                              meta.get("identity", {}).get("parts"))
+    images = []
+    for image_id, label in zip(image_ids, labels):
+        nuisance = synth.sample_nuisance(synth.stream_rng(meta["seed"], synth.IMAGE_STREAM, int(image_id)),
+                                         meta["size"], params, synth.free_slots(codes))
+        if occluded is not None:
+            nuisance = dataclasses.replace(nuisance, occluded=list(occluded))
+        images.append(_jpeg_round_trip(synth.render(codes[int(label)], nuisance, meta["size"])[0]))
+    return images
+
+
+@torch.inference_mode()
+def part_occlusion(raw: str | Path, prepared: str | Path, models: list[str | Path], out: str | Path,
+                   batch_size: int = 128, combine: str = "logits") -> pd.DataFrame:
+    """Top-1 of each network and of their ensemble (``combine``, see fgkd.metrics) under each occlusion
+    condition; the ensemble rows name their combine rule."""
+    check_combine(combine)
     test = read_manifest(prepared)
     test = test[test["split"] == "test"]
     if not len(test):
@@ -67,17 +82,9 @@ def part_occlusion(raw: str | Path, prepared: str | Path, models: list[str | Pat
     names = [Path(p).parent.name for p in models]
     transform = fgvc_transform(shared_input_sizes(models, [meta for _, meta in loaded]), train=False)
     labels = test["label"].to_numpy()
-    nuisances = [synth.sample_nuisance(synth.stream_rng(meta["seed"], synth.IMAGE_STREAM, int(i)), meta["size"], params)
-                 for i in test["image_id"]]
     rows = []
     for condition, pattern in conditions():
-        images = []
-        for nuisance, label in zip(nuisances, test["label"]):
-            if pattern is not None:
-                nuisance = dataclasses.replace(nuisance, occluded=list(pattern))
-            pixels, _ = synth.render(codes[int(label)], nuisance, meta["size"])
-            images.append(transform(_jpeg_round_trip(pixels)))
-        batch = torch.stack(images)
+        batch = torch.stack([transform(image) for image in rerender(raw, test["image_id"], labels, pattern)])
         members = []
         for name, (model, _) in zip(names, loaded):
             logits = torch.cat([model(batch[i:i + batch_size]) for i in range(0, len(batch), batch_size)]).numpy()

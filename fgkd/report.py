@@ -25,13 +25,19 @@ from .data.dataset import PREPROCESSING, load_split  # noqa: E402
 from .ensemble import ensemble, read_logits  # noqa: E402
 from .errors import FgkdError, brief  # noqa: E402
 from .losses import attention_energy, normalise_attention  # noqa: E402
-from .metrics import COMBINE_TEXT, check_combine, topk_accuracy  # noqa: E402
+from .metrics import COMBINE_TEXT, check_combine, combine_scores, topk_accuracy, topk_hits  # noqa: E402
+from .paired import ALPHA, LEVEL, compare, mean_interval  # noqa: E402
 from .train import load_model, shared_input_sizes  # noqa: E402
 
 OVERLAP_IMAGES = 256
 HISTORY_COLUMNS = ("stage", "epoch", "loss", "train_acc", "val_acc", "seconds", "images_per_s")
 ENSEMBLE_COLUMNS = ("members", "n_members", "prefix", "combine", "top1", "top5")
 OCCLUSION_COLUMNS = ("network", "condition", "combine", "top1")
+SHARED_STAGES = ("teacher", "auxkd_ce", "auxkd_single")  # trained once per seed, beside the variants' folders
+SELECTIONS = (("best", "logits.parquet"), ("last", "logits_last.parquet"))  # model selection -> its logits file
+PAIR_KEY = ("dataset", "backbone", "selection", "variant_a", "method_a", "variant_b", "method_b")
+COMPARISON_COLUMNS = (*PAIR_KEY, "seed", "images", "top1_a", "top1_b", "difference", "only_a", "only_b", "mcnemar_p",
+                      "seeds", "mean_difference", "ci_low", "ci_high")
 
 
 def _stage_of(path: str | Path) -> str:
@@ -135,10 +141,17 @@ def _ensemble_table(path: Path, combine: str, expected: pd.Series) -> pd.DataFra
 def _accuracies(folder: Path) -> dict[str, tuple[float, float]]:
     """selection -> (top1, top5) of one model's cached logits."""
     scores = {}
-    for selection, name in (("best", "logits.parquet"), ("last", "logits_last.parquet")):
+    for selection, name in SELECTIONS:
         _, labels, logits = read_logits(folder / name)
         scores[selection] = (topk_accuracy(logits, labels, 1), topk_accuracy(logits, labels, 5))
     return scores
+
+
+def _networks(base: Path, variant: str, is_method: bool, students: int, aux_stages: list[str]) -> dict[str, Path]:
+    """The folder of each network of ``variant`` in the run folder ``base``: the shared teacher, the variant's
+    students and, for the method (the first variant) only, the aux stages."""
+    names = ["teacher", *[f"student_{k}" for k in range(1, students + 1)], *(aux_stages if is_method else [])]
+    return {name: base / name if name in SHARED_STAGES else base / variant / name for name in names}
 
 
 def collect(results: Path, runs: list[tuple[str, str, int]], variants: list[str], students: int,
@@ -157,14 +170,11 @@ def collect(results: Path, runs: list[tuple[str, str, int]], variants: list[str]
     for dataset, backbone, seed in runs:
         base = results / dataset / backbone / f"seed{seed}"
         key = {"dataset": dataset, "backbone": backbone, "seed": seed}
-        shared = {"teacher": base / "teacher", **{a: base / a for a in aux_stages if a != "auxkd"}}
-        for stage, folder in shared.items():
-            histories.append(read_history(folder).assign(**key, variant="shared"))
+        for stage in [s for s in ("teacher", *aux_stages) if s in SHARED_STAGES]:
+            histories.append(read_history(base / stage).assign(**key, variant="shared"))
         for variant in variants:
             folder = base / variant
-            networks = {"teacher": shared["teacher"], **{s: folder / s for s in student_names}}
-            if variant == variants[0]:
-                networks.update({a: shared.get(a, folder / a) for a in aux_stages})
+            networks = _networks(base, variant, variant == variants[0], students, aux_stages)
             for stage in [*student_names, *(["auxkd"] if "auxkd" in networks else [])]:
                 histories.append(read_history(networks[stage]).assign(**key, variant=variant))
             for stage, path in networks.items():
@@ -178,7 +188,7 @@ def collect(results: Path, runs: list[tuple[str, str, int]], variants: list[str]
                                     "attention_overlap": np.nan})
             members = ["teacher", *student_names]
             overlap = float(_read_table(folder / "attention.parquet", ("overlap",))["overlap"].mean())
-            for selection, name in (("best", "logits.parquet"), ("last", "logits_last.parquet")):
+            for selection, name in SELECTIONS:
                 full = ensemble([networks[m] / name for m in members], members, combine, all_subsets=False).iloc[-1]
                 if selection == "best":
                     table = _ensemble_table(folder / "ensemble.parquet", combine, full)
@@ -189,6 +199,94 @@ def collect(results: Path, runs: list[tuple[str, str, int]], variants: list[str]
                                 "train_seconds": float(sum(read_history(networks[m])["seconds"].sum() for m in members)),
                                 "images_per_s": np.nan, "attention_overlap": overlap})
     return pd.DataFrame(metrics), pd.concat(ensembles, ignore_index=True), pd.concat(histories, ignore_index=True)
+
+
+def comparison_pairs(variants: list[str], aux_stages: list[str]) -> list[tuple[str, str, str, str]]:
+    """(variant_a, method_a, variant_b, method_b) of each claim of the method: every variant's ensemble beats its
+    teacher; the method's ensemble beats every other variant's; multi-teacher aux KD beats single-teacher KD,
+    and both beat CE alone (the aux stages this report has)."""
+    method = variants[0]
+    pairs = [(v, "ensemble", v, "teacher") for v in variants]
+    pairs += [(method, "ensemble", v, "ensemble") for v in variants[1:]]
+    aux = [a for a in ("auxkd", "auxkd_single", "auxkd_ce") if a in aux_stages]
+    return pairs + [(method, a, method, b) for a, b in itertools.combinations(aux, 2)]
+
+
+def comparisons(results: Path, runs: list[tuple[str, str, int]], variants: list[str], students: int,
+                aux_stages: list[str], combine: str = "logits") -> pd.DataFrame:
+    """Paired statistics (fgkd.paired) of each comparison_pairs entry, per run and selection, from the cached
+    logits: per-image top-1 hits (ties count against), ensembles combined by ``combine`` as everywhere."""
+    logits = functools.cache(read_logits)
+    members = ["teacher", *[f"student_{k}" for k in range(1, students + 1)]]
+
+    def hits(networks: dict[str, Path], network: str, name: str) -> tuple[Path, np.ndarray, np.ndarray, np.ndarray]:
+        """(first file, image ids, labels, top-1 hits) of one network or of the variant's ensemble."""
+        files = [networks[m] / name for m in (members if network == "ensemble" else [network])]
+        ids, labels, _ = logits(files[0])
+        for path in files[1:]:
+            _check_same_images(files[0], ids, labels, path, *logits(path)[:2])
+        scores = combine_scores([logits(f)[2] for f in files], combine) if len(files) > 1 else logits(files[0])[2]
+        return files[0], ids, labels, topk_hits(scores, labels, 1)
+
+    rows = []
+    for dataset, backbone, seed in runs:
+        base = results / dataset / backbone / f"seed{seed}"
+        folders = {v: _networks(base, v, v == variants[0], students, aux_stages) for v in variants}
+        for variant_a, method_a, variant_b, method_b in comparison_pairs(variants, aux_stages):
+            for selection, name in SELECTIONS:
+                path_a, ids, labels, hits_a = hits(folders[variant_a], method_a, name)
+                path_b, ids_b, labels_b, hits_b = hits(folders[variant_b], method_b, name)
+                _check_same_images(path_a, ids, labels, path_b, ids_b, labels_b)
+                rows.append({"dataset": dataset, "backbone": backbone, "selection": selection,
+                             "variant_a": variant_a, "method_a": method_a, "variant_b": variant_b,
+                             "method_b": method_b, "seed": seed, **compare(hits_a, hits_b)})
+    frame = pd.DataFrame(rows).assign(seeds=0, mean_difference=np.nan, ci_low=np.nan, ci_high=np.nan)
+    for index in frame.groupby(list(PAIR_KEY), sort=False).groups.values():
+        frame.loc[index, "seeds"] = len(index)
+        frame.loc[index, ["mean_difference", "ci_low", "ci_high"]] = mean_interval(frame.loc[index, "difference"])
+    return frame[list(COMPARISON_COLUMNS)]
+
+
+def _check_same_images(path: Path, ids: np.ndarray, labels: np.ndarray, other: Path, other_ids: np.ndarray,
+                       other_labels: np.ndarray) -> None:
+    """Paired statistics need the very same test images, in the same order."""
+    if not (np.array_equal(ids, other_ids) and np.array_equal(labels, other_labels)):
+        raise FgkdError(f"{other}: its test images or labels differ from {path}; rerun `fgkd predict` for both on the "
+                        "same data (snakemake does)")
+
+
+def _network_name(variant: str, method: str) -> str:
+    """A shared network is the same in every variant, so it goes by its name alone."""
+    return method if method in SHARED_STAGES else f"{method} ({variant})"
+
+
+def comparison_table(frame: pd.DataFrame) -> list[str]:
+    """Markdown lines: each comparison of the best-on-val models, per seed and over seeds, significance marked."""
+    seeds = frame["seeds"].max()
+    lines = [f"Top-1 of a minus top-1 of b in points, on the same test images (best-on-val models). Per seed: the "
+             f"difference, with * where an exact McNemar test on the images only one of the two classifies correctly "
+             f"gives p < {ALPHA} (two-sided; the p values in the last column). Over seeds: the mean with its "
+             f"{LEVEL:.0%} interval (Student t); **bold** where the interval excludes 0."
+             + (" One seed: no interval (n/a)." if seeds == 1 else ""), "",
+             f"| dataset | backbone | a | b | a − b per seed | mean [{LEVEL:.0%} interval] | McNemar p per seed |",
+             "|---|---|---|---|---|---|---|"]
+    best = frame[frame["selection"] == "best"]
+    for key, group in best.groupby(list(PAIR_KEY), sort=False):
+        dataset, backbone, _, variant_a, method_a, variant_b, method_b = key
+        group = group.sort_values("seed")
+        per_seed = " / ".join(f"{100 * d:+.1f}" + ("*" if p < ALPHA else "")
+                              for d, p in zip(group["difference"], group["mcnemar_p"]))
+        first = group.iloc[0]
+        mean = f"{100 * first['mean_difference']:+.1f}"
+        if np.isnan(first["ci_low"]):
+            interval = f"{mean} [n/a: one seed]"
+        else:
+            interval = f"{mean} [{100 * first['ci_low']:+.1f}, {100 * first['ci_high']:+.1f}]"
+            interval = f"**{interval}**" if first["ci_low"] > 0 or first["ci_high"] < 0 else interval
+        lines.append(f"| {dataset} | {backbone} | {_network_name(variant_a, method_a)} | "
+                     f"{_network_name(variant_b, method_b)} | {per_seed} | {interval} | "
+                     + " / ".join(f"{p:.3g}" for p in group["mcnemar_p"]) + " |")
+    return lines
 
 
 def _mean_spread(values: pd.Series) -> str:
@@ -222,6 +320,7 @@ def report(results: str | Path, runs: list[tuple[str, str, int]], variant: str, 
     """The main reports of one variant (the method) into ``out``, ensembles combined by ``combine``."""
     results, out = Path(results), Path(out)
     metrics, ensembles, histories = collect(results, runs, [variant], students, ["auxkd"], combine)
+    paired = comparisons(results, runs, [variant], students, ["auxkd"], combine)
     figures = {results / d / b / f"seed{s}" / variant / "attention.png": out / "figures" / f"attention_{d}_{b}.png"
                for d, b, s in runs if s == runs[0][2]}
     for source in figures:
@@ -230,11 +329,13 @@ def report(results: str | Path, runs: list[tuple[str, str, int]], variant: str, 
     write_parquet(metrics, out / "metrics.parquet")
     write_parquet(ensembles, out / "ensembles.parquet")
     write_parquet(histories, out / "history.parquet")
+    write_parquet(paired, out / "comparisons.parquet")
     methods = ["teacher", *[f"student_{k}" for k in range(1, students + 1)], "ensemble", "auxkd"]
     _write_text(out / "summary.md", "\n".join(
         ["# fgkd results", "",
          f"Variant `{variant}`; ensemble = teacher + {students} students ({COMBINE_TEXT[combine]}).", "",
-         *summary_table(metrics, methods, variant)]) + "\n")
+         *summary_table(metrics, methods, variant), "", "## Paired comparisons", "",
+         *comparison_table(paired)]) + "\n")
     best = metrics[metrics["selection"] == "best"]
     summary = best.groupby(["dataset", "backbone", "method"], sort=False)["top1"].mean()
     _write_text(out / "metrics.json", json.dumps(
@@ -255,7 +356,9 @@ def ablation_report(results: str | Path, runs: list[tuple[str, str, int]], varia
                     out: str | Path, combine: str = "logits") -> None:
     """Variants side by side, the aux-KD baselines, attention overlap and part occlusion, into ``out``."""
     results, out = Path(results), Path(out)
-    metrics, _, _ = collect(results, runs, variants, students, ["auxkd", "auxkd_ce", "auxkd_single"], combine)
+    aux_stages = ["auxkd", "auxkd_ce", "auxkd_single"]
+    metrics, _, _ = collect(results, runs, variants, students, aux_stages, combine)
+    paired = comparisons(results, runs, variants, students, aux_stages, combine)
     occlusion = []
     for dataset, backbone, seed in runs:
         for variant in variants:
@@ -268,6 +371,7 @@ def ablation_report(results: str | Path, runs: list[tuple[str, str, int]], varia
         columns=[*OCCLUSION_COLUMNS, "dataset", "backbone", "seed", "variant"])
     write_parquet(metrics, out / "metrics.parquet")
     write_parquet(occlusion, out / "part_occlusion.parquet")
+    write_parquet(paired, out / "comparisons.parquet")
     students_ = [f"student_{k}" for k in range(1, students + 1)]
     lines = ["# fgkd ablations", "", "## Ensemble of teacher + students, by the students' loss", "",
              "Top-1 (%), mean ± std over seeds (best-on-val; last epoch's mean in brackets). `lambda0` trains "
@@ -289,6 +393,7 @@ def ablation_report(results: str | Path, runs: list[tuple[str, str, int]], varia
     for (dataset, backbone), group in metrics[metrics.variant == variants[0]].groupby(["dataset", "backbone"], sort=False):
         lines.append(f"| {dataset} | {backbone} | " +
                      " | ".join(_cell(group, method=m) for m in ("auxkd_ce", "auxkd_single", "auxkd")) + " |")
+    lines += ["", "## Paired comparisons: ensembles and aux KD", "", *comparison_table(paired)]
     if len(occlusion):
         lines += ["", "## Per-part evidence (synthetic sets)", "",
                   "Top-1 (%) on the test images re-rendered with one part hidden (`hidden:`) or with only one part "

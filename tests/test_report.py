@@ -1,5 +1,6 @@
 """Report numbers against an independent computation, from a results tree of real files read by the real CLI."""
 
+import math
 import os
 import shutil
 
@@ -12,7 +13,7 @@ from PIL import Image
 
 from fgkd.cli import main
 from fgkd.ensemble import ensemble
-from fgkd.report import summary_table
+from fgkd.report import COMPARISON_COLUMNS, comparison_table, summary_table
 from artifacts import one_line_error, ranked_hits, save_model, write_logits
 
 CLASSES, IMAGES, STUDENTS = 7, 60, 2
@@ -66,30 +67,43 @@ def results(tmp_path_factory):
                       "model_b": ["student_1", "student_2", "student_2"]}).to_parquet(base / "or" / "attention.parquet")
         facts[seed, "overlap"] = overlap.mean()
         Image.new("RGB", (8, 8)).save(base / "or" / "attention.png")
+        other = np.random.default_rng(100 + seed)  # a second variant's students, for the ablation report
+        for network in MEMBERS[1:]:
+            folder = base / "lambda0" / network
+            for selection, name in (("best", "logits.parquet"), ("last", "logits_last.parquet")):
+                logits[seed, f"lambda0/{network}", selection] = member_logits(other, network, selection)
+                write_logits(folder / name, logits[seed, f"lambda0/{network}", selection], labels)
+            pd.DataFrame({"stage": network, "epoch": [1], "loss": [2.0], "train_acc": [0.3], "val_acc": [0.25],
+                          "seconds": [1.0], "images_per_s": [100.0]}).to_parquet(folder / "history.parquet")
+            os.link(plain, folder / "model.pt")
+        pd.DataFrame({"model_a": ["teacher"], "model_b": ["student_1"], "overlap": [0.5]}).to_parquet(
+            base / "lambda0" / "attention.parquet")
     return root, labels, logits, facts
 
 
-def expected_ensemble(logits, seed, selection, combine):
-    members = [logits[seed, m, selection].astype(np.float64) for m in MEMBERS]
+def expected_ensemble(logits, seed, selection, combine, variant="or"):
+    names = [m if variant == "or" or m == "teacher" else f"{variant}/{m}" for m in MEMBERS]
+    members = [logits[seed, m, selection].astype(np.float64) for m in names]
     if combine == "logits":
         return np.sum(members, axis=0)
     return np.mean([scipy.special.softmax(m, axis=1) for m in members], axis=0)
 
 
-def write_ensembles(root, combine):
-    """Each seed's ensemble.parquet, written by the real `fgkd ensemble` command."""
+def write_ensembles(root, combine, variants=("or",)):
+    """Each seed's ensemble.parquet of each variant, written by the real `fgkd ensemble` command."""
     for seed in (0, 1):
         base = root / "synthetic" / "resnet10" / f"seed{seed}"
-        files = [base / "teacher" / "logits.parquet", *[base / "or" / s / "logits.parquet" for s in MEMBERS[1:]]]
-        result = CliRunner().invoke(main, ["ensemble", *map(str, files), "--names", ",".join(MEMBERS),
-                                           "--combine", combine, "--out", str(base / "or" / "ensemble.parquet")])
-        assert result.exit_code == 0, result.output
+        for variant in variants:
+            files = [base / "teacher" / "logits.parquet", *[base / variant / s / "logits.parquet" for s in MEMBERS[1:]]]
+            result = CliRunner().invoke(main, ["ensemble", *map(str, files), "--names", ",".join(MEMBERS),
+                                               "--combine", combine, "--out", str(base / variant / "ensemble.parquet")])
+            assert result.exit_code == 0, result.output
 
 
-def run_report(root, out, combine, *extra):
+def run_report(root, out, combine, *extra, variants="or"):
     return CliRunner().invoke(main, ["report", "--results", str(root), "--run", "synthetic/resnet10/0",
-                                     "--run", "synthetic/resnet10/1", "--variants", "or", "--students", str(STUDENTS),
-                                     "--combine", combine, "--out", str(out), *extra])
+                                     "--run", "synthetic/resnet10/1", "--variants", variants, "--students",
+                                     str(STUDENTS), "--combine", combine, "--out", str(out), *extra])
 
 
 @pytest.mark.parametrize("combine", ["logits", "probs"])
@@ -232,3 +246,111 @@ def test_a_missing_or_damaged_input_is_one_line_naming_it_and_no_report(results,
     damage(victim)
     one_line_error(run_report(root, tmp_path / "reports", "logits"), str(victim))
     assert not (tmp_path / "reports").exists()
+
+
+T_975_ONE_DF = 12.706204736174707  # Student t quantile 0.975 with 1 degree of freedom (two seeds)
+CLAIMS = {("or", "ensemble", "or", "teacher"), ("lambda0", "ensemble", "lambda0", "teacher"),
+          ("or", "ensemble", "lambda0", "ensemble"), ("or", "auxkd", "or", "auxkd_single"),
+          ("or", "auxkd", "or", "auxkd_ce"), ("or", "auxkd_single", "or", "auxkd_ce")}
+
+
+def independent_hits(logits, labels, seed, variant, network, selection, combine):
+    if network == "ensemble":
+        return ranked_hits(expected_ensemble(logits, seed, selection, combine, variant), labels, 1)
+    key = f"lambda0/{network}" if variant == "lambda0" and network.startswith("student") else network
+    return ranked_hits(logits[seed, key, selection], labels, 1)
+
+
+def exact_mcnemar(b, c):
+    """2 * P(X <= min(b, c)) for X ~ Binomial(b + c, 1/2), at most 1; 1 without discordant images."""
+    n = b + c
+    return 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n)
+
+
+def results_without_occlusion(results, tmp_path):
+    """A linked copy of the results tree without the part-occlusion files other tests leave in it."""
+    root = tmp_path / "results"
+    shutil.copytree(results[0], root, copy_function=os.link)
+    for path in root.rglob("part_occlusion.parquet"):
+        path.unlink()
+    return root
+
+
+@pytest.mark.parametrize("combine", ["logits", "probs"])
+def test_comparisons_equal_an_independent_paired_computation(results, tmp_path, combine):
+    _, labels, logits, _ = results
+    root = results_without_occlusion(results, tmp_path)
+    write_ensembles(root, combine, ("or", "lambda0"))
+    assert run_report(root, tmp_path / "reports", combine).exit_code == 0
+    result = run_report(root, tmp_path / "ablations", combine, "--ablations", variants="or,lambda0")
+    assert result.exit_code == 0, result.output
+    main_table = pd.read_parquet(tmp_path / "reports" / "comparisons.parquet")
+    table = pd.read_parquet(tmp_path / "ablations" / "comparisons.parquet")
+    assert list(table.columns) == list(main_table.columns) == list(COMPARISON_COLUMNS)
+    key = ["variant_a", "method_a", "variant_b", "method_b"]
+    assert set(main_table[key].itertuples(index=False, name=None)) == {("or", "ensemble", "or", "teacher")}
+    assert set(table[key].itertuples(index=False, name=None)) == CLAIMS
+    assert len(main_table) == 1 * 2 * 2 and len(table) == len(CLAIMS) * 2 * 2  # x seeds x selections
+    assert not table.duplicated([*key, "seed", "selection"]).any()
+    pd.testing.assert_frame_equal(main_table, table[table[key].apply(tuple, axis=1) == ("or", "ensemble", "or",
+                                                                                           "teacher")]
+                                  .reset_index(drop=True))
+    metrics = pd.read_parquet(tmp_path / "ablations" / "metrics.parquet").set_index(
+        ["seed", "variant", "method", "selection"])["top1"]
+    for row in table.itertuples():
+        a = independent_hits(logits, labels, row.seed, row.variant_a, row.method_a, row.selection, combine)
+        b = independent_hits(logits, labels, row.seed, row.variant_b, row.method_b, row.selection, combine)
+        assert (row.images, row.top1_a, row.top1_b) == (IMAGES, a.mean(), b.mean()), row
+        assert row.top1_a == metrics[row.seed, row.variant_a, row.method_a, row.selection]
+        assert row.top1_b == metrics[row.seed, row.variant_b, row.method_b, row.selection]
+        assert row.difference == pytest.approx(a.mean() - b.mean(), abs=1e-15)
+        assert (row.only_a, row.only_b) == ((a & ~b).sum(), (~a & b).sum())
+        assert row.mcnemar_p == pytest.approx(exact_mcnemar(row.only_a, row.only_b), rel=1e-12)
+        both = table[(table[key].apply(tuple, axis=1) == (row.variant_a, row.method_a, row.variant_b, row.method_b))
+                     & (table.selection == row.selection)]["difference"].to_numpy()
+        assert row.seeds == 2 and row.mean_difference == pytest.approx(both.mean())
+        # two seeds: sample std |d0 - d1| / sqrt(2), half width t * std / sqrt(2)
+        half = T_975_ONE_DF * abs(both[0] - both[1]) / math.sqrt(2) / math.sqrt(2)
+        assert (row.ci_low, row.ci_high) == (pytest.approx(both.mean() - half), pytest.approx(both.mean() + half))
+    assert table["only_a"].sum() > 0 and table["only_b"].sum() > 0  # both directions occur: the test can tell them
+    for summary, title in ((tmp_path / "reports" / "summary.md", "## Paired comparisons"),
+                           (tmp_path / "ablations" / "summary.md", "## Paired comparisons: ensembles and aux KD")):
+        text = summary.read_text()
+        assert title in text and "| synthetic | resnet10 | ensemble (or) | teacher |" in text
+    assert "| synthetic | resnet10 | auxkd (or) | auxkd_single |" in (tmp_path / "ablations" / "summary.md").read_text()
+
+
+def test_comparison_table_marks_an_interval_excluding_zero_and_a_seed_with_mcnemar_p_below_005():
+    rows = []
+    # a - b: seeds 0.02, 0.03, 0.04 (mean 0.03, interval 0.03 +- 4.3027 * 0.01 / sqrt(3) = [0.0052, 0.0548]: > 0);
+    # c - d: seeds 0.05, -0.01, 0.02 (interval contains 0). p values by seed; 0.01 and 0.04 are below 0.05.
+    for pair, differences, ps in ((("or", "ensemble", "or", "teacher"), (0.02, 0.03, 0.04), (0.2, 0.01, 0.5)),
+                                  (("or", "ensemble", "lambda0", "ensemble"), (0.05, -0.01, 0.02), (0.04, 0.9, 0.3))):
+        for seed, (d, p) in enumerate(zip(differences, ps)):
+            rows.append(dict(zip(("variant_a", "method_a", "variant_b", "method_b"), pair), dataset="synthetic",
+                             backbone="resnet10", selection="best", seed=seed, difference=d, mcnemar_p=p, seeds=3,
+                             mean_difference=np.mean(differences), ci_low=0.0, ci_high=0.0))
+    frame = pd.DataFrame(rows)
+    frame.loc[:2, ["ci_low", "ci_high"]] = (0.03 - 4.302652729749462 * 0.01 / math.sqrt(3),
+                                            0.03 + 4.302652729749462 * 0.01 / math.sqrt(3))
+    frame.loc[3:, ["ci_low", "ci_high"]] = (-0.05, 0.09)
+    lines = comparison_table(pd.concat([frame, frame.assign(selection="last", difference=0.5)]))
+    assert lines[-2:] == [
+        "| synthetic | resnet10 | ensemble (or) | teacher | +2.0 / +3.0* / +4.0 | **+3.0 [+0.5, +5.5]** | "
+        "0.2 / 0.01 / 0.5 |",
+        "| synthetic | resnet10 | ensemble (or) | ensemble (lambda0) | +5.0* / -1.0 / +2.0 | +2.0 [-5.0, +9.0] | "
+        "0.04 / 0.9 / 0.3 |"]
+    one_seed = comparison_table(frame[frame.seed == 0].assign(seeds=1, ci_low=np.nan, ci_high=np.nan))
+    assert "One seed: no interval (n/a)." in one_seed[0]
+    assert one_seed[-1].endswith("| +5.0* | +2.0 [n/a: one seed] | 0.04 |")
+
+
+def test_comparison_of_networks_scored_on_other_images_is_one_line_and_no_report(results, tmp_path):
+    root = results_without_occlusion(results, tmp_path)
+    write_ensembles(root, "logits")
+    victim = root / "synthetic" / "resnet10" / "seed1" / "auxkd_single" / "logits.parquet"
+    frame = pd.read_parquet(victim)
+    victim.unlink()
+    frame.assign(image_id=frame["image_id"] + 1000).to_parquet(victim)
+    one_line_error(run_report(root, tmp_path / "ablations", "logits", "--ablations"), str(victim), "differ")
+    assert not (tmp_path / "ablations").exists()

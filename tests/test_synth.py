@@ -1,6 +1,9 @@
 """The synthetic generator: deterministic, CUB layout, and really fine-grained."""
 
+import dataclasses
 import hashlib
+import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -15,10 +18,11 @@ def digest(root):
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
-    a = synth.generate(tmp_path / "a", 3, 4, 32, seed=7)
-    b = synth.generate(tmp_path / "b", 3, 4, 32, seed=7)
-    c = synth.generate(tmp_path / "c", 3, 4, 32, seed=8)
+@pytest.mark.parametrize("classes,identity_parts", [(3, None), (4, 2)])
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path, classes, identity_parts):
+    a = synth.generate(tmp_path / "a", classes, 4, 32, seed=7, identity_parts=identity_parts)
+    b = synth.generate(tmp_path / "b", classes, 4, 32, seed=7, identity_parts=identity_parts)
+    c = synth.generate(tmp_path / "c", classes, 4, 32, seed=8, identity_parts=identity_parts)
     assert digest(a) == digest(b)
     images = lambda d: {k: v for k, v in d.items() if k.endswith(".jpg")}  # noqa: E731
     assert set(images(digest(a)).values()).isdisjoint(images(digest(c)).values())
@@ -55,6 +59,74 @@ def test_each_part_slot_alone_identifies_the_class():
     assert all(a.isdisjoint(b) for i, a in enumerate(glyphs) for b in glyphs[i + 1:])  # a marking names its slot
     many = synth.class_codes(200, np.random.default_rng(0))
     assert len({tuple(row) for row in many}) == 200
+
+
+def identity_set(root, classes, parts, images_per_class=4):
+    """(synthetic.json, test-split labels 0..C-1) of a generated set in identity-parts mode."""
+    root = synth.generate(root, classes, images_per_class, 32, seed=3, identity_parts=parts)
+    rows = lambda name: [line.split() for line in (root / name).read_text().splitlines()]  # noqa: E731
+    label = {image: int(c) - 1 for image, c in rows("image_class_labels.txt")}
+    return json.loads((root / "synthetic.json").read_text()), [label[i] for i, split in rows("train_test_split.txt")
+                                                                if split == "0"]
+
+
+# Every class has the same number of test images, so one slot's best guess is right for one class per marking:
+# cap = (markings per slot) / classes. 16 classes, 2 parts: 4 x 4 combinations, 4 markings -> 4/16. 10 classes,
+# 2 parts: 4 markings (shared by 3, 3, 2, 2 classes) -> 4/10, not 1/m = 1/2. 7 classes, 2 parts: 3 markings
+# (3, 2, 2) -> 3/7. 10 classes, 3 parts: 3 markings -> 3/10. 30 classes, 4 parts: 3 markings -> 3/30.
+@pytest.mark.parametrize("classes,parts,markings,cap", [(16, 2, 4, 4 / 16), (10, 2, 4, 4 / 10), (7, 2, 3, 3 / 7),
+                                                        (10, 3, 3, 3 / 10), (30, 4, 3, 3 / 30)])
+def test_identity_parts_one_part_is_shared_and_capped_all_parts_name_the_class(tmp_path, classes, parts, markings, cap):
+    meta, test = identity_set(tmp_path, classes, parts)
+    identity, class_parts = meta["identity"], list(meta["class_parts"].values())  # in label order
+    m = identity["classes_per_marking"]["min"]
+    assert (identity["mode"], identity["parts"], identity["markings_per_slot"]) == ("combination", parts, markings)
+    assert identity["slots"] == meta["part_slots"][:parts] and m >= 2
+    for slot in range(parts):
+        sharing = Counter(names[slot] for names in class_parts)
+        assert None not in sharing and len(sharing) == markings and min(sharing.values()) >= m
+    assert min(min(Counter(names[s] for names in class_parts).values()) for s in range(parts)) == m
+    assert len({tuple(names[:parts]) for names in class_parts}) == classes  # each combination is one class
+    assert all(names[parts:] == [None] * (len(synth.PART_SLOTS) - parts) for names in class_parts)
+
+    caps = identity["one_part_cap"]
+    for slot, name in enumerate(meta["part_slots"]):
+        if slot < parts:  # the best lookup table from this slot's marking to a class, scored on the test labels
+            best = Counter()
+            for (marking, _), images in Counter((class_parts[c][slot], c) for c in test).items():
+                best[marking] = max(best[marking], images)
+            assert sum(best.values()) / len(test) == caps[name] == pytest.approx(cap)
+        else:  # a marking drawn per image says nothing: the most frequent class
+            assert caps[name] == max(Counter(test).values()) / len(test) == pytest.approx(1 / classes)
+    assert caps["overall"] == max(caps[name] for name in meta["part_slots"]) < 1
+    assert identity["one_part_cap_split"] == "test"
+
+
+def test_in_the_default_mode_synthetic_json_has_no_identity_block(tmp_path):
+    meta = json.loads((synth.generate(tmp_path, 4, 2, 32, seed=0) / "synthetic.json").read_text())
+    assert "identity" not in meta and all(None not in names for names in meta["class_parts"].values())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_identity_classes_differing_in_one_slot_differ_only_there_and_free_slots_are_nuisance(seed):
+    rng = np.random.default_rng(seed)
+    size, parts = 64, 2
+    codes = synth.class_codes(10, rng, parts)
+    nuisance = synth.sample_nuisance(rng, size, synth.SynthParams(occlusion_prob=0.0), synth.free_slots(codes))
+    assert synth.free_slots(codes) == [2, 3] and sorted(nuisance.free_markings) == [2, 3]
+    for slot in range(parts):
+        other = 1 - slot
+        a, b = next((a, b) for a in range(10) for b in range(10)
+                    if a != b and codes[a, other] == codes[b, other] and codes[a, slot] != codes[b, slot])
+        changed = np.any(synth.render(codes[a], nuisance, size)[0] != synth.render(codes[b], nuisance, size)[0], axis=2)
+        region = synth.part_region(slot, nuisance, size)
+        assert changed[region].any() and not changed[~region].any()
+    # Same class, another marking in the tail (a free slot): only the tail's region changes.
+    tail = (nuisance.free_markings[2] + 1) % synth.VARIANTS_PER_SLOT
+    redrawn = dataclasses.replace(nuisance, free_markings={**nuisance.free_markings, 2: tail})
+    changed = np.any(synth.render(codes[0], nuisance, size)[0] != synth.render(codes[0], redrawn, size)[0], axis=2)
+    region = synth.part_region(2, nuisance, size)
+    assert changed[region].any() and not changed[~region].any()
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -100,6 +172,27 @@ def test_bad_arguments_are_named(tmp_path):
     synth.generate(tmp_path, 2, 2, 32, 0)
     with pytest.raises(FgkdError, match="already holds"):
         synth.generate(tmp_path, 2, 2, 32, 0)
+
+
+ALONE = "some part's marking would belong to one class only, so that part alone would identify it"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--identity-parts", "1"], "--identity-parts 1: must be 2 to 4, the part slots (head, wing, tail, belly)"),
+    (["--identity-parts", "5"], "--identity-parts 5: must be 2 to 4"),
+    (["--classes", "145", "--identity-parts", "2"],
+     "--classes 145: 2 identity parts of 12 markings each make only 144 combinations"),
+    (["--classes", "5", "--identity-parts", "2"], f"--classes 5 with --identity-parts 2: {ALONE}; use --classes 6"),
+    (["--classes", "3", "--identity-parts", "4"], f"--classes 3 with --identity-parts 4: {ALONE}; use --classes 4"),
+])
+def test_impossible_identity_parts_are_one_line_and_write_nothing(tmp_path, args, message):
+    from click.testing import CliRunner
+
+    from fgkd.cli import main
+
+    result = CliRunner().invoke(main, ["synth", "--out", str(tmp_path / "raw"), "--images-per-class", "2", *args])
+    assert result.exit_code == 1 and result.output.startswith(f"Error: {message}"), result.output
+    assert len(result.output.splitlines()) == 1 and not (tmp_path / "raw").exists()
 
 
 @pytest.mark.parametrize("args,culprit", [(["--occlusion", "nan"], "--occlusion"), (["--occlusion", "5"], "--occlusion"),

@@ -88,9 +88,36 @@ def test_ablations_compare_variants_aux_baselines_and_parts(finished):
     assert {"hidden:head", "only:belly", "as generated"} <= set(occlusion["condition"])
     text = (reports / "summary.md").read_text()
     assert "| synthetic | resnet10 | lambda0 |" in text and "Per-part evidence" in text
+    assert "| synthetic | resnet10 | ensemble (or) | ensemble (lambda0) |" in text and "[n/a: one seed]" in text
     # the lambda0 students share the teacher with the method's, never retrain it
     assert (finished / "results/synthetic/resnet10/seed0/lambda0/student_1/model.pt").exists()
     assert not (finished / "results/synthetic/resnet10/seed0/lambda0/teacher").exists()
+
+
+def test_comparisons_have_one_row_per_claim_seed_and_selection_consistent_with_the_metrics(finished):
+    """The tiny run (one seed, variants or and lambda0): each comparison's top-1 values are the metrics' own, and
+    with one seed there is a mean but no interval."""
+    reports = finished / "results" / "reports"
+    key = ["variant_a", "method_a", "variant_b", "method_b"]
+    claims = {"main": {("or", "ensemble", "or", "teacher")},
+              "ablations": {("or", "ensemble", "or", "teacher"), ("lambda0", "ensemble", "lambda0", "teacher"),
+                            ("or", "ensemble", "lambda0", "ensemble"), ("or", "auxkd", "or", "auxkd_single"),
+                            ("or", "auxkd", "or", "auxkd_ce"), ("or", "auxkd_single", "or", "auxkd_ce")}}
+    for name, folder in (("main", reports), ("ablations", reports / "ablations")):
+        table = pd.read_parquet(folder / "comparisons.parquet")
+        assert list(table.columns) == ["dataset", "backbone", "selection", *key, "seed", "images", "top1_a",
+                                       "top1_b", "difference", "only_a", "only_b", "mcnemar_p", "seeds",
+                                       "mean_difference", "ci_low", "ci_high"]
+        assert set(table[key].itertuples(index=False, name=None)) == claims[name]
+        assert len(table) == len(claims[name]) * 2 and set(table["selection"]) == {"best", "last"}  # one seed
+        assert (table["seed"] == 0).all() and (table["seeds"] == 1).all()
+        assert table["ci_low"].isna().all() and table["ci_high"].isna().all()
+        assert (table["mean_difference"] == table["difference"]).all() and table["mcnemar_p"].between(0, 1).all()
+        metrics = pd.read_parquet(folder / "metrics.parquet").set_index(["variant", "method", "selection"])["top1"]
+        for row in table.itertuples():
+            assert row.top1_a == metrics[row.variant_a, row.method_a, row.selection]
+            assert row.top1_b == metrics[row.variant_b, row.method_b, row.selection]
+            assert row.only_a - row.only_b == round(row.difference * row.images)
 
 
 def test_rerun_with_nothing_changed_does_nothing(finished):
@@ -160,6 +187,12 @@ def test_schema_backbones_are_the_model_registrys():
      "synthetic / shared / teacher: pretrained: 'w/{arch}.pth': {arch} is not a placeholder here; use {dataset},"),
     ({"stages": {"auxkd": {"pretrained": True, "init_from": "x.pt"}}},
      "synthetic / shared / auxkd_ce: pretrained (imagenet) and init_from (x.pt) are both set"),
+    ({"datasets": {"synthetic": {"format": "cub", "synth": {"classes": 5, "identity_parts": 2}}}},
+     "datasets.synthetic.synth: --classes 5 with --identity-parts 2: some part's marking would belong to one class"),
+    ({"datasets": {"synthetic": {"format": "cub", "synth": {"identity_parts": 9}}}},
+     "datasets.synthetic.synth: --identity-parts 9: must be 2 to 4, the part slots"),
+    ({"datasets": {"x": {"format": "cub", "synth": {"identity_parts": 2}}}, "run_datasets": ["x"]},
+     "datasets.x.synth: 'classes' is a dependency of 'identity_parts'"),
 ])
 def test_config_errors_are_one_line_before_any_job(tmp_path, override, first_line):
     project = project_copy(tmp_path / "project")
@@ -308,12 +341,13 @@ def test_slurm_signal_before_the_time_limit_checkpoints_and_the_retry_resumes(tm
 
 def test_publish_results_fills_the_readme_block(finished, tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text("# x\n\nbefore\n<!-- results:start -->\nold\n<!-- results:end -->\nafter\n")
+    readme.write_text("# x\n\nbefore\n<!-- results:start -->\nSTALE RESULTS\n<!-- results:end -->\nafter\n")
     run(["fgkd", "publish-results", "--reports", str(finished / "results/reports"), "--readme", str(readme),
          "--figures", str(tmp_path / "docs/results")], finished)
     text = readme.read_text()
-    assert "old" not in text and text.startswith("# x\n\nbefore\n") and text.endswith("after\n")
+    assert "STALE RESULTS" not in text and text.startswith("# x\n\nbefore\n") and text.endswith("after\n")
     assert "| synthetic | resnet10 |" in text and "Per-part evidence" in text
+    assert text.count("#### Paired comparisons") == 2 and "| ensemble (or) | teacher |" in text
     assert "![ensemble_members](docs/results/ensemble_members.png)" in text
     assert (tmp_path / "docs/results/training_curves.png").exists()
 

@@ -9,15 +9,22 @@ class: pose (rotation, mirror, scale, position), body colour, lighting, backgrou
 muted glyphs, pixel noise, and random occlusion of individual parts. A network that relies on one part fails whenever that part is occluded;
 networks that found the other parts do not: the structure the orthogonal students exploit.
 
+With ``identity_parts`` N (>= 2), a class is instead a *combination* of markings over the first N
+slots, each marking shared by at least two classes, so that one part alone cannot tell them apart
+(its accuracy is capped, see ``one_part_caps``) and only the N parts together can; the other slots
+show a marking drawn per image, independent of the class.
+
 Rendering is a pure function of (class code, nuisance), so two classes can be rendered under
 identical nuisance, and they then differ only inside the part regions (tested).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +63,7 @@ PART_SLOTS = (
 SUPERSAMPLE = 2
 SYNTH_JPEG_QUALITY = 95
 CODE_STREAM, SPLIT_STREAM, IMAGE_STREAM = 0, 1, 2  # independent random streams of one seed
+FREE = -1  # a code entry whose marking is drawn per image (identity-parts mode: the slots beyond N)
 OBJECT_LENGTH = 3.2  # body units from tail tip to beak tip
 
 
@@ -92,17 +100,74 @@ class Nuisance:
     shade: tuple[float, float]  # illumination gradient direction * strength
     noise_seed: int
     noise_std: float
+    free_markings: dict[int, int] = field(default_factory=dict)  # slot -> variant, for the FREE slots of a code
 
 
-def class_codes(num_classes: int, rng: np.random.Generator) -> np.ndarray:
-    """One variant per slot for each class; distinct tuples, each slot injective when possible."""
+def markings_per_slot(num_classes: int, identity_parts: int) -> int:
+    """The fewest markings per slot whose combinations over the identity slots cover every class."""
+    markings = 2
+    while markings**identity_parts < num_classes:
+        markings += 1
+    return markings
+
+
+def check_identity_parts(num_classes: int, identity_parts: int | None) -> None:
+    """Refuse a combination mode that cannot exist: one line naming the setting and what would work."""
+    if identity_parts is None:
+        return
     slots = len(PART_SLOTS)
+    if not 2 <= identity_parts <= slots:
+        raise FgkdError(f"--identity-parts {identity_parts}: must be 2 to {slots}, the part slots "
+                        f"({', '.join(p.name for p in PART_SLOTS)}); leave it out for one identifying marking per slot")
+    if num_classes > VARIANTS_PER_SLOT**identity_parts:
+        raise FgkdError(f"--classes {num_classes}: {identity_parts} identity parts of {VARIANTS_PER_SLOT} markings "
+                        f"each make only {VARIANTS_PER_SLOT**identity_parts} combinations; use fewer classes or more "
+                        "identity parts")
+    if num_classes // markings_per_slot(num_classes, identity_parts) < 2:
+        fits = next(c for c in itertools.count(num_classes + 1) if c // markings_per_slot(c, identity_parts) >= 2)
+        raise FgkdError(f"--classes {num_classes} with --identity-parts {identity_parts}: some part's marking would "
+                        f"belong to one class only, so that part alone would identify it; use --classes {fits}")
+
+
+def class_codes(num_classes: int, rng: np.random.Generator, identity_parts: int | None = None) -> np.ndarray:
+    """One variant per slot for each class; distinct tuples, each slot injective when possible.
+
+    With ``identity_parts`` N: the class's combination over the first N slots, the other slots FREE. With M
+    markings per slot (markings_per_slot), combination c (base-M digits d_0, d_1, ...) shows d_0 in the first
+    slot and d_0 + d_i (mod M) in slot i: distinct for distinct c, and every slot's markings shared by
+    floor(C / M) or ceil(C / M) of the C classes (each block of M consecutive c runs through all M)."""
+    slots = len(PART_SLOTS)
+    if identity_parts is not None:
+        check_identity_parts(num_classes, identity_parts)
+        markings = markings_per_slot(num_classes, identity_parts)
+        digits = np.array([[c // markings**i % markings for i in range(identity_parts)] for c in range(num_classes)])
+        combos = (digits[:, :1] + np.concatenate([np.zeros_like(digits[:, :1]), digits[:, 1:]], 1)) % markings
+        alphabets = np.stack([rng.permutation(VARIANTS_PER_SLOT)[:markings] for _ in range(identity_parts)], 1)
+        codes = np.full((num_classes, slots), FREE)
+        codes[rng.permutation(num_classes), :identity_parts] = np.take_along_axis(alphabets, combos, 0)
+        return codes
     if num_classes <= VARIANTS_PER_SLOT:
         return np.stack([rng.permutation(VARIANTS_PER_SLOT)[:num_classes] for _ in range(slots)], 1)
     codes: set[tuple[int, ...]] = set()
     while len(codes) < num_classes:
         codes.add(tuple(int(x) for x in rng.integers(0, VARIANTS_PER_SLOT, slots)))
     return np.array(sorted(codes))
+
+
+def free_slots(codes: np.ndarray) -> list[int]:
+    """Slots whose marking each image draws for itself."""
+    return [slot for slot in range(codes.shape[1]) if (codes[:, slot] == FREE).all()]
+
+
+def one_part_caps(codes: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Per slot, the Bayes accuracy on ``labels`` of guessing the class from that slot's marking alone: each
+    marking's most frequent class. A FREE slot's marking says nothing, so the most frequent class overall."""
+    counts = np.bincount(labels, minlength=len(codes))
+    caps = {}
+    for slot, part in enumerate(PART_SLOTS):
+        markings = np.zeros(len(codes), int) if (codes[:, slot] == FREE).all() else codes[:, slot]
+        caps[part.name] = float(sum(counts[markings == m].max() for m in np.unique(markings)) / len(labels))
+    return caps
 
 
 def marking(slot: int, variant: int) -> tuple[int, str]:
@@ -115,7 +180,8 @@ def variant_name(slot: int, variant: int) -> str:
     return f"{colour}-{GLYPHS[glyph]}"
 
 
-def sample_nuisance(rng: np.random.Generator, size: int, params: SynthParams) -> Nuisance:
+def sample_nuisance(rng: np.random.Generator, size: int, params: SynthParams, free: Sequence[int] = ()) -> Nuisance:
+    """The image's nuisance; markings for the ``free`` slots come last, so the rest is that of the default mode."""
     slots = len(PART_SLOTS)
     scale = size * rng.uniform(*params.scale_range) / OBJECT_LENGTH
     margin = 0.5 * OBJECT_LENGTH * scale * 0.6
@@ -158,6 +224,7 @@ def sample_nuisance(rng: np.random.Generator, size: int, params: SynthParams) ->
         shade=tuple(float(c) for c in rng.normal(0, 0.25, 2)),
         noise_seed=int(rng.integers(2**31)),
         noise_std=float(rng.uniform(0, params.noise_std)),
+        free_markings={slot: int(rng.integers(VARIANTS_PER_SLOT)) for slot in free},
     )
 
 
@@ -235,6 +302,7 @@ def render(code: np.ndarray, nuisance: Nuisance, size: int) -> tuple[np.ndarray,
     canvas[(u - 1.12) ** 2 + (v + 0.55) ** 2 <= 0.06**2] = (10, 10, 10)
 
     for slot, variant in enumerate(code):
+        variant = nuisance.free_markings[slot] if variant == FREE else variant
         pu, pv, pr = _slot_geometry(slot, nuisance)
         a, b = (u - pu) / pr, (v - pv) / pr
         if nuisance.occluded[slot]:
@@ -269,8 +337,10 @@ def stream_rng(seed: int, stream: int, index: int) -> np.random.Generator:
 
 
 def generate(out: str | Path, classes: int, images_per_class: int, size: int, seed: int,
-             params: SynthParams = SynthParams(), test_fraction: float = 0.5) -> Path:
-    """Write the data set under ``out/CUB_200_2011``; same arguments, same bytes."""
+             params: SynthParams = SynthParams(), test_fraction: float = 0.5,
+             identity_parts: int | None = None) -> Path:
+    """Write the data set under ``out/CUB_200_2011``; same arguments, same bytes. ``identity_parts``: see the
+    module's docstring (None: every slot identifies the class)."""
     if classes < 2:
         raise FgkdError(f"--classes must be at least 2 (got {classes})")
     if images_per_class < 2:
@@ -286,18 +356,19 @@ def generate(out: str | Path, classes: int, images_per_class: int, size: int, se
     root = Path(out) / "CUB_200_2011"
     if (root / "images.txt").exists():
         raise FgkdError(f"{root} already holds a data set; remove it or choose another --out")
-    codes = class_codes(classes, stream_rng(seed, CODE_STREAM, 0))
+    codes = class_codes(classes, stream_rng(seed, CODE_STREAM, 0), identity_parts)
+    free = free_slots(codes)
     names = [f"{c + 1:03d}.Species_{c + 1:03d}" for c in range(classes)]
     n_test = min(max(1, round(images_per_class * test_fraction)), images_per_class - 1)
     lines = {key: [] for key in ("images", "labels", "split", "boxes", "part_locs")}
-    image_id = 0
+    image_id, test_labels = 0, []
     for label, name in enumerate(names):
         folder = root / "images" / name
         folder.mkdir(parents=True, exist_ok=True)
         test_members = set(stream_rng(seed, SPLIT_STREAM, label).permutation(images_per_class)[:n_test].tolist())
         for j in range(images_per_class):
             image_id += 1
-            nuisance = sample_nuisance(stream_rng(seed, IMAGE_STREAM, image_id), size, params)
+            nuisance = sample_nuisance(stream_rng(seed, IMAGE_STREAM, image_id), size, params, free)
             pixels, mask = render(codes[label], nuisance, size)
             relative = f"{name}/{name.split('.', 1)[1]}_{j + 1:04d}.jpg"
             Image.fromarray(pixels).save(root / "images" / relative, quality=SYNTH_JPEG_QUALITY)
@@ -306,6 +377,7 @@ def generate(out: str | Path, classes: int, images_per_class: int, size: int, se
             lines["images"].append(f"{image_id} {relative}")
             lines["labels"].append(f"{image_id} {label + 1}")
             lines["split"].append(f"{image_id} {0 if j in test_members else 1}")
+            test_labels += [label] if j in test_members else []
             lines["boxes"].append(f"{image_id} " + " ".join(f"{float(x):.1f}" for x in box))
             for slot, part in enumerate(PART_SLOTS):
                 x, y = _image_point(nuisance, *_slot_geometry(slot, nuisance)[:2])
@@ -327,8 +399,19 @@ def generate(out: str | Path, classes: int, images_per_class: int, size: int, se
         "seed": seed, "classes": classes, "images_per_class": images_per_class, "size": size,
         "test_fraction": test_fraction, "params": asdict(params),
         "part_slots": [p.name for p in PART_SLOTS],
-        "class_parts": {n: [variant_name(s, int(v)) for s, v in enumerate(codes[i])] for i, n in enumerate(names)},
+        "class_parts": {n: [None if v == FREE else variant_name(s, int(v)) for s, v in enumerate(codes[i])]
+                        for i, n in enumerate(names)},
     }
+    if identity_parts is not None:
+        shared = [np.unique(codes[:, s], return_counts=True)[1] for s in range(identity_parts)]
+        caps = one_part_caps(codes, np.array(test_labels))
+        meta["identity"] = {
+            "mode": "combination", "parts": identity_parts, "slots": [p.name for p in PART_SLOTS[:identity_parts]],
+            "markings_per_slot": markings_per_slot(classes, identity_parts),
+            "classes_per_marking": {"min": int(min(c.min() for c in shared)), "max": int(max(c.max() for c in shared))},
+            "other_slots": "a marking drawn per image, independent of the class (null in class_parts)",
+            "one_part_cap": {**caps, "overall": max(caps.values())}, "one_part_cap_split": "test",
+        }
     (root / "synthetic.json").write_text(json.dumps(meta, indent=1) + "\n")
     # images.txt last: its presence marks a complete data set.
     write("images.txt", lines["images"])

@@ -12,6 +12,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from fgkd.config import WEIGHT_KEYWORDS, TrainConfig  # torch-free: the options of `fgkd train` and their checks
+from fgkd.data.synth import check_identity_parts
 from fgkd.errors import FgkdError
 
 
@@ -90,6 +91,13 @@ RUNS = [(d, b, s) for d in config["run_datasets"] for b in config["backbones"] f
 PAIRS = [(d, b) for d in config["run_datasets"] for b in config["backbones"]]
 SYNTHETIC = [d for d in config["run_datasets"] if "synth" in config["datasets"][d]]
 
+for _name in SYNTHETIC:
+    _synth = config["datasets"][_name]["synth"]
+    try:
+        check_identity_parts(_synth.get("classes"), _synth.get("identity_parts"))
+    except FgkdError as err:
+        config_error(f"datasets.{_name}.synth: {err}")
+
 
 def seed_dir(dataset, backbone, seed):
     return SEED_DIR.format(dataset=dataset, backbone=backbone, seed=seed)
@@ -110,6 +118,7 @@ REPORTS = [
     "results/reports/metrics.parquet",
     "results/reports/ensembles.parquet",
     "results/reports/history.parquet",
+    "results/reports/comparisons.parquet",
     "results/reports/summary.md",
     "results/reports/metrics.json",
     "results/reports/curves.csv",
@@ -120,6 +129,7 @@ REPORTS = [
 ABLATION_REPORTS = [
     "results/reports/ablations/metrics.parquet",
     "results/reports/ablations/part_occlusion.parquet",
+    "results/reports/ablations/comparisons.parquet",
     "results/reports/ablations/summary.md",
 ]
 
