@@ -193,6 +193,22 @@ def classify(target, models, top_k, combine, overlay, output_format, device):
                                    "are classified")
 
 
+@main.command()
+@click.option("--model", "model_path", required=True, type=click.Path(), help="A model.pt from `fgkd train`.")
+@click.option("--format", "export_format", required=True, type=click.Choice(["torchscript", "onnx"]),
+              help="TorchScript (torch.jit.load) or ONNX (onnxruntime and other runtimes).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="The file to write; its model card goes beside it, as the same name + .json.")
+@_friendly
+def export(model_path, export_format, out):
+    """The network (main head's logits, best-on-validation weights) for deployment, with a JSON model card: data set,
+    class names, preprocessing, input size, the run's metrics, config digest."""
+    from .export import export as run_export
+
+    written, card = run_export(model_path, export_format, out)
+    click.echo(f"wrote {written} and {card}")
+
+
 def _log_to_stderr(main_process: bool = True):
     """Progress lines from one process only (under torchrun, the others log warnings and errors)."""
     import logging
