@@ -132,3 +132,8 @@ def test_bad_input_is_one_line_and_leaves_no_file(tiny_teacher, tmp_path, mount,
     assert (work / "model.pt").read_bytes() == before and not (work / "model.pt.json").exists()
     if out != work / "model.pt":
         assert not out.parent.exists() or not any(out.parent.iterdir())  # no file, card or temporary file
+
+
+def test_format_choices_are_the_writers():
+    option = next(p for p in main.commands["export"].params if p.name == "export_format")
+    assert list(option.type.choices) == list(FORMATS)
