@@ -153,6 +153,62 @@ def ensemble(logits, names, combine, out):
         click.echo(f"{row.members:<60} top1 {row.top1:.4f}  top5 {row.top5:.4f}")
 
 
+@main.command()
+@click.argument("target", metavar="IMAGE|DIR", type=click.Path())
+@click.option("--model", "models", multiple=True, required=True, type=click.Path(),
+              help="A model.pt from `fgkd train`; repeat it for their ensemble.")
+@click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Classes shown per image (at most the model's classes).")
+@click.option("--combine", type=click.Choice(COMBINES), default="logits", show_default=True,
+              help="How an ensemble combines its networks (as `fgkd ensemble --combine`).")
+@click.option("--overlay", type=click.Path(file_okay=False),
+              help="Folder for one PNG per image (its name + .png): the image with the attention map on the part the "
+                   "network sees; for an ensemble, the mean of the networks' maps.")
+@click.option("--format", "output_format", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True, help="A readable table, CSV with a header, or a JSON list of images.")
+@click.option("--device", default="auto", show_default=True)
+@_friendly
+def classify(target, models, top_k, combine, overlay, output_format, device):
+    """Top classes with their probabilities for an image, or for every image file in a folder (sorted).
+
+    Preprocessing is the one saved in each model.pt. An image that cannot be read gets one line on stderr and the
+    others are still classified; the exit status is then 1.
+    """
+    from .classify import FORMATTERS, classify as run_classify, image_files, load_ensemble
+
+    images = image_files(target)
+    ensemble = load_ensemble(list(models), device)
+    if ensemble.class_names is None:
+        click.echo(f"note: {', '.join(map(str, ensemble.paths))} saved no class names (written by an earlier fgkd); "
+                   "classes are shown by their index", err=True)
+    results = []
+    for result in run_classify(ensemble, images, top_k, combine, overlay):
+        if result.error:
+            click.echo(result.error, err=True)
+        results.append(result)
+    click.echo(FORMATTERS[output_format](results), nl=False)
+    failed = sum(1 for r in results if r.error)
+    if failed:
+        raise click.ClickException(f"{failed} of {len(results)} images could not be read (named above); the others "
+                                   "are classified")
+
+
+@main.command()
+@click.option("--model", "model_path", required=True, type=click.Path(), help="A model.pt from `fgkd train`.")
+@click.option("--format", "export_format", required=True, type=click.Choice(["torchscript", "onnx"]),
+              help="TorchScript (torch.jit.load) or ONNX (onnxruntime and other runtimes).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="The file to write; its model card goes beside it, as the same name + .json.")
+@_friendly
+def export(model_path, export_format, out):
+    """The network (main head's logits, best-on-validation weights) for deployment, with a JSON model card: data set,
+    class names, preprocessing, input size, the run's metrics, config digest."""
+    from .export import export as run_export
+
+    written, card = run_export(model_path, export_format, out)
+    click.echo(f"wrote {written} and {card}")
+
+
 def _log_to_stderr(main_process: bool = True):
     """Progress lines from one process only (under torchrun, the others log warnings and errors)."""
     import logging

@@ -56,9 +56,19 @@ def combine_scores(member_logits: Sequence[np.ndarray], combine: str) -> np.ndar
     return next(ensemble_scores(member_logits, combine, [tuple(range(len(member_logits)))]))
 
 
-def _member_scores(logits: np.ndarray, combine: str) -> np.ndarray:
-    if combine == "logits":
-        return logits
-    # float64: in float32, exp underflows to exactly 0 below about -104 and would tie classes that are not tied.
+def combined_probabilities(member_logits: Sequence[np.ndarray], combine: str) -> np.ndarray:
+    """Class probabilities of the ensemble of all members, ranked as combine_scores ranks them: the softmax of the
+    summed logits (``logits``), or the mean of the members' softmax probabilities (``probs``)."""
+    scores = combine_scores(member_logits, combine)
+    return softmax(scores) if combine == "logits" else scores / len(member_logits)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64: in float32, exp underflows to exactly 0 below about -104 and would tie classes
+    that are not tied."""
     shifted = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def _member_scores(logits: np.ndarray, combine: str) -> np.ndarray:
+    return logits if combine == "logits" else softmax(logits)

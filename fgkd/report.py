@@ -18,9 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from .atomic import atomic_path, write_parquet  # noqa: E402
+from .attention import attention_heat, blend  # noqa: E402
 from .data.dataset import PREPROCESSING, load_split  # noqa: E402
 from .ensemble import ensemble, read_logits  # noqa: E402
 from .errors import FgkdError, brief  # noqa: E402
@@ -76,10 +76,7 @@ def attention(model_paths: list[str], data: str | Path, images: int, overlap_out
         picture = (batch[index] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
         axes[row, 0].imshow(picture)
         for col, energy in enumerate(energies, 1):
-            heat = F.interpolate(energy[index][None, None], size=picture.shape[:2], mode="bilinear")[0, 0]
-            heat = (heat - heat.min()) / (heat.max() - heat.min() + 1e-12)
-            axes[row, col].imshow(picture)
-            axes[row, col].imshow(heat.numpy(), cmap="jet", alpha=0.45)
+            axes[row, col].imshow(blend(picture, attention_heat(energy[index], picture.shape[:2])))
     for col, title in enumerate(["image", *names]):
         axes[0, col].set_title(title, fontsize=8)
     for ax in axes.flat:

@@ -30,7 +30,7 @@ from . import distributed
 from .atomic import atomic_path, refuse_to_overwrite_inputs, require_utf8_name, write_parquet
 from .config import TrainConfig
 from .data.dataset import ImageSizes, derived_seed, load_split, make_loader, make_train_loader
-from .data.manifest import COLUMNS, read_manifest
+from .data.manifest import COLUMNS, class_names, read_manifest
 from .distributed import Processes
 from .errors import DataError, FgkdError, brief, some
 from .metrics import topk_hits
@@ -99,8 +99,9 @@ def select_device(config: TrainConfig, processes: Processes = Processes()) -> to
 
 
 def load_model(path: str | Path, num_classes: int | None = None, device: torch.device | str = "cpu",
-               which: str = "best") -> tuple[FGVCNet, dict]:
-    """A trained network and its metadata; refuses files of another format or class count."""
+               which: str = "best", main_only: bool = False) -> tuple[FGVCNet, dict]:
+    """A trained network and its metadata; refuses files of another format or class count. ``main_only``: without
+    the auxiliary heads of an aux-KD student (what a deployment runs)."""
     path = Path(path)
     if not path.is_file():
         raise FgkdError(f"{path}: no such model; train that stage first")
@@ -114,8 +115,10 @@ def load_model(path: str | Path, num_classes: int | None = None, device: torch.d
     if num_classes is not None:
         check_classes(path, meta, num_classes)
     model = FGVCNet(meta["backbone"], meta["num_classes"], meta["head"], meta["head_hidden"],
-                    meta["attention_stride"], meta["aux_heads"])
+                    meta["attention_stride"], 0 if main_only else meta["aux_heads"])
     weights = saved["state_dict"] if which == "best" else saved["last_state_dict"]
+    if main_only:
+        weights = {k: v for k, v in weights.items() if not k.startswith("aux.")}
     broken = non_finite_weights(weights)
     if broken:
         raise FgkdError(f"{path}: non-finite weights ({some(broken)}); the model is broken, retrain that stage")
@@ -419,6 +422,9 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
             "data_digest": identity["data"], "start": identity["start"], "preprocessing": config.preprocessing,
             "resize": config.resize, "crop": config.crop, "best_epoch": state["best_epoch"], "epochs": config.epochs,
             "processes": processes.world, "config": json.dumps(dataclasses.asdict(config), sort_keys=True),
+            # For `fgkd classify` and `fgkd export`; a model.pt of an earlier fgkd lacks these three keys.
+            "class_names": class_names(read_manifest(data)), "dataset": Path(data).resolve().name,
+            "best_val_acc": state["best_val"],
         }
         with atomic_path(out / "model.pt") as tmp:
             torch.save({"format": MODEL_FORMAT, "metadata": metadata, "state_dict": state["best_state"],

@@ -25,6 +25,16 @@ def tiny_data(tmp_path_factory):
     return base / "prepared"
 
 
+@pytest.fixture(scope="session")
+def tiny_teacher(tiny_data, tmp_path_factory):
+    """model.pt of a teacher trained for one epoch on tiny_data (history.parquet beside it); tests must not change
+    its folder."""
+    from fgkd.train import train
+
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 1})
+    return train("teacher", tiny_data, tmp_path_factory.mktemp("teacher"), config, progress=False)
+
+
 @pytest.fixture
 def mount(tmp_path):
     """mount(options) -> a fresh tmpfs folder (full or read-only disks are real here; needs root, as CI has);

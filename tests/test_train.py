@@ -167,12 +167,6 @@ def test_a_model_with_non_finite_weights_is_refused_by_predict_and_as_an_earlier
     assert not logits.exists() and not any((tmp_path / "student").glob("*"))
 
 
-@pytest.fixture(scope="module")
-def tiny_teacher(tiny_data, tmp_path_factory):
-    config = TrainConfig(**{**TINY.__dict__, "epochs": 1})
-    return train("teacher", tiny_data, tmp_path_factory.mktemp("teacher"), config, progress=False)
-
-
 # A CUDA device this machine does not have.
 ABSENT_CUDA = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
 

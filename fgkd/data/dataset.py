@@ -49,6 +49,17 @@ class ImageSizes:
     preprocessing: str = "imagenet"
 
 
+# What PIL raises for a file that is not an image, truncated, damaged or too large to decode safely.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def decode_rgb(path: str | Path) -> torch.Tensor:
+    """An image file as a 3 x H x W uint8 RGB tensor: the one way training, `predict` and `classify` decode images,
+    so that a model sees a user's photo exactly as it saw its data set."""
+    with Image.open(path) as decoded:
+        return torch.from_numpy(np.array(decoded.convert("RGB"))).permute(2, 0, 1)
+
+
 def fgvc_transform(sizes: ImageSizes, train: bool) -> v2.Compose:
     """Train: resize, random crop, flip. Test: resize, centre crop. Then normalise (see PREPROCESSING)."""
     recipe = PREPROCESSING[sizes.preprocessing]
@@ -60,6 +71,22 @@ def fgvc_transform(sizes: ImageSizes, train: bool) -> v2.Compose:
         spatial.append(v2.CenterCrop(sizes.crop))
     spatial += [v2.PILToTensor()] if recipe.on_pil else []
     return v2.Compose([*spatial, v2.ToDtype(torch.float32, scale=True), v2.Normalize(recipe.mean, recipe.std)])
+
+
+def centre_crop_box(sizes: ImageSizes, width: int, height: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) in the pixels of a width x height image: the part of it that the test transform's
+    centre crop keeps, i.e. what the network sees (torchvision's arithmetic for Resize and CenterCrop)."""
+    if PREPROCESSING[sizes.preprocessing].square:
+        resized_width = resized_height = sizes.resize
+    elif width <= height:
+        resized_width, resized_height = sizes.resize, int(sizes.resize * height / width)
+    else:
+        resized_width, resized_height = int(sizes.resize * width / height), sizes.resize
+    left = int(round((resized_width - sizes.crop) / 2.0))
+    top = int(round((resized_height - sizes.crop) / 2.0))
+    x_scale, y_scale = width / resized_width, height / resized_height
+    return (round(left * x_scale), round(top * y_scale), round((left + sizes.crop) * x_scale),
+            round((top + sizes.crop) * y_scale))
 
 
 class ManifestDataset(Dataset):
@@ -79,9 +106,8 @@ class ManifestDataset(Dataset):
     def __getitem__(self, index: int):
         path = self.root / self.paths[index]
         try:
-            with Image.open(path) as decoded:
-                image = torch.from_numpy(np.array(decoded.convert("RGB"))).permute(2, 0, 1)
-        except (OSError, SyntaxError, ValueError) as err:
+            image = decode_rgb(path)
+        except DECODE_ERRORS as err:
             raise DataError(f"{path}: cannot decode image ({brief(err)}); rerun `fgkd prepare` for this data set") from None
         if self.transform is not None:
             image = self.transform(image)

@@ -51,3 +51,10 @@ def read_manifest(root: str | Path) -> pd.DataFrame:
             raise DataError(f"{path}: path {relative!r} escapes the data set root; rerun `fgkd prepare`")
     frame.attrs["num_classes"] = int(classes)
     return frame
+
+
+def class_names(frame: pd.DataFrame) -> list[str]:
+    """The name of each label 0..C-1 of a read_manifest frame (which has checked that a label has one name); a label
+    without images, which `fgkd prepare` never writes, is named by its number."""
+    names = frame.drop_duplicates("label").set_index("label")["class_name"]
+    return [names.get(label, str(label)) for label in range(frame.attrs["num_classes"])]

@@ -1,0 +1,242 @@
+"""`fgkd classify` through the real CLI on image files: the probabilities are the softmax of `fgkd predict`'s logits,
+ensembles follow fgkd.metrics.ensemble_scores, bad images are one line each, overlays and output formats hold."""
+
+import csv
+import dataclasses
+import io
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.special
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from fgkd.classify import FORMATTERS
+from fgkd.cli import main
+from fgkd.data.dataset import PREPROCESSING, ImageSizes, centre_crop_box, fgvc_transform
+from fgkd.data.manifest import read_manifest
+from fgkd.metrics import COMBINES, ensemble_scores
+from fgkd.train import train
+from artifacts import one_line_error, save_model
+from conftest import TINY
+from fixtures import write_image
+
+ODD_NAMES = ['Ross\'s "Gull", juvenile', "Sabine's Gull", 'say "hi",\nthen go', "Gull; grey, white"]
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def predicted(model, data, out):
+    """`fgkd predict`'s logits of the test split, by the path of each image file."""
+    assert run("predict", "--model", model, "--data", data, "--out", out).exit_code == 0
+    logits = pd.read_parquet(out)
+    paths = read_manifest(data).set_index("image_id")["path"]
+    return {(data / paths[i]).name: row for i, row in zip(logits["image_id"], logits.filter(like="logit_").to_numpy())}
+
+
+@pytest.fixture(scope="module")
+def second_teacher(tiny_data, tmp_path_factory):
+    """Another network of the same data set, inputs and classes: an ensemble of two."""
+    config = dataclasses.replace(TINY, epochs=1, seed=1)
+    return train("teacher", tiny_data, tmp_path_factory.mktemp("second") / "teacher", config, progress=False)
+
+
+@pytest.fixture(scope="module")
+def photos(tiny_data, tmp_path_factory):
+    """A folder of the test split's JPEG files, a truncated JPEG, a text file named x.jpg, and a note that is not an
+    image file by its name."""
+    folder = tmp_path_factory.mktemp("photos")
+    frame = read_manifest(tiny_data)
+    for relative in frame.loc[frame["split"] == "test", "path"]:
+        shutil.copyfile(tiny_data / relative, folder / (tiny_data / relative).name)
+    whole = next(folder.glob("*.jpg")).read_bytes()
+    (folder / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    (folder / "x.jpg").write_text("not an image\n")
+    (folder / "notes.txt").write_text("skipped: not an image file by its name\n")
+    return folder
+
+
+def test_a_folder_gives_the_softmax_of_predicts_logits_and_one_line_per_bad_image(tiny_teacher, tiny_data, photos,
+                                                                                  tmp_path):
+    expected = predicted(tiny_teacher, tiny_data, tmp_path / "logits.parquet")
+    result = run("classify", "--model", tiny_teacher, photos, "--top-k", 3, "--format", "json")
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("Error: 2 of ") and "Traceback" not in result.output, lines
+    for name in ("truncated.jpg", "x.jpg"):
+        assert sum(str(photos / name) in line for line in lines) == 1, lines
+    shown = json.loads(result.stdout)
+    assert [entry["image"] for entry in shown] == [str(photos / name) for name in sorted(expected)]
+    names = read_manifest(tiny_data).drop_duplicates("label").set_index("label")["class_name"]
+    for entry in shown:
+        probabilities = scipy.special.softmax(expected[entry["image"].rsplit("/", 1)[1]].astype(np.float64))
+        top = np.argsort(-probabilities)[:3]
+        assert [p["class_index"] for p in entry["predictions"]] == top.tolist()
+        assert [p["class_name"] for p in entry["predictions"]] == [names[c] for c in top]
+        np.testing.assert_allclose([p["probability"] for p in entry["predictions"]], probabilities[top], atol=1e-5)
+        assert sum(p["probability"] for p in entry["predictions"]) <= 1 + 1e-9
+
+
+@pytest.mark.parametrize("combine", COMBINES)
+def test_an_ensemble_of_two_models_equals_ensemble_scores_of_their_logits(tiny_teacher, second_teacher, tiny_data,
+                                                                          photos, tmp_path, combine):
+    members = [predicted(m, tiny_data, tmp_path / f"{i}.parquet") for i, m in enumerate((tiny_teacher, second_teacher))]
+    result = run("classify", "--model", tiny_teacher, "--model", second_teacher, photos, "--combine", combine,
+                 "--format", "csv")
+    assert result.exit_code == 1, result.output  # the two bad images
+    rows = pd.read_csv(io.StringIO(result.stdout))
+    assert list(rows.columns) == ["image", "rank", "class_index", "class_name", "probability"]
+    for image, shown in rows.groupby("image", sort=False):
+        name = image.rsplit("/", 1)[1]
+        scores = next(ensemble_scores([m[name][None] for m in members], combine, [(0, 1)]))[0]
+        probabilities = scipy.special.softmax(scores.astype(np.float64)) if combine == "logits" else scores / 2
+        order = np.argsort(-scores)
+        assert shown["rank"].tolist() == [1, 2, 3, 4]  # --top-k 5 of 4 classes: all four
+        assert shown["class_index"].tolist() == order.tolist()
+        np.testing.assert_allclose(shown["probability"], probabilities[order], atol=1e-5)
+    assert rows["image"].nunique() == len(members[0])
+
+
+def test_overlays_have_the_images_size_and_show_the_attention_on_the_crop(tiny_teacher, tmp_path):
+    images = tmp_path / "images"
+    write_image(images / "wide.jpg", 72, 40, seed=1)
+    write_image(images / "tall.JPG", 36, 60, seed=2)
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(images / "small.png")
+    overlay = tmp_path / "overlay"
+    result = run("classify", "--model", tiny_teacher, images, "--overlay", overlay)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in overlay.iterdir()) == ["small.png.png", "tall.JPG.png", "wide.jpg.png"]
+    sizes = ImageSizes(TINY.resize, TINY.crop)
+    for source in images.iterdir():
+        with Image.open(source) as image, Image.open(overlay / f"{source.name}.png") as drawn:
+            assert drawn.size == image.size and drawn.format == "PNG"
+            original = np.asarray(image.convert("RGB"), dtype=np.int16)
+            changed = np.abs(np.asarray(drawn, dtype=np.int16) - original).max(axis=2) > 0
+        left, top, right, bottom = centre_crop_box(sizes, *image.size)
+        inside = np.zeros_like(changed)
+        inside[top:bottom, left:right] = True
+        assert changed[inside].mean() > 0.5 and not changed[~inside].any()
+
+
+@pytest.mark.parametrize("preprocessing", sorted(PREPROCESSING))
+@pytest.mark.parametrize("width, height", [(80, 40), (30, 70), (50, 50)])
+def test_the_crop_box_is_where_the_test_transforms_crop_comes_from(preprocessing, width, height):
+    """An image whose red and green channels are its x and y: the transformed crop's corners say where they came
+    from."""
+    sizes = ImageSizes(24, 16, preprocessing)
+    y, x = np.mgrid[0:height, 0:width]
+    image = np.stack([x * 255 // (width - 1), y * 255 // (height - 1), np.zeros_like(x)]).astype(np.uint8)
+    recipe = PREPROCESSING[preprocessing]
+    crop = fgvc_transform(sizes, train=False)(torch.from_numpy(image))
+    pixels = crop * torch.tensor(recipe.std).view(3, 1, 1) + torch.tensor(recipe.mean).view(3, 1, 1)
+    seen_x = pixels[0, 0, [0, -1]].numpy() * (width - 1)  # x of the centres of the crop's first and last columns
+    seen_y = pixels[1, [0, -1], 0].numpy() * (height - 1)
+    left, top, right, bottom = centre_crop_box(sizes, width, height)
+    column, row = (right - left) / sizes.crop, (bottom - top) / sizes.crop  # one crop pixel in image pixels
+    np.testing.assert_allclose(seen_x, [left + column / 2, right - column / 2], atol=max(1.5, column))
+    np.testing.assert_allclose(seen_y, [top + row / 2, bottom - row / 2], atol=max(1.5, row))
+
+
+@pytest.fixture(scope="module")
+def odd_names_model(tiny_data, tmp_path_factory):
+    """A teacher of a copy of tiny_data whose class names hold commas, quotes, semicolons and a line break."""
+    base = tmp_path_factory.mktemp("odd")
+    shutil.copytree(tiny_data, base / "data")
+    manifest = pd.read_parquet(base / "data" / "manifest.parquet")
+    manifest["class_name"] = [ODD_NAMES[label] for label in manifest["label"]]
+    manifest.to_parquet(base / "data" / "manifest.parquet")
+    return train("teacher", base / "data", base / "teacher", dataclasses.replace(TINY, epochs=1), progress=False)
+
+
+def test_class_names_with_commas_and_quotes_survive_csv_and_json(odd_names_model, photos):
+    image = sorted(photos.glob("Species_*.jpg"))[0]
+    parsed = {}
+    for output_format in ("csv", "json"):
+        result = run("classify", "--model", odd_names_model, image, "--format", output_format)
+        assert result.exit_code == 0, result.output
+        if output_format == "csv":
+            rows = list(csv.DictReader(io.StringIO(result.stdout)))
+            parsed[output_format] = [(int(r["class_index"]), r["class_name"], float(r["probability"])) for r in rows]
+        else:
+            [entry] = json.loads(result.stdout)
+            parsed[output_format] = [(p["class_index"], p["class_name"], p["probability"])
+                                     for p in entry["predictions"]]
+    assert parsed["csv"] == parsed["json"]
+    assert [name for _, name, _ in parsed["csv"]] == [ODD_NAMES[index] for index, _, _ in parsed["csv"]]
+    assert sorted(name for _, name, _ in parsed["csv"]) == sorted(ODD_NAMES)
+
+
+def test_models_saved_without_class_names_show_indices_and_say_so_once(tmp_path, photos):
+    old, _ = save_model(tmp_path / "teacher" / "model.pt", 4)  # the metadata of an fgkd before class names
+    image = sorted(photos.glob("Species_*.jpg"))[0]
+    result = run("classify", "--model", old, "--model", old, image, "--format", "table")
+    assert result.exit_code == 0, result.output
+    notes = result.stderr.splitlines()
+    assert len(notes) == 1 and "no class names" in notes[0] and str(old) in notes[0], notes
+    table = result.stdout.splitlines()
+    assert table[0].split() == ["image", "rank", "probability", "class"] and len(table) == 5
+    assert sorted(line.split()[-1] for line in table[1:]) == ["0", "1", "2", "3"]
+    assert json.loads(run("classify", "--model", old, image, "--format", "json").stdout)[0]["predictions"][0][
+        "class_name"] is None
+
+
+def with_metadata(source, target, **changes):
+    """A copy of a model.pt whose metadata says ``changes``: a model of other inputs or classes."""
+    saved = torch.load(source, weights_only=True)
+    saved["metadata"].update(changes)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(saved, target)
+    return target
+
+
+def bad_call(case, tiny_teacher, odd_names_model, photos, tmp_path):
+    """(the second --model, IMAGE|DIR, texts the one error line must hold)."""
+    if case == "crop":
+        other = with_metadata(tiny_teacher, tmp_path / "crop" / "model.pt", crop=28)
+        return other, photos, [str(other), "crop 28"]
+    if case == "preprocessing":
+        other = with_metadata(tiny_teacher, tmp_path / "official" / "model.pt", preprocessing="official")
+        return other, photos, [str(other), "preprocessing official"]
+    if case == "classes":
+        other = save_model(tmp_path / "three" / "model.pt", 3)[0]
+        return other, photos, [str(other), "3 classes"]
+    if case == "class names":
+        return odd_names_model, photos, [str(odd_names_model), "class 0"]
+    if case == "missing model":
+        return tmp_path / "absent" / "model.pt", photos, [str(tmp_path / "absent" / "model.pt"), "no such model"]
+    if case == "not a model":
+        return photos / "notes.txt", photos, [str(photos / "notes.txt"), "not a readable fgkd model"]
+    if case == "missing image":
+        return tiny_teacher, tmp_path / "absent.jpg", [str(tmp_path / "absent.jpg"), "no such file or folder"]
+    (tmp_path / "empty").mkdir()
+    return tiny_teacher, tmp_path / "empty", [str(tmp_path / "empty"), "no image files"]
+
+
+@pytest.mark.parametrize("case", ["crop", "preprocessing", "classes", "class names", "missing model", "not a model",
+                                  "missing image", "empty folder"])
+def test_bad_models_and_targets_are_one_line_naming_the_culprit(tiny_teacher, odd_names_model, photos, tmp_path, case):
+    other, target, culprits = bad_call(case, tiny_teacher, odd_names_model, photos, tmp_path)
+    overlay = tmp_path / "overlay"
+    result = run("classify", "--model", tiny_teacher, "--model", other, target, "--overlay", overlay)
+    one_line_error(result, *culprits)
+    assert result.stdout == "" and not overlay.exists()
+
+
+def test_format_choices_are_the_formatters():
+    option = next(p for p in main.commands["classify"].params if p.name == "output_format")
+    assert list(option.type.choices) == list(FORMATTERS)
+
+
+def test_the_attention_figure_draws_with_the_shared_overlay(tiny_teacher, tiny_data, tmp_path):
+    figure = tmp_path / "attention.png"
+    result = run("attention", "--model", tiny_teacher, "--model", tiny_teacher, "--data", tiny_data, "--images", 2,
+                 "--overlap", tmp_path / "overlap.parquet", "--figure", figure)
+    assert result.exit_code == 0, result.output
+    with Image.open(figure) as drawn:
+        assert drawn.format == "PNG" and len(np.unique(np.asarray(drawn.convert("L")))) > 10
