@@ -120,15 +120,18 @@ def train(stage, index, data, out, earlier, name, progress, processes, **config)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The logits Parquet file to write.")
 @click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True,
               help="Weights of the best validation epoch, or of the last epoch.")
+@click.option("--out-last", type=click.Path(dir_okay=False),
+              help="Also write the last epoch's logits here (with --which best), in the same process.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--device", default="auto", show_default=True)
 @_friendly
-def predict(model_path, data, out, which, batch_size, workers, device):
+def predict(model_path, data, out, which, out_last, batch_size, workers, device):
     """Write the test-split logits of a trained model."""
     from .ensemble import predict as run_predict
 
-    click.echo(f"wrote {run_predict(model_path, data, out, which, batch_size, workers, device)}")
+    run_predict(model_path, data, out, which, batch_size, workers, device, out_last)
+    click.echo(f"wrote {out}" + (f" and {out_last}" if out_last else ""))
 
 
 @main.command()

@@ -19,23 +19,33 @@ ALL_SUBSETS_UP_TO = 6  # members; beyond that only the prefixes (2^n grows fast)
 
 
 def predict(model_path: str | Path, data: str | Path, out: str | Path, which: str = "best", batch_size: int = 64,
-            workers: int = 0, device: str = "auto") -> Path:
-    """One pass over the test split: out is a Parquet file with image_id, label, logit_000..."""
-    require_utf8_name(out)
-    refuse_to_overwrite_inputs(out, [model_path, Path(data) / MANIFEST])
+            workers: int = 0, device: str = "auto", out_last: str | Path | None = None) -> Path:
+    """One pass over the test split: out is a Parquet file with image_id, label, logit_000... ``out_last``: also
+    the last epoch's logits (``which`` must be best), in the same process: the workflow's predict job loads torch,
+    the data and the model file once for both."""
+    outputs = {which: out}
+    if out_last is not None:
+        if which != "best" or Path(out_last).resolve() == Path(out).resolve():
+            raise FgkdError(f"--out-last {out_last}: the last epoch's logits go beside the best epoch's "
+                            "(--which best) and need a file of their own")
+        outputs["last"] = out_last
+    for option, path in zip(("--out", "--out-last"), outputs.values()):
+        require_utf8_name(path)
+        refuse_to_overwrite_inputs(path, [model_path, Path(data) / MANIFEST], option)
     config = TrainConfig(device=device, workers=workers)
     target = select_device(config)
-    model, meta = load_model(model_path, None, target, which)
-    test_set = load_split(data, "test", input_sizes(meta))
-    check_classes(model_path, meta, test_set.num_classes)
-    if not len(test_set):
-        raise FgkdError(f"{data}: its manifest has no test images, and predict scores the test split; "
-                        "prepare a data set with a test split")
-    result = evaluate(model, make_loader(test_set, batch_size, workers), target, config)
-    frame = pd.DataFrame(result["logits"], columns=[f"logit_{c:03d}" for c in range(result["logits"].shape[1])])
-    frame.insert(0, "label", result["labels"].astype("int64"))
-    frame.insert(0, "image_id", result["image_ids"].astype("int64"))
-    write_parquet(frame, out)
+    for weights, path in outputs.items():
+        model, meta = load_model(model_path, None, target, weights)
+        test_set = load_split(data, "test", input_sizes(meta))
+        check_classes(model_path, meta, test_set.num_classes)
+        if not len(test_set):
+            raise FgkdError(f"{data}: its manifest has no test images, and predict scores the test split; "
+                            "prepare a data set with a test split")
+        result = evaluate(model, make_loader(test_set, batch_size, workers), target, config)
+        frame = pd.DataFrame(result["logits"], columns=[f"logit_{c:03d}" for c in range(result["logits"].shape[1])])
+        frame.insert(0, "label", result["labels"].astype("int64"))
+        frame.insert(0, "image_id", result["image_ids"].astype("int64"))
+        write_parquet(frame, path)
     return Path(out)
 
 

@@ -28,6 +28,36 @@ def test_predict_batch_size_zero_is_one_line_naming_the_option(model, tiny_data,
     assert not out.exists()
 
 
+def test_predict_out_last_writes_the_last_epochs_logits_in_the_same_run(model, tiny_data, tmp_path):
+    """The workflow's predict job: --out-last equals a separate `--which last` run, and is not the best epoch's."""
+    import torch
+
+    saved = torch.load(model, weights_only=True)
+    torch.manual_seed(1)
+    saved["last_state_dict"] = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
+                                for k, v in saved["state_dict"].items()}
+    two_epochs = tmp_path / "teacher" / "model.pt"
+    two_epochs.parent.mkdir()
+    torch.save(saved, two_epochs)
+    common = ["predict", "--model", str(two_epochs), "--data", str(tiny_data)]
+    best, last, alone = (tmp_path / f"{name}.parquet" for name in ("best", "last", "alone"))
+    assert CliRunner().invoke(main, [*common, "--out", str(best), "--out-last", str(last)]).exit_code == 0
+    assert CliRunner().invoke(main, [*common, "--out", str(alone), "--which", "last"]).exit_code == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(last), pd.read_parquet(alone))
+    assert not np.allclose(pd.read_parquet(best).filter(like="logit_"), pd.read_parquet(last).filter(like="logit_"))
+
+
+@pytest.mark.parametrize("options", [["--which", "last"], ["--out-last", "SAME"]])
+def test_predict_out_last_needs_the_best_epoch_and_its_own_file(model, tiny_data, tmp_path, options):
+    out = tmp_path / "logits.parquet"
+    last = out if "SAME" in options else tmp_path / "last.parquet"
+    extra = [str(last) if o == "SAME" else o for o in options] + ([] if "SAME" in options else ["--out-last", str(last)])
+    result = CliRunner().invoke(main, ["predict", "--model", str(model), "--data", str(tiny_data), "--out", str(out),
+                                       *extra])
+    one_line_error(result, "--out-last")
+    assert not out.exists() and not last.exists()
+
+
 def test_predict_on_a_manifest_without_test_images_is_one_line_and_no_output(model, tiny_data, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)

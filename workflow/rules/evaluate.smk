@@ -23,10 +23,8 @@ rule predict:
     log:
         "logs/predict/{run}.log",
     shell:
-        "(fgkd predict --model {input.model:q} --data {input.data:q} --out {output.best:q} --which best"
-        " --batch-size {params.batch_size} --workers {threads}"
-        " && fgkd predict --model {input.model:q} --data {input.data:q} --out {output.last:q} --which last"
-        " --batch-size {params.batch_size} --workers {threads}) > {log:q} 2>&1"
+        "fgkd predict --model {input.model:q} --data {input.data:q} --out {output.best:q} --which best"
+        " --out-last {output.last:q} --batch-size {params.batch_size} --workers {threads} > {log:q} 2>&1"
 
 
 rule ensemble:
