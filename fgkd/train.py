@@ -114,15 +114,19 @@ def load_model(path: str | Path, num_classes: int | None = None, device: torch.d
     meta = saved["metadata"]
     if num_classes is not None:
         check_classes(path, meta, num_classes)
-    model = FGVCNet(meta["backbone"], meta["num_classes"], meta["head"], meta["head_hidden"],
-                    meta["attention_stride"], 0 if main_only else meta["aux_heads"])
     weights = saved["state_dict"] if which == "best" else saved["last_state_dict"]
     if main_only:
         weights = {k: v for k, v in weights.items() if not k.startswith("aux.")}
     broken = non_finite_weights(weights)
     if broken:
         raise FgkdError(f"{path}: non-finite weights ({some(broken)}); the model is broken, retrain that stage")
-    model.load_state_dict(weights)
+    # Built on the meta device, then given the saved tensors (strict: every parameter and buffer must be there):
+    # initialising weights that are overwritten at once cost seconds per network (VGG-16's unused 120M-parameter
+    # torchvision classifier), in every student, predict and attention job.
+    with torch.device("meta"):
+        model = FGVCNet(meta["backbone"], meta["num_classes"], meta["head"], meta["head_hidden"],
+                        meta["attention_stride"], 0 if main_only else meta["aux_heads"])
+    model.load_state_dict(weights, assign=True)
     return model.to(device).eval(), meta
 
 
