@@ -17,6 +17,8 @@ import pytest
 from packaging.requirements import Requirement  # packaging comes with pytest
 from packaging.utils import canonicalize_name
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 LOCK = REPO / "requirements.lock"
 
