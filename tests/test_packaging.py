@@ -125,9 +125,9 @@ def test_wheel_runs_with_only_its_declared_dependencies(tmp_path):
     in, transitively, taken from the environment running this test (the lock's). Then `fgkd --help` runs and
     every fgkd module imports there.
 
-    Proves: the wheel contains every subpackage; what it declares (and what that declares) is enough to import
-    all of fgkd, so an undeclared import (matplotlib in fgkd.report) fails here; pip accepts the installed
-    versions under the lock's pins and `pip check` is clean.
+    Proves: the wheel holds every module of the checkout; what it declares (and what that declares) is enough
+    to import all of fgkd, so an undeclared import (matplotlib in fgkd.report) fails here; pip accepts the
+    installed versions under the lock's pins and `pip check` is clean.
     Does not prove: that the index serves installable files for these pins on another Python or platform
     (scripts/test's install on 3.12 and 3.13 does), nor imports that fgkd makes only inside functions (the
     source scan above covers those). Native libraries (torch's CUDA ones) are found through the links' real
@@ -141,6 +141,9 @@ def test_wheel_runs_with_only_its_declared_dependencies(tmp_path):
     run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", tmp_path / "wheels", source,
         cwd=tmp_path)
     [wheel] = (tmp_path / "wheels").glob("fgkd-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {name for name in archive.namelist() if name.endswith(".py")}
+    assert shipped == {str(path.relative_to(source)) for path in (source / "fgkd").rglob("*.py")}
 
     fresh = tmp_path / "fresh"
     venv.create(fresh, with_pip=False)
