@@ -8,6 +8,8 @@ from fgkd.data.dataset import ImageSizes, load_split, make_loader, make_train_lo
 from fgkd.data.manifest import read_manifest
 from fgkd.errors import DataError
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def prepared(tiny_data):

@@ -12,6 +12,8 @@ from fgkd.errors import FgkdError
 from fgkd.metrics import topk_accuracy
 from artifacts import one_line_error, ranked_hits, write_logits
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("k", [1, 2, 5, 7])
 def test_topk_matches_a_full_sort(k):

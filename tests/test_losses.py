@@ -10,6 +10,8 @@ from fgkd.losses import kd_loss, or_loss, or_loss_from_maps, or_reference_maps, 
 from fgkd.methods import FrozenNetworks, OrthogonalStudent
 from fgkd.models import FGVCNet
 
+pytestmark = pytest.mark.unit
+
 
 def test_spatial_attention_is_the_normalised_channel_energy():
     features = torch.tensor([[[[1.0, 2.0], [0.0, 1.0]], [[1.0, 0.0], [2.0, 1.0]]]])  # 1 x 2 x 2 x 2

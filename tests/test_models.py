@@ -7,6 +7,8 @@ from fgkd.errors import FgkdError
 from fgkd.methods import FrozenNetworks, OrthogonalStudent
 from fgkd.models import BACKBONES, FGVCNet
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
 def test_every_backbone_gives_logits_and_attention_features_at_each_stride(backbone):

@@ -7,6 +7,8 @@ import pytest
 
 from fgkd.paired import compare, mcnemar_exact, mean_interval
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("only_a,only_b,expected", [
     # 10 discordant images split 1 : 9. Under equal accuracy each is a fair coin, so

@@ -13,6 +13,8 @@ from fgkd.data.prepare import prepare
 from fgkd.errors import DataError
 from fixtures import make_aircraft, make_cub
 
+pytestmark = pytest.mark.unit
+
 INDEX_FILES = {
     "cub": ["CUB_200_2011/images.txt", "CUB_200_2011/image_class_labels.txt", "CUB_200_2011/train_test_split.txt",
             "CUB_200_2011/classes.txt"],

@@ -12,6 +12,8 @@ from fgkd.cli import main
 from fgkd.data.prepare import prepare
 from fixtures import CARS_LAYOUTS, add_cub_image, archive, correlation, decoded, make_aircraft, make_cars, make_cub
 
+pytestmark = pytest.mark.unit
+
 BUILDERS = {"cub": make_cub, "cars": make_cars, "aircraft": make_aircraft}
 BANNER = {"aircraft": 20}
 

@@ -11,6 +11,8 @@ from fgkd.data.prepare import prepare
 from fgkd.errors import DataError
 from fixtures import add_cub_image, archive, correlation, decoded, make_aircraft, make_cub, write_image
 
+pytestmark = pytest.mark.unit
+
 
 def cub_root(raw):
     return raw / "CUB_200_2011"

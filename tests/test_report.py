@@ -16,6 +16,8 @@ from fgkd.ensemble import ensemble
 from fgkd.report import COMPARISON_COLUMNS, comparison_table, summary_table
 from artifacts import one_line_error, ranked_hits, save_model, write_logits
 
+pytestmark = pytest.mark.unit
+
 CLASSES, IMAGES, STUDENTS = 7, 60, 2
 DISAGREE = slice(0, 12)  # images on which the two combine rules pick different classes
 MEMBERS = ["teacher", *[f"student_{k}" for k in range(1, STUDENTS + 1)]]

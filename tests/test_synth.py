@@ -12,6 +12,8 @@ from PIL import Image
 from fgkd.data import synth
 from fgkd.errors import FgkdError
 
+pytestmark = pytest.mark.unit
+
 
 def digest(root):
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
