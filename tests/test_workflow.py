@@ -5,6 +5,7 @@ Each test works in a copy of the project whose config/config.yaml is the tiny sm
 
 import dataclasses
 import functools
+import json
 import os
 import re
 import shlex
@@ -225,18 +226,42 @@ def test_dvc_outs_are_exactly_what_snakemake_all_produces(tmp_path):
     assert stage["cmd"] == "snakemake --cores all all"
 
 
-def test_dvc_repro_runs_the_pipeline_and_a_second_repro_does_nothing(tmp_path):
+def test_dvc_repro_and_an_experiment_with_its_metrics_and_plots(tmp_path):
+    """`dvc repro` runs the pipeline and a second one does nothing; in a git clone, `dvc exp run -S` changes a config
+    key, reruns what it touches, and `dvc exp show` / `metrics diff` / `plots diff` compare it with the baseline."""
     project = project_copy(tmp_path / "project")
-    run(["dvc", "config", "core.no_scm", "true"], project)
+    shutil.copy2(REPO / ".gitignore", project / ".gitignore")
+    git = ["git", "-c", "user.name=fgkd", "-c", "user.email=fgkd@localhost"]
+    run(["git", "init", "-q", "-b", "main"], project)
+    run([*git, "add", "-A"], project)
+    run([*git, "commit", "-qm", "project"], project)
     run(["dvc", "repro"], project)
     assert (project / "results/reports/metrics.parquet").exists()
     second = run(["dvc", "repro"], project)
     assert "didn't change, skipping" in second.stdout or "up to date" in second.stdout.lower()
     assert "Running stage" not in second.stdout
-    metrics = run(["dvc", "metrics", "show"], project)
-    assert "synthetic/resnet10" in metrics.stdout
-    plots = run(["dvc", "plots", "show", "--json"], project)
-    assert "val_acc" in plots.stdout
+    assert "synthetic/resnet10" in run(["dvc", "metrics", "show"], project).stdout
+    assert "val_acc" in run(["dvc", "plots", "show", "--json"], project).stdout
+    run([*git, "add", "dvc.lock"], project)
+    run([*git, "commit", "-qm", "baseline"], project)
+    teacher = project / "results/synthetic/resnet10/seed0/teacher/history.parquet"
+    assert len(pd.read_parquet(teacher)) == 1
+
+    run(["dvc", "exp", "run", "-n", "twoepochs", "-S", "config/config.yaml:train.epochs=2"], project)
+    assert len(pd.read_parquet(teacher)) == 2  # retrained with the experiment's setting
+    rows = {row["name"] or row["rev"]: row for entry in json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+            for row in [entry, *[e for exp in entry.get("experiments") or [] for e in exp["revs"]]]}
+    assert "twoepochs" in rows, list(rows)
+    for name, epochs in (("main", 1), ("twoepochs", 2)):
+        data = rows[name]["data"]
+        assert data["params"]["config/config.yaml"]["data"]["train"]["epochs"] == epochs
+        metrics = data["metrics"]["results/reports/metrics.json"]["data"]
+        assert {"synthetic/resnet10"} == set(metrics) and "teacher" in metrics["synthetic/resnet10"], name
+    diff = json.loads(run(["dvc", "metrics", "diff", "main", "twoepochs", "--all", "--json"], project).stdout)
+    assert "synthetic/resnet10.teacher" in diff["results/reports/metrics.json"]
+    plots = json.loads(run(["dvc", "plots", "diff", "main", "twoepochs", "--json"], project).stdout)
+    revisions = {v["rev"] for p in plots["data"]["results/reports/curves.csv"] for v in p["content"]["data"]["values"]}
+    assert revisions == {"main", "twoepochs"}
 
 
 def test_raw_data_round_trips_through_dvc(tmp_path):

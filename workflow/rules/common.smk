@@ -11,6 +11,7 @@ from jsonschema import ValidationError
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+import fgkd
 from fgkd.config import WEIGHT_KEYWORDS, TrainConfig  # torch-free: the options of `fgkd train` and their checks
 from fgkd.data.synth import check_identity_parts
 from fgkd.errors import FgkdError
@@ -77,6 +78,20 @@ for _name in config["run_datasets"]:
             f"datasets.{_name}.raw: {_raw} does not exist; put the official folder or archive there "
             "(or `dvc pull` it), or change the path"
         )
+
+# Snakemake's between-workflow cache (--cache) keys a job by its rule's command, its params, the content of its input
+# files and the same of every job upstream; fgkd's code is not among them, so its version is a param of the
+# cached rules. Snakemake hashes files only: a raw data set given as a folder cannot be part of a key.
+FGKD_VERSION = fgkd.__version__
+if workflow.workflow_settings.cache is not None:
+    for _name in config["run_datasets"]:
+        _raw = config["datasets"][_name].get("raw")
+        if _raw and Path(_raw).is_dir():
+            config_error(
+                f"datasets.{_name}.raw: {_raw} is a folder, and --cache keys jobs by the content of input files, "
+                f"which Snakemake computes for files only; pack it (tar -cf {_raw}.tar -C {Path(_raw).parent} "
+                f"{Path(_raw).name}) and set raw to the .tar, or run without --cache"
+            )
 
 for _stage in config["stages"]:
     if _stage.startswith("student_") and int(_stage.split("_")[1]) > config["students"]:

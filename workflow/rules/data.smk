@@ -7,6 +7,7 @@ def raw_input(wildcards):
 
 
 rule synth:
+    cache: True
     output:
         directory("data/raw/{dataset}"),
     params:
@@ -18,6 +19,7 @@ rule synth:
 
 
 rule prepare:
+    cache: True
     input:
         raw_input,
     output:

@@ -2,6 +2,8 @@
 # baselines) live in the seed folder; the students and the aux-KD student of a variant below it.
 # With train_processes (default: gpus_per_job) above 1, each job trains data-parallel: `fgkd train
 # --processes N` starts N processes through torchrun inside the job, one per GPU.
+# `cache: True`: with `--cache` and SNAKEMAKE_OUTPUT_CACHE, a network trained by another workflow with the same
+# command, options, data and start weights is restored instead of trained (README: sharing between experiments).
 
 SHARED_CLI = {"teacher": "--stage teacher", "auxkd_ce": "--stage teacher --name auxkd_ce",
               "auxkd_single": "--stage auxkd --name auxkd_single"}
@@ -15,6 +17,7 @@ def earlier_flags(wildcards, input):
 
 
 rule train_shared:
+    cache: True
     input:
         data="data/prepared/{dataset}",
         earlier=lambda wc: [f"{SEED_DIR}/teacher/model.pt".format(**wc)] if wc.shared == "auxkd_single" else [],
@@ -26,6 +29,8 @@ rule train_shared:
         stage=lambda wc: SHARED_CLI[wc.shared],
         earlier=earlier_flags,
         flags=lambda wc: cli_flags(train_options(wc, wc.shared)),
+        processes=TRAIN_PROCESSES,
+        fgkd=FGKD_VERSION,
     threads: TRAIN_THREADS
     resources:
         **TRAIN_RESOURCES,
@@ -33,7 +38,7 @@ rule train_shared:
         f"logs/train/{{dataset}}/{{backbone}}/seed{{seed}}/{{shared}}.log",
     shell:
         "fgkd train {params.stage} {params.earlier} --data {input.data:q} --out \"$(dirname {output.model:q})\""
-        " {params.flags} --processes {TRAIN_PROCESSES} --no-progress > {log:q} 2>&1"
+        " {params.flags} --processes {params.processes} --no-progress > {log:q} 2>&1"
 
 
 def variant_earlier(wc):
@@ -43,6 +48,7 @@ def variant_earlier(wc):
 
 
 rule train_variant:
+    cache: True
     input:
         data="data/prepared/{dataset}",
         earlier=variant_earlier,
@@ -54,6 +60,8 @@ rule train_variant:
         stage=lambda wc: "--stage auxkd" if wc.stage == "auxkd" else f"--stage student --index {wc.stage.split('_')[1]}",
         earlier=earlier_flags,
         flags=lambda wc: cli_flags(train_options(wc, wc.stage, wc.variant)),
+        processes=TRAIN_PROCESSES,
+        fgkd=FGKD_VERSION,
     threads: TRAIN_THREADS
     resources:
         **TRAIN_RESOURCES,
@@ -61,4 +69,4 @@ rule train_variant:
         f"logs/train/{{dataset}}/{{backbone}}/seed{{seed}}/{{variant}}/{{stage}}.log",
     shell:
         "fgkd train {params.stage} {params.earlier} --data {input.data:q} --out \"$(dirname {output.model:q})\""
-        " {params.flags} --processes {TRAIN_PROCESSES} --no-progress > {log:q} 2>&1"
+        " {params.flags} --processes {params.processes} --no-progress > {log:q} 2>&1"
