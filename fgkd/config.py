@@ -19,7 +19,12 @@ CONFIG_HELP = {
     "init_from": "none, or a fgkd model.pt to start from (transfer): its trunk, and its main head when the classes "
                  "and head fit",
     "head": "official (max-pool, BN, Linear(head_hidden), BN, ELU, Linear) or gap (avg-pool, Linear)",
+    "head_hidden": "width of the official head's hidden layer (the official code: 512 for ResNet-50, 4096 for VGG-16)",
+    "epochs": "passes over the training split",
+    "batch_size": "images per optimizer step (per process under torchrun)",
     "lr": "learning rate of the new layers (the heads)",
+    "momentum": "SGD momentum",
+    "weight_decay": "SGD weight decay, on every parameter (as the official code)",
     "backbone_lr": "learning rate of the trunk; the paper's 0.001 assumes pretrained weights",
     "preprocessing": "imagenet: fgkd's short-side resize to resize, random crop + flip (test: centre crop), ImageNet "
                      "mean/std of torchvision's weights; official: PRIS-CV's train.py/test.py, square resize x resize, "

@@ -12,9 +12,13 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 import fgkd
-from fgkd.config import WEIGHT_KEYWORDS, TrainConfig  # torch-free: the options of `fgkd train` and their checks
+from fgkd.config import (
+    WEIGHT_KEYWORDS,
+    TrainConfig,
+)  # torch-free: the options of `fgkd train` and their checks
 from fgkd.data.synth import check_identity_parts
 from fgkd.errors import FgkdError
+from fgkd.stale_lock import remove_stale_locks
 
 
 def config_error(message):
@@ -31,13 +35,15 @@ def describe_invalid(error):
         unexpected = ", ".join(sorted(set(error.instance) - set(error.schema.get("properties", {}))))
         return f"{where}: unknown key {unexpected} (allowed: {allowed})"
     if error.validator == "required" and not error.absolute_path:
-        return (f"{error.message}. A --configfile is a whole experiment: config/config.yaml is not read then; to "
-                "extend it, give both: --configfile config/config.yaml yours.yaml")
+        return (
+            f"{error.message}. A --configfile is a whole experiment: config/config.yaml is not read then; to "
+            "extend it, give both: --configfile config/config.yaml yours.yaml"
+        )
     if error.validator == "oneOf":
         return f"{where}: give exactly one of `raw` (the folder or archive) and `synth` (generator settings)"
     if "propertyNames" in error.absolute_schema_path:
         return f"{where}: the name {error.instance!r} is not allowed ({error.schema.get('description', error.message)})"
-    message = error.message if len(error.message) < 300 else error.message[:300] + "..."
+    message = error.message if len(error.message) < 300 else f"{error.message[:300]}..."
     return f"{where}: {message}"
 
 
@@ -60,9 +66,13 @@ for _key in non_finite_keys(config):
 
 STUDENTS = [f"student_{k}" for k in range(1, config["students"] + 1)]
 MEMBERS = ["teacher", *STUDENTS]
-SHARED_STAGES = ["teacher", "auxkd_ce", "auxkd_single"]  # do not depend on the students' variant
+SHARED_STAGES = [
+    "teacher",
+    "auxkd_ce",
+    "auxkd_single",
+]  # do not depend on the students' variant
 SEED_DIR = "results/{dataset}/{backbone}/seed{seed}"
-VARIANT_DIR = SEED_DIR + "/{variant}"
+VARIANT_DIR = "results/{dataset}/{backbone}/seed{seed}/{variant}"
 METHOD = config["method"]
 ABLATIONS = config["ablations"]
 
@@ -170,8 +180,10 @@ def job_path(key, path, wildcards):
         problem = f"{{{err.args[0]}}} is not a placeholder here"
     except (ValueError, IndexError) as err:  # a lone brace, {0}, a format spec
         problem = str(err)
-    raise FgkdError(f"{key}: {path!r}: {problem}; use {', '.join('{' + n + '}' for n in WEIGHT_PLACEHOLDERS)} "
-                    "({{ and }} for a literal brace)")
+    raise FgkdError(
+        f"{key}: {path!r}: {problem}; use {', '.join(f'{{{n}}}' for n in WEIGHT_PLACEHOLDERS)} "
+        "({{ and }} for a literal brace)"
+    )
 
 
 def train_options(wildcards, stage, variant=None):
@@ -217,8 +229,9 @@ def check_stage_options():
             try:
                 options = TrainConfig(**train_options(where, stage, variant))
                 options.check_values()
-                options.check_files(made_later=tuple(p for p in options.weight_files().values()
-                                                     if Path(p).parts[:1] == ("results",)))
+                options.check_files(
+                    made_later=tuple(p for p in options.weight_files().values() if Path(p).parts[:1] == ("results",))
+                )
             except FgkdError as err:
                 config_error(f"{dataset} / {variant or 'shared'} / {stage}: {err}")
 
@@ -230,9 +243,65 @@ def cli_flags(options):
     """--key value for each option (booleans as --key / --no-key), every value quoted for the shell."""
     flags = []
     for key, value in sorted(options.items()):
-        flag = "--" + key.replace("_", "-")
+        flag = f"--{key.replace('_', '-')}"
         if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + key.replace("_", "-"))
+            flags.append(flag if value else f"--no-{key.replace('_', '-')}")
         else:
             flags.append(f"{flag} {shlex.quote(str(value))}")
     return " ".join(flags)
+
+
+remove_stale_locks()
+
+
+# Inputs and flags of the rules (workflow/rules/*.smk).
+
+
+def raw_input(wildcards):
+    spec = config["datasets"][wildcards.dataset]
+    return f"data/raw/{wildcards.dataset}" if "synth" in spec else spec["raw"]
+
+
+def earlier_flags(wildcards, input):
+    return " ".join(f"--earlier {shlex.quote(m)}" for m in input.earlier)
+
+
+def variant_earlier(wc):
+    """Student k learns against the teacher and students 1..k-1; the aux-KD student imitates all."""
+    members = [f"{d}/model.pt" for d in member_dirs(wc.dataset, wc.backbone, wc.seed, wc.variant)]
+    return members if wc.stage == "auxkd" else members[: int(wc.stage.split("_")[1])]
+
+
+def model_flags(wildcards, input):
+    return " ".join(f"--model {shlex.quote(m)}" for m in input.models)
+
+
+def report_figure(path):
+    """Mark a figure for `snakemake --report`, with the caption of its kind."""
+    kind = Path(path).stem
+    kind = "attention" if kind.startswith("attention") else kind
+    return report(path, caption=f"../report/{kind}.rst", category="Figures")
+
+
+MODEL_FILES = (
+    "history.parquet",
+    "logits.parquet",
+    "logits_last.parquet",
+)  # what a report reads of each network
+
+
+def run_files(variants, names, aux=()):
+    files = []
+    for d, b, s in RUNS:
+        for stage in ("teacher", *aux):
+            files += [f"{seed_dir(d, b, s)}/{stage}/{n}" for n in MODEL_FILES]
+        for v in variants:
+            vd = variant_dir(d, b, s, v)
+            stages = [*STUDENTS, *(["auxkd"] if v == METHOD else [])]
+            files += [f"{vd}/{stage}/{n}" for stage in stages for n in MODEL_FILES]
+            files += [f"{vd}/{n}" for n in names]
+    return files
+
+
+RUN_FLAGS = " ".join(f"--run {shlex.quote(f'{d}/{b}/{s}')}" for d, b, s in RUNS)
+COMBINE = config["ensemble"]["combine"]

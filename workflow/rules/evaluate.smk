@@ -2,26 +2,24 @@
 # maps, and (synthetic sets) accuracy with parts hidden.
 
 
-def model_flags(wildcards, input):
-    return " ".join(f"--model {shlex.quote(m)}" for m in input.models)
-
-
 rule predict:
     input:
-        data=lambda wc: "data/prepared/" + wc.run.split("/")[0],
+        data=lambda wc: f"data/prepared/{wc.run.split('/')[0]}",
         model="results/{run}/model.pt",
     output:
         best="results/{run}/logits.parquet",
         last="results/{run}/logits_last.parquet",
-    params:
-        batch_size=config["predict"]["batch_size"],
+    log:
+        "logs/predict/{run}.log",
+    conda:
+        "../envs/fgkd.yaml"
     threads: 2
     resources:
         gpu=EVAL_GPUS,
         mem_mb=8000,
         runtime=60,
-    log:
-        "logs/predict/{run}.log",
+    params:
+        batch_size=config["predict"]["batch_size"],
     shell:
         "fgkd predict --model {input.model:q} --data {input.data:q} --out {output.best:q} --which best"
         " --out-last {output.last:q} --batch-size {params.batch_size} --workers {threads} > {log:q} 2>&1"
@@ -32,11 +30,13 @@ rule ensemble:
         lambda wc: [f"{d}/logits.parquet" for d in member_dirs(wc.dataset, wc.backbone, wc.seed, wc.variant)],
     output:
         f"{VARIANT_DIR}/ensemble.parquet",
+    log:
+        "logs/ensemble/{dataset}/{backbone}/seed{seed}/{variant}.log",
+    conda:
+        "../envs/fgkd.yaml"
     params:
         names=",".join(MEMBERS),
         combine=config["ensemble"]["combine"],
-    log:
-        "logs/ensemble/{dataset}/{backbone}/seed{seed}/{variant}.log",
     shell:
         "fgkd ensemble {input:q} --names {params.names} --combine {params.combine} --out {output:q} > {log:q} 2>&1"
 
@@ -48,15 +48,17 @@ rule attention:
     output:
         overlap=f"{VARIANT_DIR}/attention.parquet",
         figure=f"{VARIANT_DIR}/attention.png",
-    params:
-        images=config["attention"]["images"],
-        models=model_flags,
+    log:
+        "logs/attention/{dataset}/{backbone}/seed{seed}/{variant}.log",
+    conda:
+        "../envs/fgkd.yaml"
     resources:
         gpu=EVAL_GPUS,
         mem_mb=8000,
         runtime=60,
-    log:
-        "logs/attention/{dataset}/{backbone}/seed{seed}/{variant}.log",
+    params:
+        images=config["attention"]["images"],
+        models=model_flags,
     shell:
         "fgkd attention {params.models} --data {input.data:q} --images {params.images}"
         " --overlap {output.overlap:q} --figure {output.figure:q} > {log:q} 2>&1"
@@ -69,14 +71,16 @@ rule part_occlusion:
         models=lambda wc: [f"{d}/model.pt" for d in member_dirs(wc.dataset, wc.backbone, wc.seed, wc.variant)],
     output:
         f"{VARIANT_DIR}/part_occlusion.parquet",
-    params:
-        models=model_flags,
-        combine=config["ensemble"]["combine"],
+    log:
+        "logs/part_occlusion/{dataset}/{backbone}/seed{seed}/{variant}.log",
+    conda:
+        "../envs/fgkd.yaml"
     resources:
         mem_mb=8000,
         runtime=60,
-    log:
-        "logs/part_occlusion/{dataset}/{backbone}/seed{seed}/{variant}.log",
+    params:
+        models=model_flags,
+        combine=config["ensemble"]["combine"],
     shell:
         "fgkd part-occlusion --raw {input.raw:q} --data {input.data:q} {params.models} --combine {params.combine}"
         " --out {output:q} > {log:q} 2>&1"

@@ -5,50 +5,44 @@
 # `cache: True`: with `--cache` and SNAKEMAKE_OUTPUT_CACHE, a network trained by another workflow with the same
 # command, options, data and start weights is restored instead of trained (README: sharing between experiments).
 
-SHARED_CLI = {"teacher": "--stage teacher", "auxkd_ce": "--stage teacher --name auxkd_ce",
-              "auxkd_single": "--stage auxkd --name auxkd_single"}
+SHARED_CLI = {
+    "teacher": "--stage teacher",
+    "auxkd_ce": "--stage teacher --name auxkd_ce",
+    "auxkd_single": "--stage auxkd --name auxkd_single",
+}
 TRAIN_RESOURCES = dict(gpu=config["gpus_per_job"], mem_mb=16000, runtime=24 * 60)
 # Each process feeds itself with its loader workers.
 TRAIN_THREADS = max(2, TRAIN_PROCESSES * max(1, config["train"].get("workers", 0)))
 
 
-def earlier_flags(wildcards, input):
-    return " ".join(f"--earlier {shlex.quote(m)}" for m in input.earlier)
-
-
 rule train_shared:
-    cache: True
     input:
         data="data/prepared/{dataset}",
-        earlier=lambda wc: [f"{SEED_DIR}/teacher/model.pt".format(**wc)] if wc.shared == "auxkd_single" else [],
+        earlier=lambda wc: ([f"{SEED_DIR}/teacher/model.pt".format(**wc)] if wc.shared == "auxkd_single" else []),
         start=lambda wc: start_files(wc, wc.shared),
     output:
         model=f"{SEED_DIR}/{{shared}}/model.pt",
         history=f"{SEED_DIR}/{{shared}}/history.parquet",
+    log:
+        f"logs/train/{{dataset}}/{{backbone}}/seed{{seed}}/{{shared}}.log",
+    cache: True
+    conda:
+        "../envs/fgkd.yaml"
+    threads: TRAIN_THREADS
+    resources:
+        **TRAIN_RESOURCES,
     params:
         stage=lambda wc: SHARED_CLI[wc.shared],
         earlier=earlier_flags,
         flags=lambda wc: cli_flags(train_options(wc, wc.shared)),
         processes=TRAIN_PROCESSES,
         fgkd=FGKD_VERSION,
-    threads: TRAIN_THREADS
-    resources:
-        **TRAIN_RESOURCES,
-    log:
-        f"logs/train/{{dataset}}/{{backbone}}/seed{{seed}}/{{shared}}.log",
     shell:
-        "fgkd train {params.stage} {params.earlier} --data {input.data:q} --out \"$(dirname {output.model:q})\""
+        'fgkd train {params.stage} {params.earlier} --data {input.data:q} --out "$(dirname {output.model:q})"'
         " {params.flags} --processes {params.processes} --no-progress > {log:q} 2>&1"
 
 
-def variant_earlier(wc):
-    """Student k learns against the teacher and students 1..k-1; the aux-KD student imitates all."""
-    members = [f"{d}/model.pt" for d in member_dirs(wc.dataset, wc.backbone, wc.seed, wc.variant)]
-    return members if wc.stage == "auxkd" else members[: int(wc.stage.split("_")[1])]
-
-
 rule train_variant:
-    cache: True
     input:
         data="data/prepared/{dataset}",
         earlier=variant_earlier,
@@ -56,17 +50,22 @@ rule train_variant:
     output:
         model=f"{VARIANT_DIR}/{{stage}}/model.pt",
         history=f"{VARIANT_DIR}/{{stage}}/history.parquet",
+    log:
+        f"logs/train/{{dataset}}/{{backbone}}/seed{{seed}}/{{variant}}/{{stage}}.log",
+    cache: True
+    conda:
+        "../envs/fgkd.yaml"
+    threads: TRAIN_THREADS
+    resources:
+        **TRAIN_RESOURCES,
     params:
-        stage=lambda wc: "--stage auxkd" if wc.stage == "auxkd" else f"--stage student --index {wc.stage.split('_')[1]}",
+        stage=lambda wc: (
+            "--stage auxkd" if wc.stage == "auxkd" else f"--stage student --index {wc.stage.split('_')[1]}"
+        ),
         earlier=earlier_flags,
         flags=lambda wc: cli_flags(train_options(wc, wc.stage, wc.variant)),
         processes=TRAIN_PROCESSES,
         fgkd=FGKD_VERSION,
-    threads: TRAIN_THREADS
-    resources:
-        **TRAIN_RESOURCES,
-    log:
-        f"logs/train/{{dataset}}/{{backbone}}/seed{{seed}}/{{variant}}/{{stage}}.log",
     shell:
-        "fgkd train {params.stage} {params.earlier} --data {input.data:q} --out \"$(dirname {output.model:q})\""
+        'fgkd train {params.stage} {params.earlier} --data {input.data:q} --out "$(dirname {output.model:q})"'
         " {params.flags} --processes {params.processes} --no-progress > {log:q} 2>&1"

@@ -1,25 +1,32 @@
-# A run killed hard (kill -9, power loss) leaves Snakemake's lock behind, and the same command would
-# then refuse to start. The Snakefile is read before the lock is taken: if no other Snakemake process
-# works in this folder, the lock is stale and removed, so rerunning the same command resumes.
+"""Snakemake's lock left behind by a run killed hard (kill -9, power loss), which makes the same command refuse to
+start. The Snakefile calls remove_stale_locks() before Snakemake takes its lock: if no other Snakemake process works
+in this folder, the lock is stale and removed, so rerunning the same command resumes. Linux only (it reads /proc);
+elsewhere it does nothing."""
+
+from __future__ import annotations
+
 import os
 import sys
+from pathlib import Path
+
+PROC = Path("/proc")
 
 
-def _ancestors():
+def _ancestors() -> set[int]:
     pids, pid = set(), os.getpid()
     while pid > 1:
         pids.add(pid)
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
+            stat = (PROC / str(pid) / "stat").read_text()
         except OSError:
             break
         pid = int(stat.rsplit(")", 1)[1].split()[1])
     return pids
 
 
-def _snakemake_running_here():
+def _snakemake_running_here() -> bool:
     here, mine = os.getcwd(), _ancestors()
-    for proc in Path("/proc").iterdir():
+    for proc in PROC.iterdir():
         if not proc.name.isdigit() or int(proc.name) in mine:
             continue
         try:
@@ -30,9 +37,8 @@ def _snakemake_running_here():
     return False
 
 
-def remove_stale_locks():
-    locks = Path(".snakemake/locks")
-    if not locks.is_dir() or not any(locks.iterdir()) or not Path("/proc/self").exists():
+def remove_stale_locks(locks: Path = Path(".snakemake/locks")) -> None:
+    if not locks.is_dir() or not any(locks.iterdir()) or not (PROC / "self").exists():
         return
     if _snakemake_running_here():
         return
@@ -40,6 +46,3 @@ def remove_stale_locks():
         lock.unlink()
     print("fgkd: removed a stale Snakemake lock: no Snakemake runs in this folder (an earlier run was killed)",
           file=sys.stderr)
-
-
-remove_stale_locks()
