@@ -249,7 +249,8 @@ def test_dvc_repro_and_an_experiment_with_its_metrics_and_plots(tmp_path):
 
     run(["dvc", "exp", "run", "-n", "twoepochs", "-S", "config/config.yaml:train.epochs=2"], project)
     assert len(pd.read_parquet(teacher)) == 2  # retrained with the experiment's setting
-    rows = {row["name"] or row["rev"]: row for entry in json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    rows = {row["name"] or row["rev"]: row for entry in shown
             for row in [entry, *[e for exp in entry.get("experiments") or [] for e in exp["revs"]]]}
     assert "twoepochs" in rows, list(rows)
     for name, epochs in (("main", 1), ("twoepochs", 2)):
@@ -281,6 +282,11 @@ def test_raw_data_round_trips_through_dvc(tmp_path):
     assert after == before
 
 
+# Status checks every 2 s, not Snakemake's 10: the jobs here last seconds, and each waited for a check (a real
+# cluster keeps the default, which spares its controller).
+QUICK_STATUS = ["--seconds-between-status-checks", "2"]
+
+
 @pytest.fixture
 def slurm_cluster():
     script = REPO / "scripts" / "slurm-local"
@@ -293,7 +299,8 @@ def slurm_cluster():
 def test_profile_slurm_runs_every_rule_as_a_slurm_job_training_with_two_processes(tmp_path, slurm_cluster):
     project = project_copy(tmp_path / "project")
     shutil.copytree(REPO / "slurm", project / "slurm", dirs_exist_ok=True)
-    result = run(["snakemake", "--profile", "slurm", "all", "--config", "gpus_per_job=0", "train_processes=2"], project,
+    result = run(["snakemake", "--profile", "slurm", "all", *QUICK_STATUS, "--config", "gpus_per_job=0",
+                  "train_processes=2"], project,
                  timeout=1200)
     output = result.stdout + result.stderr
     submitted = set(re.findall(r"submitted with SLURM jobid \d+ \(log: \S*/rule_(\w+)/", output))
@@ -341,7 +348,7 @@ def test_slurm_signal_before_the_time_limit_checkpoints_and_the_retry_resumes(tm
 
     project = projects["slurm"]
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    process = subprocess.Popen(["snakemake", "--profile", "slurm", target, *two_processes], cwd=project,
+    process = subprocess.Popen(["snakemake", "--profile", "slurm", target, *QUICK_STATUS, *two_processes], cwd=project,
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     checkpoint = project / "results/synthetic/resnet10/seed0/teacher/checkpoint.pt"
     wait_for_file(checkpoint, process, timeout=600)
