@@ -75,8 +75,9 @@ SEED_DIR = "results/{dataset}/{backbone}/seed{seed}"
 VARIANT_DIR = "results/{dataset}/{backbone}/seed{seed}/{variant}"
 METHOD = config["method"]
 ABLATIONS = config["ablations"]
+STUDIED_VARIANTS = [METHOD, *ABLATIONS]  # the method and its ablations, in report order
 
-for _name in [METHOD, *ABLATIONS]:
+for _name in STUDIED_VARIANTS:
     if _name not in config["variants"]:
         config_error(f"method/ablations: {_name!r} is not defined under variants ({', '.join(config['variants'])})")
 for _name in config["run_datasets"]:
@@ -221,7 +222,7 @@ def check_stage_options():
     hours of data preparation. A file under results/ may be written by a job of this workflow (transfer from the
     model of another data set)."""
     stages = [(stage, None) for stage in SHARED_STAGES] + [
-        (stage, variant) for variant in [METHOD, *ABLATIONS] for stage in [*STUDENTS, "auxkd"]
+        (stage, variant) for variant in STUDIED_VARIANTS for stage in [*STUDENTS, "auxkd"]
     ]
     for dataset, backbone, seed in RUNS:
         where = SimpleNamespace(dataset=dataset, backbone=backbone, seed=seed)

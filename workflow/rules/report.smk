@@ -19,7 +19,7 @@ rule report:
 rule report_ablations:
     input:
         run_files(
-            [METHOD, *ABLATIONS],
+            STUDIED_VARIANTS,
             ["ensemble.parquet", "attention.parquet"],
             aux=("auxkd_ce", "auxkd_single"),
         ),
@@ -27,7 +27,7 @@ rule report_ablations:
             f"{variant_dir(d, b, s, v)}/part_occlusion.parquet"
             for d, b, s in RUNS
             if d in SYNTHETIC
-            for v in [METHOD, *ABLATIONS]
+            for v in STUDIED_VARIANTS
         ],
     output:
         ABLATION_REPORTS,
@@ -36,5 +36,5 @@ rule report_ablations:
     conda:
         "../envs/fgkd.yaml"
     shell:
-        f"fgkd report --ablations --results results {RUN_FLAGS} --variants {','.join([METHOD, *ABLATIONS])}"
+        f"fgkd report --ablations --results results {RUN_FLAGS} --variants {','.join(STUDIED_VARIANTS)}"
         f" --students {config['students']} --combine {COMBINE} --out results/reports/ablations > {{log:q}} 2>&1"
