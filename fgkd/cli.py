@@ -41,13 +41,16 @@ def main():
 @click.option("--identity-parts", type=int, default=None,
               help="N >= 2: a class is a combination of markings over N part slots, one part alone cannot tell it "
                    "(default: every slot identifies the class).")
+@click.option("--exclude-classes-of", multiple=True, type=click.Path(),
+              help="A set written by fgkd synth (repeatable) whose classes this one must not have: a pretraining set "
+                   "of other classes.")
 @_friendly
-def synth(out, classes, images_per_class, size, seed, occlusion, test_fraction, identity_parts):
+def synth(out, classes, images_per_class, size, seed, occlusion, test_fraction, identity_parts, exclude_classes_of):
     """Generate the synthetic fine-grained data set in the CUB-200-2011 layout."""
     from .data.synth import SynthParams, generate
 
     root = generate(out, classes, images_per_class, size, seed, SynthParams(occlusion_prob=occlusion), test_fraction,
-                    identity_parts)
+                    identity_parts, exclude_classes_of)
     click.echo(f"wrote {classes * images_per_class} images in {classes} classes to {root}")
 
 

@@ -208,3 +208,47 @@ def test_an_occlusion_outside_0_1_or_a_negative_seed_is_one_line_and_writes_noth
                                        "--images-per-class", "2", *args])
     assert result.exit_code == 1 and result.output.startswith(f"Error: {culprit}"), result.output
     assert not (tmp_path / "raw").exists()
+
+
+def _classes(root):
+    return [tuple(parts) for parts in json.loads((root / "synthetic.json").read_text())["class_parts"].values()]
+
+
+def _shows(parts, other):
+    """Whether a class with these markings shows every marking that defines the other class."""
+    return all(o is None or p == o for p, o in zip(parts, other))
+
+
+def test_a_set_of_other_classes_shares_no_class_with_the_excluded_sets(tmp_path):
+    """The pretraining set's classes differ from the target sets' (default and combination mode). The first
+    excluded set is the very set that the same arguments make without exclusion, so without the feature every
+    class would collide; the combination set's 16 classes over 144 combinations would meet about 4 of 40."""
+    same = synth.generate(tmp_path / "same", 40, 2, 16, seed=0)
+    pairs = synth.generate(tmp_path / "pairs", 16, 2, 16, seed=1, identity_parts=2)
+    other = synth.generate(tmp_path / "other", 40, 2, 16, seed=0, exclude_classes_of=[tmp_path / "same",
+                                                                                        pairs / "synthetic.json"])
+    classes = _classes(other)
+    assert len(set(classes)) == 40
+    for excluded in [*_classes(same), *_classes(pairs)]:
+        assert not any(_shows(parts, excluded) for parts in classes), excluded
+    meta = json.loads((other / "synthetic.json").read_text())
+    assert meta["excluded_classes"]["classes"] == 56
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--exclude-classes-of", "{tmp}/nowhere"], "--exclude-classes-of {tmp}/nowhere: no synthetic.json there"),
+    (["--exclude-classes-of", "{tmp}/bad.json"], "--exclude-classes-of {tmp}/bad.json: not a synthetic.json"),
+    (["--exclude-classes-of", "{tmp}/bad.json", "--identity-parts", "2"],
+     "--exclude-classes-of works in the default mode only"),
+])
+def test_a_bad_set_to_exclude_is_one_line_and_writes_nothing(tmp_path, args, message):
+    from click.testing import CliRunner
+
+    from fgkd.cli import main
+
+    (tmp_path / "bad.json").write_text('{"classes": 3}')
+    args = [a.format(tmp=tmp_path) for a in args]
+    result = CliRunner().invoke(main, ["synth", "--out", str(tmp_path / "raw"), "--classes", "6",
+                                       "--images-per-class", "2", *args])
+    assert result.exit_code == 1 and result.output.startswith(f"Error: {message.format(tmp=tmp_path)}"), result.output
+    assert len(result.output.splitlines()) == 1 and not (tmp_path / "raw").exists()

@@ -129,8 +129,12 @@ def check_identity_parts(num_classes: int, identity_parts: int | None) -> None:
                         f"belong to one class only, so that part alone would identify it; use --classes {fits}")
 
 
-def class_codes(num_classes: int, rng: np.random.Generator, identity_parts: int | None = None) -> np.ndarray:
+def class_codes(num_classes: int, rng: np.random.Generator, identity_parts: int | None = None,
+                exclude: Sequence[dict[int, int]] = ()) -> np.ndarray:
     """One variant per slot for each class; distinct tuples, each slot injective when possible.
+
+    ``exclude``: classes of other sets (slot -> variant, see read_class_codes) that no class here may show; a code
+    showing every marking of an excluded class is drawn again (so the codes are random tuples, not permutations).
 
     With ``identity_parts`` N: the class's combination over the first N slots, the other slots FREE. With M
     markings per slot (markings_per_slot), combination c (base-M digits d_0, d_1, ...) shows d_0 in the first
@@ -146,12 +150,36 @@ def class_codes(num_classes: int, rng: np.random.Generator, identity_parts: int 
         codes = np.full((num_classes, slots), FREE)
         codes[rng.permutation(num_classes), :identity_parts] = np.take_along_axis(alphabets, combos, 0)
         return codes
-    if num_classes <= VARIANTS_PER_SLOT:
+    if num_classes <= VARIANTS_PER_SLOT and not exclude:
         return np.stack([rng.permutation(VARIANTS_PER_SLOT)[:num_classes] for _ in range(slots)], 1)
     codes: set[tuple[int, ...]] = set()
-    while len(codes) < num_classes:
-        codes.add(tuple(int(x) for x in rng.integers(0, VARIANTS_PER_SLOT, slots)))
-    return np.array(sorted(codes))
+    for _ in range(1000 * num_classes):
+        code = tuple(int(x) for x in rng.integers(0, VARIANTS_PER_SLOT, slots))
+        if not any(all(code[slot] == variant for slot, variant in other.items()) for other in exclude):
+            codes.add(code)
+        if len(codes) == num_classes:
+            return np.array(sorted(codes))
+    raise FgkdError(f"--classes {num_classes}: not that many classes differ from the {len(exclude)} excluded ones; "
+                    "use fewer classes")
+
+
+def read_class_codes(path: str | Path) -> list[dict[int, int]]:
+    """The classes of a set written by ``generate`` (its folder or synthetic.json), as slot -> variant for the slots
+    that define them."""
+    path = Path(path)
+    candidates = [path] if path.suffix == ".json" else [path / "CUB_200_2011" / "synthetic.json", path / "synthetic.json"]
+    meta_file = next((c for c in candidates if c.is_file()), None)
+    if meta_file is None:
+        raise FgkdError(f"--exclude-classes-of {path}: no synthetic.json there; give a folder written by fgkd synth "
+                        "or its CUB_200_2011/synthetic.json")
+    try:
+        meta = json.loads(meta_file.read_text())
+        names = {(slot, variant_name(slot, v)): v for slot in range(len(PART_SLOTS)) for v in range(VARIANTS_PER_SLOT)}
+        return [{slot: names[slot, name] for slot, name in enumerate(parts) if name is not None}
+                for parts in meta["class_parts"].values()]
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise FgkdError(f"--exclude-classes-of {meta_file}: not a synthetic.json of fgkd synth ({err!r}); "
+                        "regenerate that set") from None
 
 
 def free_slots(codes: np.ndarray) -> list[int]:
@@ -338,9 +366,10 @@ def stream_rng(seed: int, stream: int, index: int) -> np.random.Generator:
 
 def generate(out: str | Path, classes: int, images_per_class: int, size: int, seed: int,
              params: SynthParams = SynthParams(), test_fraction: float = 0.5,
-             identity_parts: int | None = None) -> Path:
+             identity_parts: int | None = None, exclude_classes_of: Sequence[str | Path] = ()) -> Path:
     """Write the data set under ``out/CUB_200_2011``; same arguments, same bytes. ``identity_parts``: see the
-    module's docstring (None: every slot identifies the class)."""
+    module's docstring (None: every slot identifies the class). ``exclude_classes_of``: sets (folders written by this
+    function) whose classes this one must not have, e.g. a pretraining set of other classes."""
     if classes < 2:
         raise FgkdError(f"--classes must be at least 2 (got {classes})")
     if images_per_class < 2:
@@ -353,10 +382,14 @@ def generate(out: str | Path, classes: int, images_per_class: int, size: int, se
         raise FgkdError(f"--occlusion is a probability in [0, 1] (got {params.occlusion_prob})")
     if seed < 0:
         raise FgkdError(f"--seed must be >= 0 (got {seed})")
+    if exclude_classes_of and identity_parts is not None:
+        raise FgkdError("--exclude-classes-of works in the default mode only (every slot identifies the class); "
+                        "leave out --identity-parts")
+    exclude = [code for other in exclude_classes_of for code in read_class_codes(other)]
     root = Path(out) / "CUB_200_2011"
     if (root / "images.txt").exists():
         raise FgkdError(f"{root} already holds a data set; remove it or choose another --out")
-    codes = class_codes(classes, stream_rng(seed, CODE_STREAM, 0), identity_parts)
+    codes = class_codes(classes, stream_rng(seed, CODE_STREAM, 0), identity_parts, exclude)
     free = free_slots(codes)
     names = [f"{c + 1:03d}.Species_{c + 1:03d}" for c in range(classes)]
     n_test = min(max(1, round(images_per_class * test_fraction)), images_per_class - 1)
@@ -402,6 +435,8 @@ def generate(out: str | Path, classes: int, images_per_class: int, size: int, se
         "class_parts": {n: [None if v == FREE else variant_name(s, int(v)) for s, v in enumerate(codes[i])]
                         for i, n in enumerate(names)},
     }
+    if exclude_classes_of:
+        meta["excluded_classes"] = {"of": [str(p) for p in exclude_classes_of], "classes": len(exclude)}
     if identity_parts is not None:
         shared = [np.unique(codes[:, s], return_counts=True)[1] for s in range(identity_parts)]
         caps = one_part_caps(codes, np.array(test_labels))
