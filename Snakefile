@@ -33,3 +33,10 @@ rule ablations:
     input:
         REPORTS,
         ABLATION_REPORTS,
+
+
+# The networks that other networks of this experiment start from (init_from: or pretrained: a path under results/,
+# e.g. the pretrained-start regime of config/fair.yaml); `all` and `ablations` make them first anyway.
+rule pretrain:
+    input:
+        START_MODELS,

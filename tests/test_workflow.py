@@ -194,6 +194,13 @@ def test_schema_backbones_are_the_model_registrys():
      "datasets.synthetic.synth: --identity-parts 9: must be 2 to 4, the part slots"),
     ({"datasets": {"x": {"format": "cub", "synth": {"identity_parts": 2}}}, "run_datasets": ["x"]},
      "datasets.x.synth: 'classes' is a dependency of 'identity_parts'"),
+    ({"datasets": {"x": {"format": "cub", "synth": {"classes": 4, "exclude_classes_of": ["synthetic", "y"]}}}},
+     "datasets.x.synth.exclude_classes_of: 'y' is not another synthetic data set of this config (synthetic"),
+    ({"datasets": {"x": {"format": "cub", "synth": {"classes": 4, "exclude_classes_of": ["x"]}}}},
+     "datasets.x.synth.exclude_classes_of: 'x' is not another synthetic data set of this config"),
+    ({"datasets": {"x": {"format": "cub", "synth": {"classes": 6, "identity_parts": 2,
+                                                     "exclude_classes_of": ["synthetic"]}}}},
+     "datasets.x.synth: exclude_classes_of works in the default mode only"),
 ])
 def test_config_errors_are_one_line_before_any_job(tmp_path, override, first_line):
     project = project_copy(tmp_path / "project")
@@ -465,6 +472,31 @@ def test_every_shipped_configs_commands_carry_exactly_its_options_and_the_schema
         assert words and {w[w.index("--combine") + 1] for w in words} == {combine}, program
     images = config.get("attention", {}).get("images", schema_default("attention", "images"))
     assert {w[w.index("--images") + 1] for w in shell_commands(result.stdout, "attention")} == {str(images)}
+
+
+def test_the_fair_configs_pretrained_regimes_start_every_network_from_a_teacher_of_other_classes(tmp_path):
+    """config/fair.yaml: the pretraining set is generated without the classes of the two target sets, its teacher
+    is trained once, first (`pretrain`), and every network of the two pretrained regimes, and none of the others,
+    starts from it."""
+    project = project_copy(tmp_path / "project")
+    args = ["--cores", "2", "--dry-run", "--printshellcmds", "--configfile", "config/fair.yaml"]
+    first = run(["snakemake", "pretrain", *args], project).stdout
+    assert job_counts(first) == {"synth": 3, "prepare": 1, "train_shared": 1, "pretrain": 1}
+    (synth,) = [w for w in shell_commands(first, "synth") if "data/raw/pretraining" in w]
+    excluded = [synth[i + 1] for i, word in enumerate(synth) if word == "--exclude-classes-of"]
+    assert excluded == ["data/raw/parts_any", "data/raw/parts_all"]
+
+    plan = run(["snakemake", "ablations", *args], project).stdout
+    start = "results/pretraining/resnet10/seed0/teacher/model.pt"
+    trains = shell_commands(plan, "train")
+    outputs = [re.search(r"\$\(dirname (\S+)\)", " ".join(words)).group(1) for words in trains]
+    assert outputs.count(start) == 1  # trained once
+    for words, output in zip(trains, outputs):
+        dataset = output.split("/")[1]
+        init_from = words[words.index("--init-from") + 1] if "--init-from" in words else None
+        assert init_from == (start if dataset.endswith("_pretrained") else None), words
+    assert {w.split("/")[1] for w in re.findall(r"results/[^/ ]+/", plan)} >= {
+        "parts_any", "parts_all", "parts_any_pretrained", "parts_all_pretrained"}
 
 
 def test_command_line_config_overrides_keys_of_the_default_experiment(tmp_path):

@@ -117,12 +117,30 @@ RUNS = [(d, b, s) for d in config["run_datasets"] for b in config["backbones"] f
 PAIRS = [(d, b) for d in config["run_datasets"] for b in config["backbones"]]
 SYNTHETIC = [d for d in config["run_datasets"] if "synth" in config["datasets"][d]]
 
-for _name in SYNTHETIC:
-    _synth = config["datasets"][_name]["synth"]
+
+def excluded_sets(dataset):
+    """The synthetic sets whose classes this one must not have (datasets.<name>.synth.exclude_classes_of)."""
+    return config["datasets"][dataset].get("synth", {}).get("exclude_classes_of", [])
+
+
+for _name, _spec in config["datasets"].items():
+    if "synth" not in _spec:
+        continue
     try:
-        check_identity_parts(_synth.get("classes"), _synth.get("identity_parts"))
+        check_identity_parts(_spec["synth"].get("classes"), _spec["synth"].get("identity_parts"))
     except FgkdError as err:
         config_error(f"datasets.{_name}.synth: {err}")
+    if excluded_sets(_name) and "identity_parts" in _spec["synth"]:
+        config_error(
+            f"datasets.{_name}.synth: exclude_classes_of works in the default mode only (every slot identifies the "
+            "class); leave out identity_parts"
+        )
+    for _other in excluded_sets(_name):
+        if _other == _name or "synth" not in config["datasets"].get(_other, {}):
+            config_error(
+                f"datasets.{_name}.synth.exclude_classes_of: {_other!r} is not another synthetic data set of this "
+                f"config ({', '.join(n for n in config['datasets'] if n != _name and 'synth' in config['datasets'][n])})"
+            )
 
 
 def seed_dir(dataset, backbone, seed):
@@ -220,24 +238,26 @@ def check_stage_options():
     """What the schema cannot say, for every network the config trains (e.g. a crop larger than its resize, a
     start-weights file that is not there): the checks of `fgkd train` itself, run while planning rather than after
     hours of data preparation. A file under results/ may be written by a job of this workflow (transfer from the
-    model of another data set)."""
+    model of another data set, the pretrained-start regime): those files are returned."""
     stages = [(stage, None) for stage in SHARED_STAGES] + [
         (stage, variant) for variant in STUDIED_VARIANTS for stage in [*STUDENTS, "auxkd"]
     ]
+    made_here = set()
     for dataset, backbone, seed in RUNS:
         where = SimpleNamespace(dataset=dataset, backbone=backbone, seed=seed)
         for stage, variant in stages:
             try:
                 options = TrainConfig(**train_options(where, stage, variant))
                 options.check_values()
-                options.check_files(
-                    made_later=tuple(p for p in options.weight_files().values() if Path(p).parts[:1] == ("results",))
-                )
+                made_later = tuple(p for p in options.weight_files().values() if Path(p).parts[:1] == ("results",))
+                options.check_files(made_later=made_later)
+                made_here.update(made_later)
             except FgkdError as err:
                 config_error(f"{dataset} / {variant or 'shared'} / {stage}: {err}")
+    return sorted(made_here)
 
 
-check_stage_options()
+START_MODELS = check_stage_options()  # the `pretrain` target
 
 
 def cli_flags(options):

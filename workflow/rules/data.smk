@@ -2,6 +2,8 @@
 
 
 rule synth:
+    input:
+        excluded=lambda wc: [f"data/raw/{d}" for d in excluded_sets(wc.dataset)],
     output:
         directory("data/raw/{dataset}"),
     log:
@@ -10,9 +12,12 @@ rule synth:
     conda:
         "../envs/fgkd.yaml"
     params:
-        flags=lambda wc: cli_flags(config["datasets"][wc.dataset]["synth"]),
+        flags=lambda wc: cli_flags(
+            {k: v for k, v in config["datasets"][wc.dataset]["synth"].items() if k != "exclude_classes_of"}
+        ),
+        exclude=lambda wc, input: " ".join(f"--exclude-classes-of {shlex.quote(d)}" for d in input.excluded),
     shell:
-        "fgkd synth --out {output:q} {params.flags} > {log:q} 2>&1"
+        "fgkd synth --out {output:q} {params.flags} {params.exclude} > {log:q} 2>&1"
 
 
 rule prepare:
