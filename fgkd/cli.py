@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 
 import click
 
@@ -292,11 +293,17 @@ def part_occlusion(raw, data, models, out, combine):
 @main.command("publish-results")
 @click.option("--reports", default="results/reports", show_default=True, type=click.Path(file_okay=False))
 @click.option("--readme", default="README.md", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--figures", default="docs/results", show_default=True, type=click.Path(file_okay=False))
+@click.option("--figures", type=click.Path(file_okay=False),
+              help="Where the figures go  [default: docs/results, or docs/results/BLOCK, beside the README]")
+@click.option("--block", help="Fill the README's block <!-- results:BLOCK:start --> ... instead of the default "
+                              "experiment's (the results of another config, e.g. --block fair).")
 @_friendly
-def publish_results(reports, readme, figures):
+def publish_results(reports, readme, figures, block):
     """Fill the README's Results section from the reports (after `snakemake --cores all ablations`)."""
     from .report import publish
 
-    publish(reports, readme, figures)
+    if block is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", block):
+        raise FgkdError(f"--block {block!r}: use letters, digits, - and _ (it names a README comment and a folder)")
+    figures = figures or os.path.join(os.path.dirname(readme), "docs", "results", *([block] if block else []))
+    publish(reports, readme, figures, block)
     click.echo(f"updated {readme} and {figures}")

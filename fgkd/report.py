@@ -438,15 +438,19 @@ def _ensemble_members(ensembles: pd.DataFrame, combine: str, target: Path) -> No
     _save_figure(fig, target)
 
 
-RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
+def results_markers(block: str | None = None) -> tuple[str, str]:
+    """The README comments around a results block: the default experiment's, or a named one (another config's)."""
+    name = f"results:{block}" if block else "results"
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 
 
-def publish(reports: str | Path, readme: str | Path, figures: str | Path) -> None:
-    """Put the reports' tables between the README's results markers and copy the figures beside it."""
+def publish(reports: str | Path, readme: str | Path, figures: str | Path, block: str | None = None) -> None:
+    """Put the reports' tables between the README's markers of ``block`` and copy the figures beside it."""
     reports, readme, figures = Path(reports), Path(readme), Path(figures)
+    start, end = results_markers(block)
     text = readme.read_text()
-    if RESULTS_START not in text or RESULTS_END not in text:
-        raise FgkdError(f"{readme}: no {RESULTS_START} ... {RESULTS_END} block to fill")
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise FgkdError(f"{readme}: no single {start} ... {end} block to fill; add one where the results belong")
     blocks = []
     for summary in (reports / "summary.md", reports / "ablations" / "summary.md"):
         if not summary.is_file():
@@ -459,6 +463,6 @@ def publish(reports: str | Path, readme: str | Path, figures: str | Path) -> Non
             tmp.write_bytes(png.read_bytes())
         links.append(f"![{png.stem}]({(figures / png.name).relative_to(readme.parent).as_posix()})")
     generated = "\n\n".join([*blocks, *links])
-    head, rest = text.split(RESULTS_START, 1)
-    _, tail = rest.split(RESULTS_END, 1)
-    _write_text(readme, f"{head}{RESULTS_START}\n{generated}\n{RESULTS_END}{tail}")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    _write_text(readme, f"{head}{start}\n{generated}\n{end}{tail}")

@@ -356,3 +356,41 @@ def test_comparison_of_networks_scored_on_other_images_is_one_line_and_no_report
     frame.assign(image_id=frame["image_id"] + 1000).to_parquet(victim)
     one_line_error(run_report(root, tmp_path / "ablations", "logits", "--ablations"), str(victim), "differ")
     assert not (tmp_path / "ablations").exists()
+
+
+def _reports(root, title):
+    (root / "ablations").mkdir(parents=True)
+    (root / "figures").mkdir()
+    (root / "summary.md").write_text(f"# fgkd results\n\n## Main\n\n{title} main table\n")
+    (root / "ablations" / "summary.md").write_text(f"# fgkd ablations\n\n## Variants\n\n{title} ablation table\n")
+    Image.new("RGB", (4, 4), (200, 0, 0)).save(root / "figures" / "training_curves.png")
+    return root
+
+
+def test_publish_results_fills_a_named_block_and_leaves_the_default_one(tmp_path):
+    readme = tmp_path / "README.md"
+    default = "<!-- results:start -->\nDEFAULT RESULTS\n<!-- results:end -->"
+    readme.write_text(f"# x\n\n{default}\n\nthe study:\n<!-- results:fair:start -->\nSTALE\n<!-- results:fair:end -->\nend\n")
+    publish = ["publish-results", "--readme", str(readme), "--block", "fair"]
+    for title in ("first", "second"):
+        result = CliRunner().invoke(main, [*publish, "--reports", str(_reports(tmp_path / title, title))])
+        assert result.exit_code == 0, result.output
+    text = readme.read_text()
+    assert default in text and "STALE" not in text and "first" not in text and text.endswith("\nend\n")
+    assert "second main table" in text and "#### Variants\n\nsecond ablation table" in text
+    assert "![training_curves](docs/results/fair/training_curves.png)" in text
+    assert (tmp_path / "docs/results/fair/training_curves.png").is_file()
+    assert not (tmp_path / "docs/results/training_curves.png").exists()  # the default block's figures untouched
+
+
+@pytest.mark.parametrize("block,culprit", [("other", "no single <!-- results:other:start -->"),
+                                           ("../x", "--block '../x': use letters")])
+def test_publish_results_into_a_missing_or_odd_block_is_one_line_and_changes_nothing(tmp_path, block, culprit):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- results:start -->\nDEFAULT\n<!-- results:end -->\n")
+    result = CliRunner().invoke(main, ["publish-results", "--readme", str(readme), "--block", block,
+                                       "--reports", str(_reports(tmp_path / "r", "new"))])
+    assert result.exit_code == 1 and result.output.startswith("Error: ") and culprit in result.output, result.output
+    assert len(result.output.splitlines()) == 1
+    assert readme.read_text() == "# x\n<!-- results:start -->\nDEFAULT\n<!-- results:end -->\n"
+    assert not (tmp_path / "docs").exists()
