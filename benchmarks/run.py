@@ -318,7 +318,8 @@ def _synced_timed(functions: dict, repeats: int, device: torch.device) -> dict[s
 
 
 def gpu_steps(work: Path, steps: int = 10, repeats: int = 3, device: str = "cuda", crop: int = 448,
-              backbones: tuple = (("resnet50", 512), ("vgg16_bn", 4096)), compile: bool = True) -> tuple[list[Row], str]:
+              backbones: tuple = (("resnet50", 512), ("vgg16_bn", 4096)),
+              compile: bool = True) -> tuple[list[Row], str]:
     """The paper config on the GPU: ResNet-50 and VGG-16-BN at 448 px, batch 32, bf16 autocast, channels_last, 200
     classes (CUB), random weights. Per backbone: the bare torchvision model's forward + backward + SGD step (the
     floor), fgkd's teacher, student 3 (k = 3 frozen networks) and aux-KD (K + 1 = 4 frozen networks, 4 auxiliary
@@ -339,7 +340,8 @@ def gpu_steps(work: Path, steps: int = 10, repeats: int = 3, device: str = "cuda
                              channels_last="on", device=str(device))
         generator = torch.Generator().manual_seed(0)
         batches = [(torch.randn(batch, 3, crop, crop, generator=generator),
-                    torch.randint(0, classes, (batch,), generator=generator), torch.arange(batch)) for _ in range(steps)]
+                    torch.randint(0, classes, (batch,), generator=generator), torch.arange(batch))
+                   for _ in range(steps)]
         on_gpu = [(x.to(device, memory_format=torch.channels_last), y.to(device), i) for x, y, i in batches]
         # fgkd's engine gets them as its loader gives them: float32 in pinned CPU memory, copied every step
         # (non-blocking); the floor's are on the GPU already.
@@ -355,7 +357,8 @@ def gpu_steps(work: Path, steps: int = 10, repeats: int = 3, device: str = "cuda
         # is small).
         bare = net()
         bare_optimizer = sgd(bare, config)
-        vision = torchvision.models.get_model(backbone, num_classes=classes).to(device, memory_format=torch.channels_last)
+        vision = torchvision.models.get_model(backbone, num_classes=classes)
+        vision = vision.to(device, memory_format=torch.channels_last)
         vision_optimizer = sgd(vision, config)
 
         def floor():
@@ -419,7 +422,8 @@ def gpu_steps(work: Path, steps: int = 10, repeats: int = 3, device: str = "cuda
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (a check of the code, not a figure)"
     note = (f"GPU: {name}, torch {torch.__version__}, CUDA {torch.version.cuda}; "
             f"batch {batch}, {crop} px, bf16 autocast, channels_last, {classes} classes, random weights, in-memory "
-            f"batches (pinned CPU memory for fgkd's engine, copied each step as from its loader; on the GPU for the floor); median of {repeats} x {steps} steps. Ratios: against the floor of the same backbone "
+            "batches (pinned CPU memory for fgkd's engine, copied each step as from its loader; on the GPU for the "
+            f"floor); median of {repeats} x {steps} steps. Ratios: against the floor of the same backbone "
             "(student and aux-KD also run their frozen networks: compare with 1 + k x forward / step); compile: "
             "compiled / eager.")
     return rows, note
