@@ -8,6 +8,7 @@ figures measured in this run, interleaved and repeated (the median counts), on t
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import shutil
@@ -225,6 +226,209 @@ def input_pipeline(work: Path, default_data: Path, config: TrainConfig, consumpt
     return rows
 
 
+# The GPU's demand in the loader sections: NVIDIA DeepLearningExamples, PyTorch/Classification/ConvNets/resnet50v1.5/
+# README.md, "Training performance: NVIDIA DGX A100 (8x A100 80GB)": 1 GPU, mixed precision, 224 px, batch 256 per
+# GPU (pytorch-21.03 NGC container, DALI-CPU loader): 2470 img/s. A 448 px image has (448/224)^2 = 4x the pixels,
+# and ResNet-50's cost grows with them: 2470 / 4 = 617.5 img/s. An assumption until `scripts/benchmark --section gpu`
+# measures fgkd's own step (batch 32 uses a GPU less fully than 256: the real rate is likely lower; a newer GPU,
+# higher).
+A100_RESNET50_224_IMG_S = 2470.0
+PAPER_DEMAND_IMG_S = A100_RESNET50_224_IMG_S / (448 / 224) ** 2
+
+
+def paper_size_jpegs(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    """``count`` 800 x 600 JPEGs (quality 90), the size of the paper config's prepared copies (short side 600):
+    smooth random colour fields with fine noise on top, so that they compress like photographs (about 100 KB),
+    not like flat test patterns."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for index in range(count):
+        coarse = torch.from_numpy(rng.uniform(0, 255, (1, 3, 12, 16)).astype(np.float32))
+        smooth = F.interpolate(coarse, size=(600, 800), mode="bicubic", align_corners=False)[0]
+        pixels = (smooth + torch.from_numpy(rng.normal(0, 12, (3, 600, 800)).astype(np.float32))).clamp(0, 255)
+        path = folder / f"{index:03d}.jpg"
+        Image.fromarray(pixels.byte().permute(1, 2, 0).numpy()).save(path, format="JPEG", quality=90)
+        files.append(path)
+    return files
+
+
+def paper_loader(work: Path, count: int = 60, repeats: int = 5) -> tuple[list[Row], str]:
+    """Loader at the paper's size: one core decoding and augmenting 800 x 600 JPEGs to 448 px training inputs
+    (the `official` recipe: square resize 600, RandomCrop(448, padding=8), flip, normalise 0.5 / 0.5), with PIL
+    (fgkd's loader) and with torchvision.io.decode_jpeg + transforms v2 on uint8 tensors."""
+    from torchvision.io import decode_jpeg, read_file
+    from torchvision.transforms import v2
+
+    from fgkd.data.dataset import decode_rgb, fgvc_transform
+
+    files = paper_size_jpegs(work / "paper_jpegs", count)
+    kilobytes = statistics.mean(f.stat().st_size for f in files) / 1024
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one loader worker = one core (DataLoader workers run torch with one thread)
+    try:
+        pil_transform = fgvc_transform(ImageSizes(600, 448, "official"), train=True)
+        tensor_transform = v2.Compose([v2.Resize((600, 600), antialias=True), v2.RandomCrop(448, padding=8),
+                                       v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True),
+                                       v2.Normalize((0.5,) * 3, (0.5,) * 3)])
+
+        def pil():
+            for path in files:
+                pil_transform(decode_rgb(path))
+
+        def tensor():
+            for path in files:
+                tensor_transform(decode_jpeg(read_file(str(path))))
+
+        pil()  # warm-up
+        tensor()
+        times = interleaved({"pil": pil, "tensor": tensor}, repeats)
+    finally:
+        torch.set_num_threads(threads)
+    rates = {name: count / seconds for name, seconds in times.items()}
+    demand = PAPER_DEMAND_IMG_S
+    workers = {name: math.ceil(demand / rate) for name, rate in rates.items()}
+    rows = [Row("8 loader at the paper's size", "one core, PIL (fgkd's loader): decode 800 x 600, official recipe "
+                "to 448", rates["pil"], "img/s", f"GPU demand {demand:.0f} img/s: {workers['pil']} workers"),
+            Row("8 loader at the paper's size", "one core, torchvision.io.decode_jpeg + transforms v2 on uint8",
+                rates["tensor"], "img/s", f"GPU demand {demand:.0f} img/s: {workers['tensor']} workers",
+                rates["tensor"] / rates["pil"])]
+    note = (f"Loader at the paper's size: {count} JPEGs of 800 x 600 px (quality 90, {kilobytes:.0f} KB each) made by "
+            f"the benchmark; one core each path, interleaved, median of {repeats}. GPU demand: ResNet-50 teacher "
+            f"step at 448 px, assumed {demand:.0f} img/s = NVIDIA's published 1 x A100 80GB mixed-precision "
+            f"training rate at 224 px, {A100_RESNET50_224_IMG_S:.0f} img/s (DeepLearningExamples, "
+            "PyTorch/Classification/ConvNets/resnet50v1.5/README.md, DGX A100 table), / (448/224)^2. "
+            "Workers = ceil(demand / one core's rate); a VGG-16-BN step needs about a quarter of that (about 4x the "
+            "FLOPs of ResNet-50).")
+    return rows, note
+
+
+def _synced_timed(functions: dict, repeats: int, device: torch.device) -> dict[str, float]:
+    """interleaved() with the GPU's queue drained at the end of each call, so that a time is the GPU's work."""
+    def synced(function):
+        def run():
+            function()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        return run
+
+    return interleaved({name: synced(f) for name, f in functions.items()}, repeats)
+
+
+def gpu_steps(work: Path, steps: int = 10, repeats: int = 3, device: str = "cuda", crop: int = 448,
+              backbones: tuple = (("resnet50", 512), ("vgg16_bn", 4096)),
+              compile: bool = True) -> tuple[list[Row], str]:
+    """The paper config on the GPU: ResNet-50 and VGG-16-BN at 448 px, batch 32, bf16 autocast, channels_last, 200
+    classes (CUB), random weights. Per backbone: the bare torchvision model's forward + backward + SGD step (the
+    floor), fgkd's teacher, student 3 (k = 3 frozen networks) and aux-KD (K + 1 = 4 frozen networks, 4 auxiliary
+    heads) steps through fgkd's engine, the teacher step under torch.compile; then the loader's one-core rate on this
+    machine's CPU against the measured ResNet-50 teacher demand. (``device``, ``crop``, ``backbones``, ``compile``:
+    a small run of the same code on the CPU, to check it without a GPU.)"""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return [], "GPU: skipped: no CUDA on the machine of this run."
+    import torchvision
+
+    classes, batch = 200, 32
+    rows = []
+    demand = {}
+    for backbone, hidden in backbones:
+        config = TrainConfig(backbone=backbone, head="official", head_hidden=hidden, attention_stride=32,
+                             batch_size=batch, resize=600, crop=crop, preprocessing="official", amp="bf16",
+                             channels_last="on", device=str(device))
+        generator = torch.Generator().manual_seed(0)
+        batches = [(torch.randn(batch, 3, crop, crop, generator=generator),
+                    torch.randint(0, classes, (batch,), generator=generator), torch.arange(batch))
+                   for _ in range(steps)]
+        on_gpu = [(x.to(device, memory_format=torch.channels_last), y.to(device), i) for x, y, i in batches]
+        # fgkd's engine gets them as its loader gives them: float32 in pinned CPU memory, copied every step
+        # (non-blocking); the floor's are on the GPU already.
+        if device.type == "cuda":
+            batches = [(x.pin_memory(), y.pin_memory(), i) for x, y, i in batches]
+
+        def net(aux_heads=0):
+            model = FGVCNet(backbone, classes, "official", hidden, 32, aux_heads)
+            return model.to(device, memory_format=torch.channels_last)
+
+        # The floor: the same network in a hand-written loop on batches already on the GPU. For reference, the
+        # torchvision classifier itself (its own head: VGG's is a 120M-parameter classifier, fgkd's official one
+        # is small).
+        bare = net()
+        bare_optimizer = sgd(bare, config)
+        vision = torchvision.models.get_model(backbone, num_classes=classes)
+        vision = vision.to(device, memory_format=torch.channels_last)
+        vision_optimizer = sgd(vision, config)
+
+        def floor():
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                bare_step(bare, bare_optimizer, on_gpu)
+
+        def torchvision_model():
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                bare_step(vision, vision_optimizer, on_gpu)
+
+        model = net()
+        optimizer = sgd(model, config)
+        frozen = [net().eval().requires_grad_(False) for _ in range(4)]
+        aux_model = net(aux_heads=4)
+        aux_optimizer = sgd(aux_model, config)
+        methods = {"teacher": CrossEntropy(model),
+                   "student3": OrthogonalStudent(model, FrozenNetworks(frozen[:3]), "or", config.orth_weight),
+                   "aux": AuxKD(aux_model, FrozenNetworks(frozen), config.kd_temperature, config.kd_alpha)}
+        optimizers = {"teacher": optimizer, "student3": optimizer, "aux": aux_optimizer}
+
+        def engine(name, step=None):
+            method = methods[name]
+            return lambda: train_epoch(step or method, method, optimizers[name], batches, device, config, "bench",
+                                       False, None, None, StopRequest(), None, Processes())
+
+        compiled = torch.compile(methods["teacher"]) if compile else methods["teacher"]
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        functions = {"floor": floor, "torchvision": torchvision_model, **{name: engine(name) for name in methods},
+                     "compiled": engine("teacher", compiled)}
+        for function in functions.values():  # warm-up: cuDNN autotuning, the allocator, compilation
+            function()
+        times = _synced_timed(functions, repeats, device)
+        per_step = {name: seconds / steps * 1000 for name, seconds in times.items()}
+        demand[backbone] = batch / per_step["teacher"] * 1000
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+        floor_ms = per_step["floor"]
+        section = f"9 GPU {backbone}"
+        rows += [Row(section, "floor: the same network, bare loop (forward + backward + SGD, batches on the GPU)",
+                     floor_ms, "ms/step", f"{batch / floor_ms * 1000:.0f} img/s"),
+                 Row(section, "the torchvision classifier itself, bare loop", per_step["torchvision"], "ms/step",
+                     f"floor {floor_ms:.1f} ms", per_step["torchvision"] / floor_ms),
+                 Row(section, "teacher, fgkd engine", per_step["teacher"], "ms/step",
+                     f"{demand[backbone]:.0f} img/s; floor {floor_ms:.1f} ms", per_step["teacher"] / floor_ms),
+                 Row(section, "student 3 (k = 3 frozen networks)", per_step["student3"], "ms/step",
+                     f"floor {floor_ms:.1f} ms", per_step["student3"] / floor_ms),
+                 Row(section, "aux-KD (4 frozen networks, 4 aux heads)", per_step["aux"], "ms/step",
+                     f"floor {floor_ms:.1f} ms", per_step["aux"] / floor_ms),
+                 Row(section, "teacher, torch.compile on", per_step["compiled"], "ms/step",
+                     f"compile off {per_step['teacher']:.1f} ms", per_step["compiled"] / per_step["teacher"]),
+                 Row(section, "peak GPU memory (all of the above)", peak, "GiB")]
+        del bare, vision, model, frozen, aux_model, methods, compiled, functions, on_gpu
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    first = backbones[0][0]
+    loader_rows, _ = paper_loader(work, count=20, repeats=2)
+    for row in loader_rows:
+        workers = math.ceil(demand[first] / row.value)
+        rows.append(Row("9 GPU loader", row.measure + " (this machine's CPU)", row.value, "img/s",
+                        f"measured {first} teacher demand {demand[first]:.0f} img/s: {workers} workers"))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (a check of the code, not a figure)"
+    note = (f"GPU: {name}, torch {torch.__version__}, CUDA {torch.version.cuda}; "
+            f"batch {batch}, {crop} px, bf16 autocast, channels_last, {classes} classes, random weights, in-memory "
+            "batches (pinned CPU memory for fgkd's engine, copied each step as from its loader; on the GPU for the "
+            f"floor); median of {repeats} x {steps} steps. Ratios: against the floor of the same backbone "
+            "(student and aux-KD also run their frozen networks: compare with 1 + k x forward / step); compile: "
+            "compiled / eager.")
+    return rows, note
+
+
 def timed_command(args: list[str], cwd: Path, check: bool = True) -> float:
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     start = time.perf_counter()
@@ -328,7 +532,8 @@ def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, no GPU; Python {platform.python_version()}, "
+    gpu = f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, {gpu}; Python {platform.python_version()}, "
             f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
 
 
@@ -341,12 +546,46 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+SECTIONS = ("all", "loader448", "gpu")
+BLOCK = "<!-- section {name} -->\n{text}\n<!-- /section {name} -->"
+
+
+def section_text(rows: list[Row], note: str) -> str:
+    return f"{note}\n\n{table(rows)}" if rows else note
+
+
+def update_block(results: Path, name: str, text: str) -> None:
+    """Replace one section's block of RESULTS.md (added at the end when missing), leaving the rest as it was."""
+    current = results.read_text() if results.exists() else "# Benchmarks\n"
+    block = BLOCK.format(name=name, text=text)
+    start, end = f"<!-- section {name} -->", f"<!-- /section {name} -->"
+    if start in current and end in current:
+        current = current[:current.index(start)] + block + current[current.index(end) + len(end):]
+    else:
+        current = current.rstrip("\n") + "\n\n" + block + "\n"
+    results.write_text(current)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "RESULTS.md",
                         help="where to write the table (with the machine and the date)")
+    parser.add_argument("--section", choices=SECTIONS, default="all",
+                        help="loader448: only the loader at the paper's size (under a minute); gpu: only the GPU "
+                             "section (prints 'skipped: no CUDA' without one); each updates only its block of the "
+                             "results file")
     args = parser.parse_args()
     started = time.perf_counter()
+    stamp = time.strftime('%Y-%m-%d')
+    if args.section != "all":
+        with tempfile.TemporaryDirectory(prefix="fgkd-bench-") as tmp:
+            rows, note = (paper_loader if args.section == "loader448" else gpu_steps)(Path(tmp))
+        text = f"`scripts/benchmark --section {args.section}` ({stamp}, {time.perf_counter() - started:.0f} s). " \
+               f"Machine: {machine()}.\n{section_text(rows, note)}"
+        print(text)
+        if rows:
+            update_block(args.results, args.section, text)
+        return
     config = default_config()
     settings = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["datasets"]["synthetic"]["synth"]
     with tempfile.TemporaryDirectory(prefix="fgkd-bench-") as tmp:
@@ -359,14 +598,24 @@ def main() -> None:
         rows += workflow_overhead(work)
         rows += ensemble_speed(work)
         rows += peak_memory(work, data, config)
+        loader_rows, loader_note = paper_loader(work)
+        gpu_rows, gpu_note = gpu_steps(work)
     minutes = (time.perf_counter() - started) / 60
-    text = (f"# Benchmarks\n\n`scripts/benchmark` ({time.strftime('%Y-%m-%d')}, {minutes:.1f} min). Machine: "
+    text = (f"# Benchmarks\n\n`scripts/benchmark` ({stamp}, {minutes:.1f} min). Machine: "
             f"{machine()}.\nDefault config: {config.backbone}, batch {config.batch_size}, {config.crop} px crops, "
             f"{config.workers} loader worker.\n\n{table(rows)}\n\n"
-            "GPU: not measured; no GPU has been lent to this project's sessions so far (see the README).\n")
+            f"{BLOCK.format(name='loader448', text=section_text(loader_rows, loader_note))}\n\n"
+            f"{BLOCK.format(name='gpu', text=section_text(gpu_rows, gpu_note))}\n")
     print(text)
+    if not gpu_rows and args.results.exists():  # keep the GPU figures of an earlier run on a GPU machine
+        previous = args.results.read_text()
+        if "<!-- section gpu -->" in previous and "<!-- /section gpu -->" in previous:
+            start = previous.index("<!-- section gpu -->")
+            kept = previous[start:previous.index("<!-- /section gpu -->") + len("<!-- /section gpu -->")]
+            if "skipped" not in kept:
+                text = text[:text.index("<!-- section gpu -->")] + kept + "\n"
     args.results.write_text(text)
-    missed = [r for r in rows if r.met == "NO"]
+    missed = [r for r in rows + loader_rows + gpu_rows if r.met == "NO"]
     if missed:
         print(f"{len(missed)} target(s) missed: " + "; ".join(r.measure for r in missed))
 

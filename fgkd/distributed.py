@@ -1,10 +1,13 @@
 """Data-parallel training under torchrun: which process this is, and the few collectives the loop needs.
 
-Without torchrun (no WORLD_SIZE in the environment) everything here is a no-op for one process.
+Without torchrun (no WORLD_SIZE in the environment) everything here is a no-op for one process. Under torchrun,
+also with one process, the run is data-parallel: a process group, DistributedDataParallel, synchronised batch norm
+(with one process they compute what a plain run does, and a one-GPU machine can check the nccl path).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from contextlib import contextmanager
@@ -21,6 +24,7 @@ class Processes:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    launched: bool = False  # started by torchrun (its rendezvous variables are set), whatever the process count
 
     @property
     def main(self) -> bool:
@@ -29,13 +33,13 @@ class Processes:
 
     @property
     def distributed(self) -> bool:
-        return self.world > 1
+        return self.world > 1 or self.launched
 
 
 def from_environment() -> Processes:
     """The variables torchrun sets for each process it starts."""
     return Processes(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                     int(os.environ.get("LOCAL_RANK", 0)))
+                     int(os.environ.get("LOCAL_RANK", 0)), "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ)
 
 
 @contextmanager
@@ -46,8 +50,12 @@ def process_group(processes: Processes, device: torch.device):
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=processes.rank,
-                            world_size=processes.world, device_id=device if device.type == "cuda" else None)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, rank=processes.rank, world_size=processes.world,
+                            device_id=device if device.type == "cuda" else None)
+    if processes.main:
+        logging.getLogger("fgkd").info("data-parallel: %d process(es), %s backend, on %s", processes.world, backend,
+                                       device)
     try:
         yield
     finally:

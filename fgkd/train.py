@@ -91,8 +91,12 @@ def select_device(config: TrainConfig, processes: Processes = Processes()) -> to
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
         raise FgkdError(f"device {config.device!r} is not one of auto, cpu, cuda, cuda:N")
+    if device.type == "cuda" and device.index is None:
+        # An index, as torch.cuda.set_device, the nccl process group and DDP's device_ids need one (plain "cuda"
+        # failed under torchrun with set_device's ValueError); under torchrun each process its own GPU, as auto.
+        device = torch.device("cuda", processes.local_rank)
     visible = torch.cuda.device_count()
-    if device.type == "cuda" and (device.index or 0) >= visible:
+    if device.type == "cuda" and device.index >= visible:
         found = f"only cuda:0..cuda:{visible - 1} are visible" if visible else "no CUDA GPU is visible"
         raise FgkdError(f"device {config.device!r}: {found} on this machine; use device auto or cpu")
     return device

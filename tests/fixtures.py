@@ -203,3 +203,8 @@ def optimizer_steps(log: str) -> int:
     found = re.findall(r"done, (\d+) optimizer steps run by this process", log)
     assert len(found) == 1, log[-3000:]
     return int(found[0])
+
+
+def torchrun_args(args: list[str], processes: int = 1) -> list[str]:
+    """``python -m fgkd ...`` (as cli_train_args gives it) started by torchrun with ``processes`` processes."""
+    return [args[0], "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", *args[1:]]

@@ -10,7 +10,7 @@ import torch
 from fgkd.data.prepare import prepare
 from fgkd.data.synth import generate
 from fgkd.train import TrainConfig, load_model, train
-from fixtures import checkpoint_position, cli_train_args, optimizer_steps, resumed_at, wait_for_file
+from fixtures import checkpoint_position, cli_train_args, optimizer_steps, resumed_at, torchrun_args, wait_for_file
 
 # Batch-norm layers in the trunk and in the official head, so that synchronised statistics matter; one batch
 # of all 48 training images per epoch (24 per process).
@@ -87,3 +87,19 @@ def test_a_signal_stops_every_process_at_one_step_and_the_rerun_resumes_exactly(
     timing = ["seconds", "images_per_s"]
     pd.testing.assert_frame_equal(pd.read_parquet(reference / "history.parquet").drop(columns=timing),
                                   pd.read_parquet(out / "history.parquet").drop(columns=timing))
+
+
+def test_one_process_under_torchrun_runs_data_parallel_and_trains_like_a_plain_run(data, tmp_path):
+    """With one process torchrun used to skip the process group and DDP (world size 1), so the data-parallel code
+    could not be checked on a one-GPU machine (tests/test_cuda.py does it with nccl); now it runs them, and computes
+    what a plain run does."""
+    plain = pd.read_parquet(train("teacher", data, tmp_path / "plain", CONFIG, progress=False).parent
+                            / "history.parquet")
+    result = subprocess.run(torchrun_args(cli_train_args(CONFIG, tmp_path / "one", data)), capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "data-parallel: 1 process(es), gloo backend, on cpu" in result.stderr
+    one = pd.read_parquet(tmp_path / "one" / "history.parquet")
+    assert one["loss"].iloc[0] == pytest.approx(plain["loss"].iloc[0], rel=FIRST_EPOCH_RTOL)
+    assert one["loss"].iloc[1] == pytest.approx(plain["loss"].iloc[1], rel=UPDATE_RTOL)
+    assert load_model(tmp_path / "one" / "model.pt")[1]["processes"] == 1
