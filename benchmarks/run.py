@@ -8,6 +8,7 @@ figures measured in this run, interleaved and repeated (the median counts), on t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import shutil
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from fgkd.config import cli_flags
 from fgkd.data.dataset import ImageSizes, load_split, make_train_loader
 from fgkd.data.prepare import prepare
 from fgkd.data.synth import SynthParams, generate
@@ -287,10 +289,7 @@ def ensemble_speed(work: Path) -> list[Row]:
 
 def peak_memory(work: Path, data: Path, config: TrainConfig) -> list[Row]:
     """Section 7: peak resident memory of the largest process of each stage (one epoch of training)."""
-    options = []
-    for key, value in {**config.__dict__, "epochs": 1}.items():
-        flag = key.replace("_", "-")
-        options += [f"--{flag}" if value else f"--no-{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)]
+    options = cli_flags({**dataclasses.asdict(config), "epochs": 1})
     runs = work / "runs"
     fgkd = [sys.executable, "-m", "fgkd"]
     teacher, s1, s2 = (runs / name / "model.pt" for name in ("teacher", "student_1", "student_2"))

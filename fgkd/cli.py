@@ -74,12 +74,12 @@ def _config_options(command):
     """One --option per TrainConfig field, with the field's default and type."""
     import dataclasses
 
-    from .config import CONFIG_HELP, TrainConfig
+    from .config import CONFIG_HELP, TrainConfig, option_flag
 
     for field in reversed(dataclasses.fields(TrainConfig)):
-        flag = "--" + field.name.replace("_", "-")
+        flag = option_flag(field.name)
         if field.type == "bool":
-            flag = f"{flag}/--no-{field.name.replace('_', '-')}"
+            flag = f"{flag}/--no-{flag[2:]}"
         kind = {"int": int, "float": float, "str": str, "bool": bool}[field.type]
         command = click.option(flag, field.name, type=kind, default=field.default, show_default=True,
                                help=CONFIG_HELP.get(field.name))(command)

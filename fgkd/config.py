@@ -48,6 +48,24 @@ CONFIG_HELP = {
 }
 
 
+def option_flag(name: str) -> str:
+    """The command-line spelling of a TrainConfig field: --batch-size for batch_size."""
+    return "--" + name.replace("_", "-")
+
+
+def cli_flags(options: dict[str, object]) -> list[str]:
+    """`fgkd train`'s arguments for some TrainConfig fields, sorted by name (booleans as --key / --no-key): the one
+    conversion the workflow, the tests and the benchmarks run (the workflow's commands are part of its rerun
+    triggers, so their spelling must not drift)."""
+    flags = []
+    for key, value in sorted(options.items()):
+        if isinstance(value, bool):
+            flags.append(option_flag(key) if value else "--no-" + option_flag(key)[2:])
+        else:
+            flags += [option_flag(key), str(value)]
+    return flags
+
+
 # The values of the start-weights options that name no file; any other value is a file's path.
 WEIGHT_KEYWORDS = {"pretrained": ("none", "imagenet"), "init_from": ("none",)}
 

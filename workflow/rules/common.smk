@@ -15,6 +15,7 @@ import fgkd
 from fgkd.config import (
     WEIGHT_KEYWORDS,
     TrainConfig,
+    cli_flags,
 )  # torch-free: the options of `fgkd train` and their checks
 from fgkd.data.synth import check_identity_parts
 from fgkd.errors import FgkdError
@@ -260,16 +261,9 @@ def check_stage_options():
 START_MODELS = check_stage_options()  # the `pretrain` target
 
 
-def cli_flags(options):
-    """--key value for each option (booleans as --key / --no-key), every value quoted for the shell."""
-    flags = []
-    for key, value in sorted(options.items()):
-        flag = f"--{key.replace('_', '-')}"
-        if isinstance(value, bool):
-            flags.append(flag if value else f"--no-{key.replace('_', '-')}")
-        else:
-            flags.append(f"{flag} {shlex.quote(str(value))}")
-    return " ".join(flags)
+def train_flags(wildcards, stage, variant=None):
+    """The stage's options as `fgkd train` flags, every value quoted for the shell."""
+    return shlex.join(cli_flags(train_options(wildcards, stage, variant)))
 
 
 remove_stale_locks()

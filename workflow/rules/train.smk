@@ -34,7 +34,7 @@ rule train_shared:
     params:
         stage=lambda wc: SHARED_CLI[wc.shared],
         earlier=earlier_flags,
-        flags=lambda wc: cli_flags(train_options(wc, wc.shared)),
+        flags=lambda wc: train_flags(wc, wc.shared),
         processes=TRAIN_PROCESSES,
         fgkd=FGKD_VERSION,
     shell:
@@ -63,7 +63,7 @@ rule train_variant:
             "--stage auxkd" if wc.stage == "auxkd" else f"--stage student --index {wc.stage.split('_')[1]}"
         ),
         earlier=earlier_flags,
-        flags=lambda wc: cli_flags(train_options(wc, wc.stage, wc.variant)),
+        flags=lambda wc: train_flags(wc, wc.stage, wc.variant),
         processes=TRAIN_PROCESSES,
         fgkd=FGKD_VERSION,
     shell:
