@@ -49,14 +49,14 @@ CONFIG_HELP = {
 
 
 def option_flag(name: str) -> str:
-    """The command-line spelling of a TrainConfig field: --batch-size for batch_size."""
+    """The command-line spelling of an option: --batch-size for batch_size."""
     return "--" + name.replace("_", "-")
 
 
 def cli_flags(options: dict[str, object]) -> list[str]:
-    """`fgkd train`'s arguments for some TrainConfig fields, sorted by name (booleans as --key / --no-key): the one
-    conversion the workflow, the tests and the benchmarks run (the workflow's commands are part of its rerun
-    triggers, so their spelling must not drift)."""
+    """The arguments that give these options to `fgkd train` (or `fgkd synth`), sorted by name, booleans as --key /
+    --no-key: the one conversion the workflow, the tests and the benchmarks run (the workflow's commands are part
+    of its rerun triggers, so their spelling must not drift)."""
     flags = []
     for key, value in sorted(options.items()):
         if isinstance(value, bool):
