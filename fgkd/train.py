@@ -34,11 +34,10 @@ from .data.manifest import COLUMNS, class_names, read_manifest
 from .distributed import Processes
 from .errors import DataError, FgkdError, brief, some
 from .metrics import topk_hits
-from .methods import AuxKD, CrossEntropy, FrozenNetworks, OrthogonalStudent
+from .methods import METHODS, FrozenNetworks
 from .models import FGVCNet, imagenet_weights_file
 
 log = logging.getLogger("fgkd")
-STAGES = ("teacher", "student", "auxkd")
 MODEL_FORMAT = 1
 
 
@@ -260,14 +259,6 @@ def _val_accuracy(model, val_set, device, config: TrainConfig, processes: Proces
     return correct / count
 
 
-def build_method(stage: str, model: FGVCNet, frozen: FrozenNetworks, config: TrainConfig) -> torch.nn.Module:
-    if stage == "teacher":
-        return CrossEntropy(model)
-    if stage == "student":
-        return OrthogonalStudent(model, frozen, config.orth, config.orth_weight)
-    return AuxKD(model, frozen, config.kd_temperature, config.kd_alpha)
-
-
 def train(stage: str, data: str | Path, out: str | Path, config: TrainConfig, earlier: list[str | Path] = (),
           index: int | None = None, progress: bool = True, name: str | None = None,
           processes: Processes | None = None) -> Path:
@@ -277,8 +268,8 @@ def train(stage: str, data: str | Path, out: str | Path, config: TrainConfig, ea
     of the same stage under different names (a CE baseline beside the teacher) start differently.
     ``processes`` (default: from torchrun's environment) makes it one of several data-parallel processes.
     """
-    if stage not in STAGES:
-        raise FgkdError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    if stage not in METHODS:
+        raise FgkdError(f"unknown stage {stage!r}; choose one of {', '.join(METHODS)}")
     if stage == "student" and (index is None or index < 1):
         raise FgkdError("a student stage needs --index k >= 1")
     if stage == "student" and len(earlier) != index:
@@ -355,7 +346,7 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
     if processes.distributed and config.sync_batchnorm:
         model = distributed.sync_batchnorm(model, device)
     model = model.to(device, memory_format=_memory_format(device, config))
-    method = build_method(stage, model, FrozenNetworks(frozen_models), config)
+    method = METHODS[stage].from_config(model, FrozenNetworks(frozen_models), config)
     new_ids = {id(p) for p in model.new_parameters()}
     optimizer = torch.optim.SGD(
         [{"params": model.new_parameters(), "lr": config.lr},

@@ -51,3 +51,54 @@ def test_schema_preprocessing_and_heads_are_fgkds():
 
     assert TRAIN_OPTIONS["preprocessing"]["enum"] == list(PREPROCESSING)
     assert TRAIN_OPTIONS["head"]["enum"] == list(HEADS)
+
+
+def test_schema_combine_rules_are_the_metrics_registrys():
+    from fgkd.metrics import COMBINES
+
+    assert SCHEMA["properties"]["ensemble"]["properties"]["combine"]["enum"] == list(COMBINES)
+
+
+def test_schema_formats_are_the_adapters():
+    from fgkd.data.sources import LOADERS
+
+    dataset = SCHEMA["properties"]["datasets"]["additionalProperties"]
+    assert dataset["properties"]["format"]["enum"] == list(LOADERS)
+
+
+def test_the_cli_offers_the_registries_choices():
+    """`fgkd prepare`, `ensemble`, `classify`, `report` and `part-occlusion` take their choices from the registries."""
+    from fgkd.cli import main
+    from fgkd.data.sources import LOADERS
+    from fgkd.metrics import COMBINES
+
+    def choices(command, name):
+        return next(p.type.choices for p in main.commands[command].params if p.name == name)
+
+    assert list(choices("prepare", "dataset")) == list(LOADERS)
+    for command in ("ensemble", "classify", "report", "part-occlusion"):
+        assert list(choices(command, "combine")) == list(COMBINES)
+
+
+def test_schema_orthogonal_losses_are_the_methods():
+    from fgkd.methods.orthogonal import ORTHOGONAL_LOSSES
+
+    assert TRAIN_OPTIONS["orth"]["enum"] == list(ORTHOGONAL_LOSSES)
+
+
+def test_every_train_stage_has_its_method():
+    from fgkd.cli import main
+    from fgkd.methods import METHODS
+    from fgkd.stages import METHOD_STAGES
+
+    assert list(METHODS) == list(METHOD_STAGES)
+    assert list(next(p for p in main.commands["train"].params if p.name == "stage").type.choices) == list(METHODS)
+
+
+def test_schema_stage_names_are_the_runs_networks():
+    """`stages:` takes the shared networks, the variant's aux-KD student and student_k by name."""
+    from fgkd.stages import SHARED_STAGES
+
+    pattern = SCHEMA["properties"]["stages"]["propertyNames"]["pattern"]
+    assert pattern.startswith("^(") and pattern.endswith(")$")
+    assert set(pattern[2:-2].split("|")) == {*SHARED_STAGES, "auxkd", "student_[1-9][0-9]*"}

@@ -12,6 +12,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 import fgkd
+import fgkd.stages
 from fgkd.config import (
     WEIGHT_KEYWORDS,
     TrainConfig,
@@ -67,11 +68,7 @@ for _key in non_finite_keys(config):
 
 STUDENTS = [f"student_{k}" for k in range(1, config["students"] + 1)]
 MEMBERS = ["teacher", *STUDENTS]
-SHARED_STAGES = [
-    "teacher",
-    "auxkd_ce",
-    "auxkd_single",
-]  # do not depend on the students' variant
+SHARED_STAGES = list(fgkd.stages.SHARED_STAGES)  # do not depend on the students' variant
 SEED_DIR = "results/{dataset}/{backbone}/seed{seed}"
 VARIANT_DIR = "results/{dataset}/{backbone}/seed{seed}/{variant}"
 METHOD = config["method"]
@@ -219,7 +216,7 @@ def train_options(wildcards, stage, variant=None):
     if variant is not None and stage.startswith("student"):
         options.update(config["variants"][variant])
     stages = config["stages"]
-    if stage in ("auxkd_ce", "auxkd_single"):
+    if stage in fgkd.stages.AUXKD_BASELINES:
         options.update(stages.get("auxkd", {}))
     options.update(stages.get(stage, {}))
     if isinstance(options.get("pretrained"), bool):
