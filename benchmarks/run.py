@@ -34,7 +34,7 @@ from fgkd.distributed import Processes
 from fgkd.ensemble import ensemble
 from fgkd.methods import AuxKD, CrossEntropy, FrozenNetworks, OrthogonalStudent
 from fgkd.models import FGVCNet
-from fgkd.train import StopRequest, TrainConfig, train_epoch
+from fgkd.train import EpochContext, StopRequest, TrainConfig, train_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -117,8 +117,8 @@ def inference(networks, batches, attention_only: bool = False):
 
 def fgkd_epoch(method, optimizer, batches, config):
     with StopRequest() as stop:
-        train_epoch(method, method, optimizer, batches, torch.device("cpu"), config, "bench", False,
-                    None, None, stop, None, Processes())
+        train_epoch(EpochContext(method, method, optimizer, torch.device("cpu"), config, Processes(), stop, save=None),
+                    batches, "bench")
 
 
 def sgd(model, config):
