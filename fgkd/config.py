@@ -34,8 +34,8 @@ CONFIG_HELP = {
     "val_fraction": "share of train held out to pick the best epoch; 0 keeps the last epoch",
     "seed": "each stage derives its own seed from it and its stage",
     "workers": "DataLoader worker processes",
-    "orth": "orthogonal loss of the students (see fgkd.methods.orthogonal.ORTHOGONAL_LOSSES): or (official), at "
-            "(attention transfer)",
+    "orth": "orthogonal loss of the students, a name in fgkd.methods.orthogonal.ORTHOGONAL_LOSSES (or: the official "
+            "one, at: attention transfer)",
     "orth_weight": "p of the adaptive OR weight (OR term = p x CE), or the fixed lambda of AT; 0 = plain CE",
     "attention_stride": "output stride of the attention feature map: 32 is the last, 16/8/4 earlier and larger",
     "kd_temperature": "temperature T of the aux-KD losses",
@@ -111,7 +111,8 @@ class TrainConfig:
         from .methods.orthogonal import ORTHOGONAL_LOSSES
         from .models import BACKBONES, HEADS
 
-        choices = {"backbone": tuple(BACKBONES), "head": HEADS, "orth": tuple(ORTHOGONAL_LOSSES), "preprocessing": tuple(PREPROCESSING),
+        choices = {"backbone": tuple(BACKBONES), "head": HEADS, "orth": tuple(ORTHOGONAL_LOSSES),
+                   "preprocessing": tuple(PREPROCESSING),
                    "amp": ("auto", "bf16", "off"),
                    "channels_last": ("auto", "on", "off"),
                    "compile": ("off", "on")}
