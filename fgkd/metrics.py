@@ -63,7 +63,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-
 @dataclass(frozen=True)
 class Combine:
     """One rule for combining ensemble members: the ensemble's class scores are the sum of ``member_scores`` over
