@@ -8,6 +8,7 @@ figures measured in this run, interleaved and repeated (the median counts), on t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import platform
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from fgkd.config import cli_flags
 from fgkd.data.dataset import ImageSizes, load_split, make_train_loader
 from fgkd.data.prepare import prepare
 from fgkd.data.synth import SynthParams, generate
@@ -33,7 +35,7 @@ from fgkd.distributed import Processes
 from fgkd.ensemble import ensemble
 from fgkd.methods import AuxKD, CrossEntropy, FrozenNetworks, OrthogonalStudent
 from fgkd.models import FGVCNet
-from fgkd.train import StopRequest, TrainConfig, train_epoch
+from fgkd.train import EpochContext, StopRequest, TrainConfig, train_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -116,8 +118,8 @@ def inference(networks, batches, attention_only: bool = False):
 
 def fgkd_epoch(method, optimizer, batches, config):
     with StopRequest() as stop:
-        train_epoch(method, method, optimizer, batches, torch.device("cpu"), config, "bench", False,
-                    None, None, stop, None, Processes())
+        train_epoch(EpochContext(method, method, optimizer, torch.device("cpu"), config, Processes(), stop, save=None),
+                    batches, "bench")
 
 
 def sgd(model, config):
@@ -381,8 +383,9 @@ def gpu_steps(work: Path, steps: int = 10, repeats: int = 3, device: str = "cuda
 
         def engine(name, step=None):
             method = methods[name]
-            return lambda: train_epoch(step or method, method, optimizers[name], batches, device, config, "bench",
-                                       False, None, None, StopRequest(), None, Processes())
+            context = EpochContext(method if step is None else step, method, optimizers[name], device, config, Processes(), StopRequest(),
+                                   save=None)
+            return lambda: train_epoch(context, batches, "bench")
 
         compiled = torch.compile(methods["teacher"]) if compile else methods["teacher"]
         if device.type == "cuda":
@@ -491,10 +494,7 @@ def ensemble_speed(work: Path) -> list[Row]:
 
 def peak_memory(work: Path, data: Path, config: TrainConfig) -> list[Row]:
     """Section 7: peak resident memory of the largest process of each stage (one epoch of training)."""
-    options = []
-    for key, value in {**config.__dict__, "epochs": 1}.items():
-        flag = key.replace("_", "-")
-        options += [f"--{flag}" if value else f"--no-{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)]
+    options = cli_flags({**dataclasses.asdict(config), "epochs": 1})
     runs = work / "runs"
     fgkd = [sys.executable, "-m", "fgkd"]
     teacher, s1, s2 = (runs / name / "model.pt" for name in ("teacher", "student_1", "student_2"))

@@ -8,8 +8,10 @@ import re
 
 import click
 
+from .data.sources import LOADERS
 from .errors import FgkdError, one_line
 from .metrics import COMBINES
+from .stages import METHOD_STAGES
 
 
 def _friendly(command):
@@ -56,7 +58,7 @@ def synth(out, classes, images_per_class, size, seed, occlusion, test_fraction, 
 
 
 @main.command()
-@click.argument("dataset", type=click.Choice(["cub", "cars", "aircraft"]))
+@click.argument("dataset", type=click.Choice(list(LOADERS)))
 @click.option("--root", required=True, type=click.Path(), help="The data set's folder or official archive.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for manifest.parquet and images/.")
 @click.option("--resize", default=512, show_default=True, help="Short side of the stored copies (never upscaled).")
@@ -74,12 +76,12 @@ def _config_options(command):
     """One --option per TrainConfig field, with the field's default and type."""
     import dataclasses
 
-    from .config import CONFIG_HELP, TrainConfig
+    from .config import CONFIG_HELP, TrainConfig, option_flag
 
     for field in reversed(dataclasses.fields(TrainConfig)):
-        flag = "--" + field.name.replace("_", "-")
+        flag = option_flag(field.name)
         if field.type == "bool":
-            flag = f"{flag}/--no-{field.name.replace('_', '-')}"
+            flag = f"{flag}/--no-{flag[2:]}"
         kind = {"int": int, "float": float, "str": str, "bool": bool}[field.type]
         command = click.option(flag, field.name, type=kind, default=field.default, show_default=True,
                                help=CONFIG_HELP.get(field.name))(command)
@@ -87,7 +89,7 @@ def _config_options(command):
 
 
 @main.command()
-@click.option("--stage", required=True, type=click.Choice(["teacher", "student", "auxkd"]))
+@click.option("--stage", required=True, type=click.Choice(METHOD_STAGES))
 @click.option("--index", type=int, default=None, help="Student number k (students only).")
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="A prepared data set.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for model.pt and history.parquet.")
@@ -141,8 +143,8 @@ def predict(model_path, data, out, which, out_last, batch_size, workers, device)
 @main.command()
 @click.argument("logits", nargs=-1, required=True, type=click.Path())
 @click.option("--names", help="Comma-separated member names (default: the folder name of each file).")
-@click.option("--combine", type=click.Choice(COMBINES), default="logits", show_default=True,
-              help="Sum of logits (official) or mean of softmax probabilities.")
+@click.option("--combine", type=click.Choice(list(COMBINES)), default="logits", show_default=True,
+              help="; ".join(f"{name}: {rule.text}" for name, rule in COMBINES.items()) + ".")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The ensemble Parquet file to write.")
 @_friendly
 def ensemble(logits, names, combine, out):
@@ -166,7 +168,7 @@ def ensemble(logits, names, combine, out):
               help="A model.pt from `fgkd train`; repeat it for their ensemble.")
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1),
               help="Classes shown per image (at most the model's classes).")
-@click.option("--combine", type=click.Choice(COMBINES), default="logits", show_default=True,
+@click.option("--combine", type=click.Choice(list(COMBINES)), default="logits", show_default=True,
               help="How an ensemble combines its networks (as `fgkd ensemble --combine`).")
 @click.option("--overlay", type=click.Path(file_okay=False),
               help="Folder for one PNG per image (its name + .png): the image with the attention map on the part the "
@@ -257,7 +259,7 @@ def _parse_runs(ctx, param, runs):
               help="dataset/backbone/seed, e.g. synthetic/resnet10/0 (repeat).")
 @click.option("--variants", required=True, help="Comma-separated variants; the first is the method.")
 @click.option("--students", required=True, type=click.IntRange(min=1), help="Number of students K.")
-@click.option("--combine", type=click.Choice(COMBINES), default="logits", show_default=True,
+@click.option("--combine", type=click.Choice(list(COMBINES)), default="logits", show_default=True,
               help="How ensembles are combined; must match the ensemble.parquet files (fgkd ensemble --combine).")
 @click.option("--ablations", is_flag=True, help="Write the ablation report (variants, aux-KD baselines, parts).")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
@@ -279,7 +281,7 @@ def report(results, runs, variants, students, combine, ablations, out):
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Its prepared copy.")
 @click.option("--model", "models", multiple=True, required=True, type=click.Path(), help="model.pt files (repeat).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The Parquet file to write.")
-@click.option("--combine", type=click.Choice(COMBINES), default="logits", show_default=True,
+@click.option("--combine", type=click.Choice(list(COMBINES)), default="logits", show_default=True,
               help="How the ensemble row combines the networks (as `fgkd ensemble --combine`).")
 @_friendly
 def part_occlusion(raw, data, models, out, combine):

@@ -34,7 +34,8 @@ CONFIG_HELP = {
     "val_fraction": "share of train held out to pick the best epoch; 0 keeps the last epoch",
     "seed": "each stage derives its own seed from it and its stage",
     "workers": "DataLoader worker processes",
-    "orth": "orthogonal loss of the students: or (official) or at (attention transfer)",
+    "orth": "orthogonal loss of the students, a name in fgkd.methods.orthogonal.ORTHOGONAL_LOSSES (or: the official "
+            "one, at: attention transfer)",
     "orth_weight": "p of the adaptive OR weight (OR term = p x CE), or the fixed lambda of AT; 0 = plain CE",
     "attention_stride": "output stride of the attention feature map: 32 is the last, 16/8/4 earlier and larger",
     "kd_temperature": "temperature T of the aux-KD losses",
@@ -46,6 +47,24 @@ CONFIG_HELP = {
                       "like one with N x batch_size)",
     "compile": "torch.compile the trained network: off, on",
 }
+
+
+def option_flag(name: str) -> str:
+    """The command-line spelling of an option: --batch-size for batch_size."""
+    return "--" + name.replace("_", "-")
+
+
+def cli_flags(options: dict[str, object]) -> list[str]:
+    """The arguments that give these options to `fgkd train` (or `fgkd synth`), sorted by name, booleans as --key /
+    --no-key: the one conversion the workflow, the tests and the benchmarks run (the workflow's commands are part
+    of its rerun triggers, so their spelling must not drift)."""
+    flags = []
+    for key, value in sorted(options.items()):
+        if isinstance(value, bool):
+            flags.append(option_flag(key) if value else "--no-" + option_flag(key)[2:])
+        else:
+            flags += [option_flag(key), str(value)]
+    return flags
 
 
 # The values of the start-weights options that name no file; any other value is a file's path.
@@ -89,10 +108,11 @@ class TrainConfig:
         self.check_values()
         self.check_files()
         from .data.dataset import PREPROCESSING
-        from .methods.orthogonal import VARIANTS
+        from .methods.orthogonal import ORTHOGONAL_LOSSES
         from .models import BACKBONES, HEADS
 
-        choices = {"backbone": tuple(BACKBONES), "head": HEADS, "orth": VARIANTS, "preprocessing": tuple(PREPROCESSING),
+        choices = {"backbone": tuple(BACKBONES), "head": HEADS, "orth": tuple(ORTHOGONAL_LOSSES),
+                   "preprocessing": tuple(PREPROCESSING),
                    "amp": ("auto", "bf16", "off"),
                    "channels_last": ("auto", "on", "off"),
                    "compile": ("off", "on")}

@@ -41,6 +41,14 @@ def orthogonal_loss(student_map: torch.Tensor, earlier_maps: list[torch.Tensor])
     return sum((student_map * earlier.detach()).sum(dim=1).pow(2) for earlier in earlier_maps).mean()
 
 
+def at_loss_from_energies(student_features: torch.Tensor, earlier_energies: list[torch.Tensor]) -> torch.Tensor:
+    """``orthogonal_loss`` of the student's attention features against the earlier networks' energy maps (computed
+    once, as they are frozen), every map at the student's resolution."""
+    size = student_features.shape[-2:]
+    return orthogonal_loss(spatial_attention(student_features, size),
+                           [normalise_attention(e, size) for e in earlier_energies])
+
+
 def class_activation_map(features: torch.Tensor) -> torch.Tensor:
     """The official code's CAM: channel mean of (spatial mean of F_c) * F_c. B x C x H x W -> B x H x W."""
     features = features.float()

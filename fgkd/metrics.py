@@ -6,14 +6,12 @@ alike without importing each other.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import FgkdError
-
-COMBINES = ("logits", "probs")
-COMBINE_TEXT = {"logits": "sum of logits", "probs": "mean of softmax probabilities"}
 
 
 def check_combine(combine: str) -> None:
@@ -39,14 +37,11 @@ def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
 
 def ensemble_scores(member_logits: Sequence[np.ndarray], combine: str,
                     subsets: Iterable[tuple[int, ...]]) -> Iterator[np.ndarray]:
-    """Class scores of the ensemble of each subset of the members: the one place members are combined.
-
-    ``logits``: the sum of their logits (the official code). ``probs``: the sum of their softmax
-    probabilities, which ranks the classes like their mean (dividing by the member count could only
-    add rounding ties). Each member is transformed once, however many subsets it is in.
-    """
+    """Class scores of the ensemble of each subset of the members: the one place members are combined, as the sum
+    of each member's ``COMBINES[combine].member_scores``. Each member is transformed once, however many subsets it
+    is in."""
     check_combine(combine)
-    scores = np.stack([_member_scores(logits, combine) for logits in member_logits])
+    scores = np.stack([COMBINES[combine].member_scores(logits) for logits in member_logits])
     for subset in subsets:
         yield scores[list(subset)].sum(axis=0)
 
@@ -57,10 +52,8 @@ def combine_scores(member_logits: Sequence[np.ndarray], combine: str) -> np.ndar
 
 
 def combined_probabilities(member_logits: Sequence[np.ndarray], combine: str) -> np.ndarray:
-    """Class probabilities of the ensemble of all members, ranked as combine_scores ranks them: the softmax of the
-    summed logits (``logits``), or the mean of the members' softmax probabilities (``probs``)."""
-    scores = combine_scores(member_logits, combine)
-    return softmax(scores) if combine == "logits" else scores / len(member_logits)
+    """Class probabilities of the ensemble of all members, ranked as combine_scores ranks them."""
+    return COMBINES[combine].probabilities(combine_scores(member_logits, combine), len(member_logits))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -70,5 +63,21 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def _member_scores(logits: np.ndarray, combine: str) -> np.ndarray:
-    return logits if combine == "logits" else softmax(logits)
+@dataclass(frozen=True)
+class Combine:
+    """One rule for combining ensemble members: the ensemble's class scores are the sum of ``member_scores`` over
+    its members, and ``probabilities`` turns the scores of n members into class probabilities (fgkd classify)."""
+
+    text: str  # how reports name it
+    member_scores: Callable[[np.ndarray], np.ndarray]
+    probabilities: Callable[[np.ndarray, int], np.ndarray]
+
+
+# The combine rules by name: the CLI's --combine choices; the schema's ensemble.combine enum is tested against it.
+COMBINES = {
+    # The official code: the sum of logits; their softmax for probabilities.
+    "logits": Combine("sum of logits", lambda logits: logits, lambda scores, members: softmax(scores)),
+    # The sum of softmax probabilities ranks the classes like their mean (dividing by the member count per subset
+    # could only add rounding ties); divided once for probabilities.
+    "probs": Combine("mean of softmax probabilities", softmax, lambda scores, members: scores / members),
+}

@@ -25,15 +25,15 @@ from .data.dataset import PREPROCESSING, load_split  # noqa: E402
 from .ensemble import ensemble, read_logits  # noqa: E402
 from .errors import FgkdError, brief  # noqa: E402
 from .losses import attention_energy, normalise_attention  # noqa: E402
-from .metrics import COMBINE_TEXT, check_combine, combine_scores, topk_accuracy, topk_hits  # noqa: E402
+from .metrics import COMBINES, check_combine, combine_scores, topk_accuracy, topk_hits  # noqa: E402
 from .paired import ALPHA, LEVEL, compare, mean_interval  # noqa: E402
+from .stages import AUXKD_BASELINES, SHARED_STAGES  # noqa: E402
 from .train import load_model, shared_input_sizes  # noqa: E402
 
 OVERLAP_IMAGES = 256
 HISTORY_COLUMNS = ("stage", "epoch", "loss", "train_acc", "val_acc", "seconds", "images_per_s")
 ENSEMBLE_COLUMNS = ("members", "n_members", "prefix", "combine", "top1", "top5")
 OCCLUSION_COLUMNS = ("network", "condition", "combine", "top1")
-SHARED_STAGES = ("teacher", "auxkd_ce", "auxkd_single")  # trained once per seed, beside the variants' folders
 SELECTIONS = (("best", "logits.parquet"), ("last", "logits_last.parquet"))  # model selection -> its logits file
 PAIR_KEY = ("dataset", "backbone", "selection", "variant_a", "method_a", "variant_b", "method_b")
 COMPARISON_COLUMNS = (*PAIR_KEY, "seed", "images", "top1_a", "top1_b", "difference", "only_a", "only_b", "mcnemar_p",
@@ -330,7 +330,7 @@ def report(results: str | Path, runs: list[tuple[str, str, int]], variant: str, 
     methods = ["teacher", *[f"student_{k}" for k in range(1, students + 1)], "ensemble", "auxkd"]
     _write_text(out / "summary.md", "\n".join(
         ["# fgkd results", "",
-         f"Variant `{variant}`; ensemble = teacher + {students} students ({COMBINE_TEXT[combine]}).", "",
+         f"Variant `{variant}`; ensemble = teacher + {students} students ({COMBINES[combine].text}).", "",
          *summary_table(metrics, methods, variant), "", "## Paired comparisons", "",
          *comparison_table(paired)]) + "\n")
     best = metrics[metrics["selection"] == "best"]
@@ -353,7 +353,7 @@ def ablation_report(results: str | Path, runs: list[tuple[str, str, int]], varia
                     out: str | Path, combine: str = "logits") -> None:
     """Variants side by side, the aux-KD baselines, attention overlap and part occlusion, into ``out``."""
     results, out = Path(results), Path(out)
-    aux_stages = ["auxkd", "auxkd_ce", "auxkd_single"]
+    aux_stages = ["auxkd", *AUXKD_BASELINES]
     metrics, _, _ = collect(results, runs, variants, students, aux_stages, combine)
     paired = comparisons(results, runs, variants, students, aux_stages, combine)
     occlusion = []
@@ -373,7 +373,7 @@ def ablation_report(results: str | Path, runs: list[tuple[str, str, int]], varia
     lines = ["# fgkd ablations", "", "## Ensemble of teacher + students, by the students' loss", "",
              "Top-1 (%), mean ± std over seeds (best-on-val; last epoch's mean in brackets). `lambda0` trains "
              "the students with CE alone, each from its own seed: the plain ensemble of K+1 networks with the same "
-             f"budget. Ensemble: {COMBINE_TEXT[combine]}. Attention overlap: mean pairwise dot product of the "
+             f"budget. Ensemble: {COMBINES[combine].text}. Attention overlap: mean pairwise dot product of the "
              "members' L2-normalised attention maps.", "",
              "| dataset | backbone | variant | " + " | ".join(students_) + " | ensemble | attention overlap |",
              "|---|---|---|" + "---|" * (len(students_) + 2)]
@@ -394,7 +394,7 @@ def ablation_report(results: str | Path, runs: list[tuple[str, str, int]], varia
     if len(occlusion):
         lines += ["", "## Per-part evidence (synthetic sets)", "",
                   "Top-1 (%) on the test images re-rendered with one part hidden (`hidden:`) or with only one part "
-                  f"visible (`only:`), mean over seeds; ensemble: {COMBINE_TEXT[combine]}.", ""]
+                  f"visible (`only:`), mean over seeds; ensemble: {COMBINES[combine].text}.", ""]
         for (dataset, backbone, variant), group in occlusion.groupby(["dataset", "backbone", "variant"], sort=False):
             table = group.groupby(["condition", "network"], sort=False)["top1"].mean().unstack("network")
             table = (100 * table[["teacher", *students_, "ensemble"]]).round(1)
@@ -432,7 +432,7 @@ def _ensemble_members(ensembles: pd.DataFrame, combine: str, target: Path) -> No
         ax.errorbar(stats.index, 100 * stats["mean"], yerr=100 * stats["std"], marker="o", capsize=3,
                     label=f"{dataset} / {backbone}")
     ax.set(xlabel="members (teacher, + student 1, + student 2, ...)", ylabel="top-1 (%)",
-           title=f"Ensemble accuracy ({COMBINE_TEXT[combine]}) against the number of members")
+           title=f"Ensemble accuracy ({COMBINES[combine].text}) against the number of members")
     ax.legend(fontsize=7)
     fig.tight_layout()
     _save_figure(fig, target)

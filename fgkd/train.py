@@ -20,6 +20,7 @@ import threading
 import time
 import zlib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -34,11 +35,10 @@ from .data.manifest import COLUMNS, class_names, read_manifest
 from .distributed import Processes
 from .errors import DataError, FgkdError, brief, some
 from .metrics import topk_hits
-from .methods import AuxKD, CrossEntropy, FrozenNetworks, OrthogonalStudent
+from .methods import METHODS, FrozenNetworks
 from .models import FGVCNet, imagenet_weights_file
 
 log = logging.getLogger("fgkd")
-STAGES = ("teacher", "student", "auxkd")
 MODEL_FORMAT = 1
 
 
@@ -264,14 +264,6 @@ def _val_accuracy(model, val_set, device, config: TrainConfig, processes: Proces
     return correct / count
 
 
-def build_method(stage: str, model: FGVCNet, frozen: FrozenNetworks, config: TrainConfig) -> torch.nn.Module:
-    if stage == "teacher":
-        return CrossEntropy(model)
-    if stage == "student":
-        return OrthogonalStudent(model, frozen, config.orth, config.orth_weight)
-    return AuxKD(model, frozen, config.kd_temperature, config.kd_alpha)
-
-
 def train(stage: str, data: str | Path, out: str | Path, config: TrainConfig, earlier: list[str | Path] = (),
           index: int | None = None, progress: bool = True, name: str | None = None,
           processes: Processes | None = None) -> Path:
@@ -281,8 +273,8 @@ def train(stage: str, data: str | Path, out: str | Path, config: TrainConfig, ea
     of the same stage under different names (a CE baseline beside the teacher) start differently.
     ``processes`` (default: from torchrun's environment) makes it one of several data-parallel processes.
     """
-    if stage not in STAGES:
-        raise FgkdError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    if stage not in METHODS:
+        raise FgkdError(f"unknown stage {stage!r}; choose one of {', '.join(METHODS)}")
     if stage == "student" and (index is None or index < 1):
         raise FgkdError("a student stage needs --index k >= 1")
     if stage == "student" and len(earlier) != index:
@@ -359,7 +351,7 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
     if processes.distributed and config.sync_batchnorm:
         model = distributed.sync_batchnorm(model, device)
     model = model.to(device, memory_format=_memory_format(device, config))
-    method = build_method(stage, model, FrozenNetworks(frozen_models), config)
+    method = METHODS[stage].from_config(model, FrozenNetworks(frozen_models), config)
     new_ids = {id(p) for p in model.new_parameters()}
     optimizer = torch.optim.SGD(
         [{"params": model.new_parameters(), "lr": config.lr},
@@ -394,6 +386,7 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
         step = torch.compile(step)
     steps = 0  # optimizer steps of this process: what a resumed run saves
     with StopRequest() as stop:
+        context = EpochContext(step, method, optimizer, device, config, processes, stop, save, progress)
         for epoch in range(state["epoch"], config.epochs):
             for group, base in zip(optimizer.param_groups, (config.lr, config.backbone_lr)):
                 group["lr"] = _cosine(base, epoch, config.epochs)
@@ -403,8 +396,7 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
             loader = make_train_loader(train_set, config.batch_size, epoch_seed, config.workers, processes.rank,
                                        processes.world, skip_batches=partial["step"] if partial else 0)
             label = f"{name} {epoch + 1}/{config.epochs}"
-            row, epoch_steps = train_epoch(step, method, optimizer, loader, device, config, label, progress,
-                                           checkpoint_path if has_checkpoint else None, partial, stop, save, processes)
+            row, epoch_steps = train_epoch(context, loader, label, checkpoint_path if has_checkpoint else None, partial)
             steps += epoch_steps
             state["partial"] = None
             distributed.broadcast_buffers(model, processes)
@@ -473,20 +465,37 @@ class StopRequest:
         return False
 
 
-def train_epoch(step, method, optimizer, loader, device, config, label, progress, kept: Path | None, partial, stop,
-                save, processes: Processes) -> tuple[dict[str, float], int]:
-    """One epoch of ``step`` (the method, or its DDP wrapper). After a mid-epoch checkpoint, ``partial``
-    carries the finished steps (the loader already skips their images) and the sums over all processes
-    (kept by the main process only, so that the end-of-epoch all-sum counts them once). ``kept`` is this
-    run's last checkpoint, if any. Returns the epoch's row and the number of optimizer steps taken here."""
-    method.train()
+@dataclasses.dataclass(frozen=True)
+class EpochContext:
+    """What every epoch of one stage runs with: built once per stage, so that an epoch's own arguments stand out."""
+
+    step: Callable  # the method, or its DDP / torch.compile wrapper: what a batch is given to
+    method: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    config: TrainConfig
+    processes: Processes
+    stop: StopRequest
+    save: Callable[[str, dict], Path] | None  # writes a mid-epoch checkpoint on a stop request; returns its path
+    progress: bool = False  # a progress bar
+
+
+def train_epoch(context: EpochContext, loader, label: str, kept: Path | None = None,
+                partial: dict | None = None) -> tuple[dict[str, float], int]:
+    """One epoch of ``context.step``. After a mid-epoch checkpoint, ``partial`` carries the finished steps (the
+    loader already skips their images) and the sums over all processes (kept by the main process only, so that
+    the end-of-epoch all-sum counts them once). ``kept`` is this run's last checkpoint, if any. Returns the epoch's
+    row and the number of optimizer steps taken here."""
+    step, optimizer, device, config = context.step, context.optimizer, context.device, context.config
+    processes, stop = context.processes, context.stop
+    context.method.train()
     partial = partial or {"step": 0, "sums": {}, "correct": 0, "seen": 0, "seconds": 0.0}
     keep = processes.main
     sums = dict(partial["sums"]) if keep else dict.fromkeys(partial["sums"], 0.0)
     correct, seen = (partial["correct"], partial["seen"]) if keep else (0, 0)
     start = time.perf_counter() - partial["seconds"]
     taken = 0
-    bar = tqdm(loader, desc=label, unit="batch", leave=False, disable=not progress)
+    bar = tqdm(loader, desc=label, unit="batch", leave=False, disable=not context.progress)
     for number, (images, labels, _) in enumerate(bar, start=partial["step"] + 1):
         images = images.to(device, non_blocking=True, memory_format=_memory_format(device, config))
         labels = labels.to(device, non_blocking=True)
@@ -509,7 +518,8 @@ def train_epoch(step, method, optimizer, loader, device, config, label, progress
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}", img_s=f"{seen * processes.world / (time.perf_counter() - start):.0f}")
         if stopping:
             totals = _all_sums(sums, correct, seen, processes, device)
-            saved = save(f"{label}, step {number}", {"step": number, **totals, "seconds": time.perf_counter() - start})
+            saved = context.save(f"{label}, step {number}",
+                                 {"step": number, **totals, "seconds": time.perf_counter() - start})
             raise FgkdError(f"stopped by {stop.received or 'a signal to another process'} at {label}, step {number}; "
                             f"checkpoint saved to {saved}: rerun the same command to resume")
     seconds = time.perf_counter() - start

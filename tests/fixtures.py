@@ -7,6 +7,7 @@ the tests compare fgkd's output against what the layout says, row by row; each r
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tarfile
 import time
@@ -175,12 +176,10 @@ def cli_train_args(config, out: Path, data: Path, *extra: str, stage: str = "tea
     """`fgkd train --stage <stage>` with every field of a TrainConfig as its option."""
     import sys
 
-    args = [sys.executable, "-m", "fgkd", "train", "--stage", stage, "--data", str(data), "--out", str(out),
-            "--no-progress", *extra]
-    for key, value in config.__dict__.items():
-        flag = key.replace("_", "-")
-        args += [f"--{flag}" if value else f"--no-{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)]
-    return args
+    from fgkd.config import cli_flags
+
+    return [sys.executable, "-m", "fgkd", "train", "--stage", stage, "--data", str(data), "--out", str(out),
+            "--no-progress", *extra, *cli_flags(dataclasses.asdict(config))]
 
 
 def checkpoint_position(path: Path) -> tuple[int, int]:

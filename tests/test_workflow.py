@@ -141,26 +141,6 @@ def test_changing_one_students_weight_reruns_it_and_downstream_only(finished):
     assert not any("student_1/model.pt" in o or "teacher/model.pt" in o for o in outputs)
 
 
-def test_schema_lists_every_train_option():
-    from fgkd.data.dataset import PREPROCESSING
-
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
-    options = schema["$defs"]["train_options"]["properties"]
-    assert set(options) == {f.name for f in dataclasses.fields(TrainConfig)}
-    assert options["preprocessing"]["enum"] == list(PREPROCESSING)
-
-
-def test_schema_backbones_are_the_model_registrys():
-    """One list (a YAML anchor) for `train.backbone`, `backbones` and `backbone_train`, equal to fgkd's registry."""
-    from fgkd.models import BACKBONES
-
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
-    lists = [schema["$defs"]["train_options"]["properties"]["backbone"]["enum"],
-             schema["properties"]["backbones"]["items"]["enum"],
-             schema["properties"]["backbone_train"]["propertyNames"]["enum"]]
-    assert all(sorted(names) == sorted(BACKBONES) for names in lists)
-
-
 @pytest.mark.parametrize("override,first_line", [
     ({"train": {"epcohs": 3}}, "train: unknown key epcohs (allowed: backbone, pretrained,"),
     ({"students": 0}, "students: 0 is less than the minimum of 1"),

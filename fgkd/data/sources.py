@@ -197,4 +197,6 @@ def load_cars(raw: Path) -> SourceSet:
     return SourceSet(root, images, names)
 
 
+# The raw layouts by name, each with its adapter: `fgkd prepare`'s choices; the schema's datasets.<name>.format enum is
+# tested against it.
 LOADERS = {"cub": load_cub, "cars": load_cars, "aircraft": load_aircraft}

@@ -8,4 +8,8 @@ from .base import FrozenNetworks, StepOutput
 from .orthogonal import OrthogonalStudent
 from .teacher import CrossEntropy
 
-__all__ = ["AuxKD", "CrossEntropy", "FrozenNetworks", "OrthogonalStudent", "StepOutput"]
+# The methods by `fgkd train --stage` (fgkd.stages.METHOD_STAGES, tested); each builds itself from the network, the
+# frozen earlier networks and the stage's TrainConfig.
+METHODS = {"teacher": CrossEntropy, "student": OrthogonalStudent, "auxkd": AuxKD}
+
+__all__ = ["METHODS", "AuxKD", "CrossEntropy", "FrozenNetworks", "OrthogonalStudent", "StepOutput"]

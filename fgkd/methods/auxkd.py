@@ -18,6 +18,10 @@ class AuxKD(nn.Module):
         super().__init__()
         self.model, self.teachers, self.temperature, self.alpha = model, teachers, temperature, alpha
 
+    @classmethod
+    def from_config(cls, model: nn.Module, teachers: FrozenNetworks, config) -> AuxKD:
+        return cls(model, teachers, config.kd_temperature, config.kd_alpha)
+
     def forward(self, images, labels) -> StepOutput:
         teacher_logits = self.teachers.map(images, lambda net, x: net(x))
         logits, aux_logits = self.model(images)

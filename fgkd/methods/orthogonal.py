@@ -1,40 +1,58 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import (attention_energy, normalise_attention, or_loss_from_maps, or_reference_maps, orthogonal_loss,
-                      spatial_attention)
+from ..losses import at_loss_from_energies, attention_energy, or_loss_from_maps, or_reference_maps
 from .base import FrozenNetworks, StepOutput
 
-VARIANTS = ("or", "at")
+
+@dataclass(frozen=True)
+class OrthogonalLoss:
+    """One way of pushing student k's attention away from where the earlier networks attend."""
+
+    # An earlier network's attention features -> what the penalty compares against (run once per step, frozen).
+    reference: Callable[[torch.Tensor], torch.Tensor]
+    # (the student's attention features, the earlier networks' references) -> the unweighted loss.
+    penalty: Callable[[torch.Tensor, list[torch.Tensor]], torch.Tensor]
+    # True: re-weighted every step to weight x CE (the official adaptive p); False: the fixed lambda = weight.
+    adaptive: bool
+
+
+# The students' orthogonal losses by name (TrainConfig.orth); the schema's orth enum is tested against it.
+ORTHOGONAL_LOSSES = {
+    "or": OrthogonalLoss(or_reference_maps, or_loss_from_maps, adaptive=True),  # the official OR loss
+    "at": OrthogonalLoss(attention_energy, at_loss_from_energies, adaptive=False),  # attention transfer
+}
 
 
 class OrthogonalStudent(nn.Module):
-    """Student k: cross-entropy plus a penalty for attending where the frozen earlier networks attend.
-
-    ``or`` (default): the official OR loss, re-weighted every step to ``weight`` x CE (adaptive p).
-    ``at``: the AT-orthogonal loss with the fixed weight lambda = ``weight``.
-    """
+    """Student k: cross-entropy plus a penalty for attending where the frozen earlier networks attend
+    (``variant``: a name in ORTHOGONAL_LOSSES, weighted by ``weight``)."""
 
     def __init__(self, model: nn.Module, earlier: FrozenNetworks, variant: str = "or", weight: float = 0.1):
         super().__init__()
         self.model, self.earlier, self.variant, self.weight = model, earlier, variant, weight
 
+    @classmethod
+    def from_config(cls, model: nn.Module, earlier: FrozenNetworks, config) -> OrthogonalStudent:
+        return cls(model, earlier, config.orth, config.orth_weight)
+
     def forward(self, images, labels) -> StepOutput:
         if self.weight == 0 or len(self.earlier) == 0:
             logits = self.model(images)
             return StepOutput(logits, {"ce": F.cross_entropy(logits, labels)})
-        reference = or_reference_maps if self.variant == "or" else attention_energy
-        earlier = self.earlier.map(images, lambda net, x: reference(net.attention_only(x)))
+        loss = ORTHOGONAL_LOSSES[self.variant]
+        earlier = self.earlier.map(images, lambda net, x: loss.reference(net.attention_only(x)))
         logits = self.model(images)
         ce = F.cross_entropy(logits, labels)
-        features = self.model.attention_features
-        if self.variant == "or":
-            raw = or_loss_from_maps(features, earlier)
+        raw = loss.penalty(self.model.attention_features, earlier)
+        if loss.adaptive:
             weighted = self.weight * ce.detach() / raw.detach().clamp_min(1e-12) * raw
         else:
-            size = features.shape[-2:]
-            raw = orthogonal_loss(spatial_attention(features, size), [normalise_attention(e, size) for e in earlier])
             weighted = self.weight * raw
         return StepOutput(logits, {"ce": ce, "orth": weighted}, {"orth_raw": raw.detach()})

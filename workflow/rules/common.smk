@@ -12,9 +12,11 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 import fgkd
+import fgkd.stages
 from fgkd.config import (
     WEIGHT_KEYWORDS,
     TrainConfig,
+    cli_flags,
 )  # torch-free: the options of `fgkd train` and their checks
 from fgkd.data.synth import check_identity_parts
 from fgkd.errors import FgkdError
@@ -66,11 +68,7 @@ for _key in non_finite_keys(config):
 
 STUDENTS = [f"student_{k}" for k in range(1, config["students"] + 1)]
 MEMBERS = ["teacher", *STUDENTS]
-SHARED_STAGES = [
-    "teacher",
-    "auxkd_ce",
-    "auxkd_single",
-]  # do not depend on the students' variant
+SHARED_STAGES = list(fgkd.stages.SHARED_STAGES)  # do not depend on the students' variant
 SEED_DIR = "results/{dataset}/{backbone}/seed{seed}"
 VARIANT_DIR = "results/{dataset}/{backbone}/seed{seed}/{variant}"
 METHOD = config["method"]
@@ -218,7 +216,7 @@ def train_options(wildcards, stage, variant=None):
     if variant is not None and stage.startswith("student"):
         options.update(config["variants"][variant])
     stages = config["stages"]
-    if stage in ("auxkd_ce", "auxkd_single"):
+    if stage in fgkd.stages.AUXKD_BASELINES:
         options.update(stages.get("auxkd", {}))
     options.update(stages.get(stage, {}))
     if isinstance(options.get("pretrained"), bool):
@@ -260,16 +258,9 @@ def check_stage_options():
 START_MODELS = check_stage_options()  # the `pretrain` target
 
 
-def cli_flags(options):
-    """--key value for each option (booleans as --key / --no-key), every value quoted for the shell."""
-    flags = []
-    for key, value in sorted(options.items()):
-        flag = f"--{key.replace('_', '-')}"
-        if isinstance(value, bool):
-            flags.append(flag if value else f"--no-{key.replace('_', '-')}")
-        else:
-            flags.append(f"{flag} {shlex.quote(str(value))}")
-    return " ".join(flags)
+def train_flags(wildcards, stage, variant=None):
+    """The stage's options as `fgkd train` flags, every value quoted for the shell."""
+    return shlex.join(cli_flags(train_options(wildcards, stage, variant)))
 
 
 remove_stale_locks()

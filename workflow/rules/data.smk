@@ -12,8 +12,8 @@ rule synth:
     conda:
         "../envs/fgkd.yaml"
     params:
-        flags=lambda wc: cli_flags(
-            {k: v for k, v in config["datasets"][wc.dataset]["synth"].items() if k != "exclude_classes_of"}
+        flags=lambda wc: shlex.join(
+            cli_flags({k: v for k, v in config["datasets"][wc.dataset]["synth"].items() if k != "exclude_classes_of"})
         ),
         exclude=lambda wc, input: " ".join(f"--exclude-classes-of {shlex.quote(d)}" for d in input.excluded),
     shell:

@@ -21,7 +21,7 @@ rule report_ablations:
         run_files(
             STUDIED_VARIANTS,
             ["ensemble.parquet", "attention.parquet"],
-            aux=("auxkd_ce", "auxkd_single"),
+            aux=fgkd.stages.AUXKD_BASELINES,
         ),
         [
             f"{variant_dir(d, b, s, v)}/part_occlusion.parquet"

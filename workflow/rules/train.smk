@@ -5,11 +5,6 @@
 # `cache: True`: with `--cache` and SNAKEMAKE_OUTPUT_CACHE, a network trained by another workflow with the same
 # command, options, data and start weights is restored instead of trained (README: sharing between experiments).
 
-SHARED_CLI = {
-    "teacher": "--stage teacher",
-    "auxkd_ce": "--stage teacher --name auxkd_ce",
-    "auxkd_single": "--stage auxkd --name auxkd_single",
-}
 TRAIN_RESOURCES = dict(gpu=config["gpus_per_job"], mem_mb=16000, runtime=24 * 60)
 # Each process feeds itself with its loader workers.
 TRAIN_THREADS = max(2, TRAIN_PROCESSES * max(1, config["train"].get("workers", 0)))
@@ -32,9 +27,9 @@ rule train_shared:
     resources:
         **TRAIN_RESOURCES,
     params:
-        stage=lambda wc: SHARED_CLI[wc.shared],
+        stage=lambda wc: fgkd.stages.SHARED_STAGES[wc.shared],
         earlier=earlier_flags,
-        flags=lambda wc: cli_flags(train_options(wc, wc.shared)),
+        flags=lambda wc: train_flags(wc, wc.shared),
         processes=TRAIN_PROCESSES,
         fgkd=FGKD_VERSION,
     shell:
@@ -63,7 +58,7 @@ rule train_variant:
             "--stage auxkd" if wc.stage == "auxkd" else f"--stage student --index {wc.stage.split('_')[1]}"
         ),
         earlier=earlier_flags,
-        flags=lambda wc: cli_flags(train_options(wc, wc.stage, wc.variant)),
+        flags=lambda wc: train_flags(wc, wc.stage, wc.variant),
         processes=TRAIN_PROCESSES,
         fgkd=FGKD_VERSION,
     shell:
