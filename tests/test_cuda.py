@@ -19,9 +19,9 @@ from conftest import TINY
 from fgkd.data.dataset import ImageSizes, load_split, make_loader, make_train_loader
 from fgkd.distributed import sync_batchnorm
 from fgkd.ensemble import predict
-from fgkd.methods import FrozenNetworks
+from fgkd.methods import METHODS, FrozenNetworks
 from fgkd.models import FGVCNet
-from fgkd.train import TrainConfig, _autocast, build_method, evaluate, load_model
+from fgkd.train import TrainConfig, _autocast, evaluate, load_model
 from fixtures import cli_train_args, torchrun_args
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -51,7 +51,7 @@ def test_bf16_autocast_gives_the_float32_losses_and_logits(stage):
     outputs = {}
     for amp in ("off", "bf16"):
         config = TrainConfig(amp=amp, device="cuda")
-        method = build_method(stage, model, earlier, config).train()
+        method = METHODS[stage].from_config(model, earlier, config).train()
         with _autocast(CUDA, config):  # what train_epoch and evaluate run under
             outputs[amp] = method(images, labels)
     exact, bf16 = outputs["off"], outputs["bf16"]
