@@ -128,12 +128,13 @@ for _name, _spec in config["datasets"].items():
         check_identity_parts(_spec["synth"].get("classes"), _spec["synth"].get("identity_parts"))
     except FgkdError as err:
         config_error(f"datasets.{_name}.synth: {err}")
-    if excluded_sets(_name) and "identity_parts" in _spec["synth"]:
+    _excluded = excluded_sets(_name)
+    if _excluded and "identity_parts" in _spec["synth"]:
         config_error(
             f"datasets.{_name}.synth: exclude_classes_of works in the default mode only (every slot identifies the "
             "class); leave out identity_parts"
         )
-    for _other in excluded_sets(_name):
+    for _other in _excluded:
         if _other == _name or "synth" not in config["datasets"].get(_other, {}):
             config_error(
                 f"datasets.{_name}.synth.exclude_classes_of: {_other!r} is not another synthetic data set of this "
