@@ -12,6 +12,16 @@ from fgkd.train import TrainConfig  # noqa: E402
 TINY = TrainConfig(backbone="resnet10", epochs=2, batch_size=8, resize=36, crop=32, lr=0.05, backbone_lr=0.05,
                    val_fraction=0.25, attention_stride=8, head_hidden=32)
 
+# scripts/test runs the test files in parallel (pytest-xdist, --dist loadfile: a file in one process, in this order),
+# so the longest files start first: one started last would run alone at the end.
+SLOWEST_FIRST = ["test_workflow.py", "test_slurm.py", "test_paper.py", "test_distributed.py", "test_faults.py",
+                 "test_train.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
@@ -53,3 +63,14 @@ def mount(tmp_path):
     yield make
     for target in mounted:
         subprocess.run(["umount", str(target)], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real one-node SLURM cluster on this machine (scripts/slurm-local: slurmctld, slurmd, munge), started once
+    for the tests that submit jobs to it."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "slurm-local"
+    start = subprocess.run([script, "start"], capture_output=True, text=True)
+    assert start.returncode == 0, f"could not start the local SLURM cluster (needs root and Debian's slurm packages):\n{start.stderr}"
+    yield
+    subprocess.run([script, "stop"], capture_output=True)

@@ -3,14 +3,15 @@ official layouts, ResNet-50 and VGG-16-BN with the official head and preprocessi
 files, aux-KD and the ablations. The overlay config/toy.yaml changes only sizes (images, crops, seeds, loader
 workers), epochs, the start-weights path (a file the test makes: no download) and gpus_per_job (no GPU here).
 
-Cost: every job is a process that imports torch (5 s of CPU here) and builds its networks; the paper's DAG at one
-seed is 6 pairs of data set and backbone x 36 jobs, about 17 CPU-minutes on this machine: too long for CI. So the
-whole DAG is planned and every one of its `fgkd train` commands checked, and a part that takes every code path is
-run: the method and the ablations (K = 3 students of each variant, aux-KD and its baselines, every report) on
-CUB x VGG-16-BN, the backbone with its own head width, and the ResNet-50 teacher of Stanford Cars (a folder) and of
-FGVC-Aircraft (an archive).
+Cost: every job is a process that imports torch (2-5 s of CPU here) and builds its networks; the paper's DAG at one
+seed is 6 pairs of data set and backbone x 36 jobs, about 17 CPU-minutes here: too long for CI. So the whole DAG is
+planned and every one of its `fgkd train` commands checked, and a part that takes every code path is run: here, the
+method and the ablations (K = 3 students of each variant, aux-KD and its baselines, every report) on CUB x VGG-16-BN
+(an archive; the backbone with its own head width); in test_slurm.py, through the local SLURM cluster, the method on
+Stanford Cars x ResNet-50 (a folder) and the teacher of FGVC-Aircraft (an archive).
 """
 
+import functools
 import hashlib
 import json
 import re
@@ -28,7 +29,6 @@ from test_workflow import REPO, expected_train_options, project_copy, run, shell
 
 PAIRS = [(d, b) for d in ("cub", "cars", "aircraft") for b in ("resnet50", "vgg16_bn")]
 RUN_PAIR = ("cub", "vgg16_bn")  # everything of the method and the ablations
-TEACHERS = [f"results/{d}/resnet50/seed0/teacher/model.pt" for d in ("cars", "aircraft")]
 CONFIGS = ["--configfile", "config/paper.yaml", "config/toy.yaml"]
 OVERLAY = """\
 # Toy scale of config/paper.yaml: only sizes, epochs, the start weights' path and the GPUs change.
@@ -62,9 +62,9 @@ def weights_file(backbone: str, target: Path) -> None:
     torch.save(state, target)
 
 
-@pytest.fixture(scope="module")
-def paper(tmp_path_factory):
-    base = tmp_path_factory.mktemp("paper")
+def paper_project(base: Path, backbones: list[str]) -> Path:
+    """A project with config/paper.yaml and the toy overlay, the three data sets' raw data in their official layouts
+    and a start-weights file per backbone."""
     project = project_copy(base / "project")
     shutil.copy2(REPO / "config" / "paper.yaml", project / "config" / "paper.yaml")
     (project / "config" / "toy.yaml").write_text(OVERLAY)
@@ -75,12 +75,17 @@ def paper(tmp_path_factory):
     make_cars(raw / "stanford_cars", classes=3, per_class=3)
     make_aircraft(base / "aircraft", classes=3, per_class=3)
     archive(base / "aircraft", raw / "fgvc-aircraft-2013b.tar.gz")
-    for backbone in ("resnet50", "vgg16_bn"):
+    for backbone in backbones:
         weights_file(backbone, project / "weights" / f"{backbone}.pth")
+    return project
+
+
+@pytest.fixture(scope="module")
+def paper(tmp_path_factory):
+    project = paper_project(tmp_path_factory.mktemp("paper"), ["resnet50", "vgg16_bn"])  # the plan needs both
     dataset, backbone = RUN_PAIR
     run(["snakemake", "--cores", "2", "ablations", *CONFIGS, "--config", f"run_datasets=[{dataset}]",
          f"backbones=[{backbone}]"], project, timeout=1800)
-    run(["snakemake", "--cores", "2", *TEACHERS, *CONFIGS], project, timeout=900)
     return project
 
 
@@ -142,26 +147,34 @@ def test_the_method_and_the_ablations_write_every_report_row(paper):
     assert set(zip(paired.dataset, paired.backbone)) == {RUN_PAIR} and len(paired)
 
 
+@functools.cache
+def file_digest(path: Path) -> str:
+    """The start-weights digest a model.pt records (sha256, 16 hex digits)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def assert_trained_with_the_papers_options(project: Path, model: Path) -> None:
+    """What ran, read from model.pt: the options of paper.yaml + overlay as the README layers them (the VGG head 4096
+    wide, official head and preprocessing), started from weights/{backbone}.pth (its sha256), and an aux-KD student
+    with one auxiliary head per teacher."""
+    config = merged_config(project)
+    parts = model.parent.relative_to(project / "results").parts
+    dataset, backbone, seed = parts[0], parts[1], parts[2].removeprefix("seed")
+    variant, stage = (None, parts[3]) if len(parts) == 4 else parts[3:5]
+    meta = torch.load(model, weights_only=True)["metadata"]
+    ran = json.loads(meta["config"])
+    expected = expected_train_options(config, dataset, backbone, seed, variant, stage)
+    expected["pretrained"] = expected["pretrained"].format(backbone=backbone)
+    assert {key: ran[key] if isinstance(ran[key], bool) else str(ran[key]) for key in expected} == expected, model
+    assert meta["head"] == "official" and meta["preprocessing"] == "official"
+    assert meta["head_hidden"] == (4096 if backbone == "vgg16_bn" else 512)
+    assert meta["start"]["sha256"] == file_digest(project / "weights" / f"{backbone}.pth"), model
+    # the teacher and the K = 3 students (single: the teacher alone)
+    assert meta["aux_heads"] == {"auxkd": 4, "auxkd_single": 1}.get(stage, 0), model
+
+
 def test_every_network_was_trained_with_the_papers_options_and_the_local_weights(paper):
-    """What ran, read from each model.pt: the options of paper.yaml + overlay as the README layers them (the VGG
-    head 4096 wide, official head and preprocessing), started from weights/{backbone}.pth (its sha256), and each
-    aux-KD student with one auxiliary head per teacher."""
-    config = merged_config(paper)
-    digests = {b: hashlib.sha256((paper / "weights" / f"{b}.pth").read_bytes()).hexdigest()[:16]
-               for b in ("resnet50", "vgg16_bn")}
     models = sorted((paper / "results").rglob("model.pt"))
-    assert len(models) == 3 + 3 * 3 + 1 + len(TEACHERS), [str(m) for m in models]
+    assert len(models) == 3 + 3 * 3 + 1, [str(m) for m in models]  # 3 shared; 3 variants x K; the method's aux-KD
     for model in models:
-        parts = model.parent.relative_to(paper / "results").parts
-        dataset, backbone, seed = parts[0], parts[1], parts[2].removeprefix("seed")
-        variant, stage = (None, parts[3]) if len(parts) == 4 else parts[3:5]
-        meta = torch.load(model, weights_only=True)["metadata"]
-        ran = json.loads(meta["config"])
-        expected = expected_train_options(config, dataset, backbone, seed, variant, stage)
-        expected["pretrained"] = expected["pretrained"].format(backbone=backbone)
-        assert {key: ran[key] if isinstance(ran[key], bool) else str(ran[key]) for key in expected} == expected, model
-        assert meta["head"] == "official" and meta["preprocessing"] == "official"
-        assert meta["head_hidden"] == (4096 if backbone == "vgg16_bn" else 512)
-        assert meta["start"]["sha256"] == digests[backbone], model
-        # an aux-KD student has one auxiliary head per teacher: the teacher and the K = 3 students (single: one)
-        assert meta["aux_heads"] == {"auxkd": 4, "auxkd_single": 1}.get(stage, 0), model
+        assert_trained_with_the_papers_options(paper, model)

@@ -80,6 +80,11 @@ def non_utf8_index(raw):
     return "classes.txt"
 
 
+def empty_class_list(raw):
+    (cub_root(raw) / "classes.txt").write_text("")  # found by the property test on Python 3.12: an IndexError
+    return "classes.txt"
+
+
 def class_without_training_images(raw):
     labels = dict(line.split() for line in (cub_root(raw) / "image_class_labels.txt").read_text().splitlines())
     split = cub_root(raw) / "train_test_split.txt"
@@ -89,7 +94,7 @@ def class_without_training_images(raw):
 
 
 FAULTS = [remove_image, corrupt_image, truncate_image, label_out_of_range, path_escapes_root, empty_test_split,
-          missing_index_file, malformed_line, non_utf8_index, class_without_training_images]
+          missing_index_file, malformed_line, non_utf8_index, empty_class_list, class_without_training_images]
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.__name__ for f in FAULTS])

@@ -1,4 +1,4 @@
-"""The workflow for real: Snakemake runs, a real local SLURM cluster, real `dvc repro`.
+"""The workflow for real: Snakemake runs and real `dvc repro` (the SLURM runs are in test_slurm.py).
 
 Each test works in a copy of the project whose config/config.yaml is the tiny smoke-test config.
 """
@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from fgkd.train import TrainConfig
-from fixtures import optimizer_steps, resumed_at, wait_for_file
+from fixtures import wait_for_file
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".venv" / "bin"
@@ -269,35 +269,6 @@ def test_raw_data_round_trips_through_dvc(tmp_path):
     assert after == before
 
 
-# Status checks every 2 s, not Snakemake's 10: the jobs here last seconds, and each waited for a check (a real
-# cluster keeps the default, which spares its controller).
-QUICK_STATUS = ["--seconds-between-status-checks", "2"]
-
-
-@pytest.fixture
-def slurm_cluster():
-    script = REPO / "scripts" / "slurm-local"
-    start = subprocess.run([script, "start"], capture_output=True, text=True)
-    assert start.returncode == 0, f"could not start the local SLURM cluster (needs root and Debian's slurm packages):\n{start.stderr}"
-    yield
-    subprocess.run([script, "stop"], capture_output=True)
-
-
-def test_profile_slurm_runs_every_rule_as_a_slurm_job_training_with_two_processes(tmp_path, slurm_cluster):
-    project = project_copy(tmp_path / "project")
-    shutil.copytree(REPO / "slurm", project / "slurm", dirs_exist_ok=True)
-    result = run(["snakemake", "--profile", "slurm", "all", *QUICK_STATUS, "--config", "gpus_per_job=0",
-                  "train_processes=2"], project,
-                 timeout=1200)
-    output = result.stdout + result.stderr
-    submitted = set(re.findall(r"submitted with SLURM jobid \d+ \(log: \S*/rule_(\w+)/", output))
-    assert submitted == {"synth", "prepare", "train_shared", "train_variant", "predict", "ensemble", "attention",
-                         "report"}, output[-3000:]
-    assert (project / "results/reports/summary.md").exists()
-    models = sorted((project / "results").rglob("model.pt"))
-    assert models and {torch.load(m, weights_only=True)["metadata"]["processes"] for m in models} == {2}
-
-
 def test_html_report_has_the_figures(finished):
     run(["snakemake", "--report", "results/report.html"], finished)
     html = (finished / "results" / "report.html").read_text(errors="replace")
@@ -321,41 +292,6 @@ def test_paper_config_plans_three_datasets_by_two_backbones(tmp_path):
     shutil.rmtree(raw / "stanford_cars")
     missing = run(["snakemake", "all", "--dry-run", "--configfile", "config/paper.yaml"], project, check=False)
     assert missing.returncode != 0 and "datasets.cars.raw" in missing.stdout + missing.stderr
-
-
-def test_slurm_signal_before_the_time_limit_checkpoints_and_the_retry_resumes(tmp_path, slurm_cluster):
-    """scancel --signal=USR1 (what --signal=USR1@120 sends) to a training job of two data-parallel processes."""
-    projects = {name: project_copy(tmp_path / name) for name in ("reference", "slurm")}
-    for project in projects.values():
-        config = project / "config" / "config.yaml"
-        config.write_text(config.read_text().replace("epochs: 1", "epochs: 12"))
-    target = "results/synthetic/resnet10/seed0/teacher/model.pt"
-    two_processes = ["--config", "gpus_per_job=0", "train_processes=2"]
-    run(["snakemake", "--cores", "2", target, *two_processes], projects["reference"])
-
-    project = projects["slurm"]
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    process = subprocess.Popen(["snakemake", "--profile", "slurm", target, *QUICK_STATUS, *two_processes], cwd=project,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    checkpoint = project / "results/synthetic/resnet10/seed0/teacher/checkpoint.pt"
-    wait_for_file(checkpoint, process, timeout=600)
-    running = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i"], capture_output=True, text=True).stdout.split()
-    assert len(running) == 1, running
-    subprocess.run(["scancel", "--signal=USR1", running[0]], check=True)
-    output, _ = process.communicate(timeout=900)
-    assert process.returncode == 0, output[-3000:]
-    assert "Trying to restart job" in output or "retry" in output.lower()
-    logs = {name: (project / "logs/train/synthetic/resnet10/seed0/teacher.log").read_text()
-            for name, project in projects.items()}  # the SLURM one is the retry's: it replaces the stopped attempt's
-    epoch, step = resumed_at(logs["slurm"])
-    assert step >= 1, logs["slurm"][-3000:]  # stopped, and resumed, inside an epoch
-    per_epoch = optimizer_steps(logs["reference"]) // 12
-    assert optimizer_steps(logs["slurm"]) == optimizer_steps(logs["reference"]) - epoch * per_epoch - step
-    a = torch.load(projects["reference"] / target, weights_only=True)
-    b = torch.load(project / target, weights_only=True)
-    assert a["metadata"]["processes"] == b["metadata"]["processes"] == 2
-    for which in ("state_dict", "last_state_dict"):
-        assert all(torch.equal(a[which][k], b[which][k]) for k in a[which])
 
 
 def test_publish_results_fills_the_readme_block(finished, tmp_path):

@@ -106,6 +106,8 @@ def load_cub(raw: Path) -> SourceSet:
     root = _find_root(raw, "images.txt", (".", "CUB_200_2011"), "CUB-200-2011",
                       "CUB_200_2011/images.txt, classes.txt, image_class_labels.txt, train_test_split.txt")
     classes = unique_map(root / "classes.txt", parse_fields(root / "classes.txt", 2, (int, str)))
+    if not classes:
+        raise DataError(f"{root / 'classes.txt'}: no classes (expected one line '<class id> <name>' per class)")
     class_ids = sorted(classes)
     label_of_class = {cid: label for label, cid in enumerate(class_ids)}
     names = [classes[cid].split(".", 1)[-1] for cid in class_ids]
