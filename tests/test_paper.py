@@ -153,11 +153,10 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def assert_trained_with_the_papers_options(project: Path, model: Path) -> None:
-    """What ran, read from model.pt: the options of paper.yaml + overlay as the README layers them (the VGG head 4096
-    wide, official head and preprocessing), started from weights/{backbone}.pth (its sha256), and an aux-KD student
-    with one auxiliary head per teacher."""
-    config = merged_config(project)
+def assert_trained_with_the_papers_options(project: Path, config: dict, model: Path) -> None:
+    """What ran, read from model.pt: the options of ``config`` (paper.yaml + overlay, merged_config) as the README
+    layers them (the VGG head 4096 wide, official head and preprocessing), started from weights/{backbone}.pth (its
+    sha256), and an aux-KD student with one auxiliary head per teacher."""
     parts = model.parent.relative_to(project / "results").parts
     dataset, backbone, seed = parts[0], parts[1], parts[2].removeprefix("seed")
     variant, stage = (None, parts[3]) if len(parts) == 4 else parts[3:5]
@@ -176,5 +175,6 @@ def assert_trained_with_the_papers_options(project: Path, model: Path) -> None:
 def test_every_network_was_trained_with_the_papers_options_and_the_local_weights(paper):
     models = sorted((paper / "results").rglob("model.pt"))
     assert len(models) == 3 + 3 * 3 + 1, [str(m) for m in models]  # 3 shared; 3 variants x K; the method's aux-KD
+    config = merged_config(paper)
     for model in models:
-        assert_trained_with_the_papers_options(paper, model)
+        assert_trained_with_the_papers_options(paper, config, model)

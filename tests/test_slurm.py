@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fixtures import optimizer_steps, resumed_at, wait_for_file
-from test_paper import CONFIGS, assert_trained_with_the_papers_options, paper_project
+from test_paper import CONFIGS, assert_trained_with_the_papers_options, merged_config, paper_project
 from test_workflow import BIN, job_counts, project_copy, run
 
 # Status checks every 2 s, not Snakemake's 10: the jobs here last seconds, and each waited for a check (a real
@@ -92,5 +92,6 @@ def test_the_papers_networks_trained_through_slurm_carry_its_options(paper_throu
     models = sorted((project / "results").rglob("model.pt"))
     # Cars: the teacher, K = 3 students, the aux-KD student; Aircraft: the teacher
     assert len(models) == 1 + 3 + 1 + 1, [str(m) for m in models]
+    config = merged_config(project)
     for model in models:
-        assert_trained_with_the_papers_options(project, model)
+        assert_trained_with_the_papers_options(project, config, model)
