@@ -57,10 +57,10 @@ def class_activation_map(features: torch.Tensor) -> torch.Tensor:
 
 
 def standardise(maps: torch.Tensor) -> torch.Tensor:
-    """Per image (map - mean) / std, with the unbiased std as the official code."""
+    """Per image (map - mean) / std, with the unbiased std as the official code (a 1 x 1 map: zeros, not NaN)."""
     flat = maps.flatten(1)
     mean = flat.mean(dim=1, keepdim=True)
-    std = flat.std(dim=1, keepdim=True).clamp_min(1e-12)
+    std = flat.std(dim=1, keepdim=True, correction=min(1, flat.shape[1] - 1)).clamp_min(1e-12)
     return ((flat - mean) / std).view_as(maps)
 
 

@@ -203,6 +203,21 @@ def test_a_step_of_one_image_is_one_line_naming_the_batch_size_or_the_data(data,
     assert not (tmp_path / "teacher" / "model.pt").exists()
 
 
+@pytest.mark.parametrize("orth", ["or", "at"])
+def test_an_attention_map_of_one_position_is_one_line_not_nan_or_a_silent_ce_student(data, tiny_teacher, tmp_path,
+                                                                                      orth):
+    """At stride 32 a 32 px crop leaves a 1 x 1 map: OR's standardisation was NaN, AT's penalty a constant."""
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 1, "orth": orth, "attention_stride": 32})
+    args = cli_train_args(config, tmp_path / "student", data, "--earlier", str(tiny_teacher), "--index", "1",
+                          stage="student")
+    result = CliRunner().invoke(main, args[3:])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (result.output, result.exception)
+    assert result.output.splitlines() == [f"Error: orth {orth}: the attention map is 1 x 1 at 32 x 32 inputs, and a "
+                                          "penalty on where a network attends needs at least 2 positions; raise the "
+                                          "crop or lower attention_stride"], result.output
+    assert not (tmp_path / "student" / "model.pt").exists()
+
+
 def test_wrong_earlier_models_are_refused(data, tmp_path):
     teacher = train("teacher", data, tmp_path / "teacher", TrainConfig(**{**TINY.__dict__, "epochs": 1}), progress=False)
     with pytest.raises(FgkdError, match="expected 2 --earlier models"):
