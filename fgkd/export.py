@@ -119,6 +119,7 @@ def model_card(model_path: str | Path, meta: dict, network: FGVCNet, export_form
         "identity": {"config_digest": meta["config_hash"], "model_file": str(model_path),
                      "model_sha256": file_digest(model_path)},
         "training_config": json.loads(meta["config"]),
+        "trained_with": meta.get("arithmetic"),  # None: a model.pt of an earlier fgkd
         "software": {"torch": torch.__version__, **({"onnx_opset": ONNX_OPSET} if export_format == "onnx" else {})},
     }
 

@@ -28,9 +28,10 @@ from .losses import attention_energy, normalise_attention  # noqa: E402
 from .metrics import COMBINES, check_combine, combine_scores, topk_accuracy, topk_hits  # noqa: E402
 from .paired import ALPHA, LEVEL, compare, mean_interval  # noqa: E402
 from .stages import AUXKD_BASELINES, SHARED_STAGES  # noqa: E402
-from .train import load_model, shared_input_sizes  # noqa: E402
+from .train import describe_arithmetic, load_model, shared_input_sizes  # noqa: E402
 
 OVERLAP_IMAGES = 256
+UNRECORDED = "not recorded (a model.pt of an earlier fgkd)"
 HISTORY_COLUMNS = ("stage", "epoch", "loss", "train_acc", "val_acc", "seconds", "images_per_s")
 ENSEMBLE_COLUMNS = ("members", "n_members", "prefix", "combine", "top1", "top5")
 OCCLUSION_COLUMNS = ("network", "condition", "combine", "top1")
@@ -91,12 +92,27 @@ def _save_figure(fig, target: str | Path) -> None:
     plt.close(fig)
 
 
-def _parameters(model_path: Path) -> int:
+def _model_facts(model_path: Path) -> tuple[int, str]:
+    """(trainable parameters, the arithmetic it was trained with) of a model.pt."""
     try:
-        state = torch.load(model_path, map_location="cpu", weights_only=True)["state_dict"]
+        saved = torch.load(model_path, map_location="cpu", weights_only=True)
+        state, records = saved["state_dict"], saved["metadata"].get("arithmetic", [])
     except Exception as err:  # missing, truncated, or not a model.pt
         raise FgkdError(f"{model_path}: not a readable fgkd model ({brief(err)}); retrain that stage") from None
-    return int(sum(v.numel() for k, v in state.items() if v.is_floating_point() and "running_" not in k))
+    parameters = int(sum(v.numel() for k, v in state.items() if v.is_floating_point() and "running_" not in k))
+    return parameters, " + ".join(map(describe_arithmetic, records)) or UNRECORDED
+
+
+def arithmetic_line(metrics: pd.DataFrame) -> str:
+    """Which arithmetic the report's networks were trained with, counted once per network (a shared teacher
+    appears in every variant's rows): on CPU, other thread counts or vector instructions give other numbers."""
+    networks = metrics[(metrics.method != "ensemble") & (metrics.selection == "best")].assign(
+        variant=lambda f: f.variant.where(~f.method.isin(SHARED_STAGES), "shared"))
+    counts = networks.drop_duplicates(["dataset", "backbone", "seed", "variant", "method"])["arithmetic"].value_counts()
+    counts = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    if len(counts) == 1:
+        return f"Trained with: {counts[0][0]} (all {counts[0][1]} networks)."
+    return "Trained with: " + "; ".join(f"{text} ({n} networks)" for text, n in counts) + "."
 
 
 def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
@@ -163,7 +179,7 @@ def collect(results: Path, runs: list[tuple[str, str, int]], variants: list[str]
     metrics, ensembles, histories = [], [], []
     student_names = [f"student_{k}" for k in range(1, students + 1)]
     read_history = functools.cache(lambda folder: _read_table(folder / "history.parquet", HISTORY_COLUMNS))
-    parameters = functools.cache(lambda folder: _parameters(folder / "model.pt"))
+    facts = functools.cache(lambda folder: _model_facts(folder / "model.pt"))
     for dataset, backbone, seed in runs:
         base = results / dataset / backbone / f"seed{seed}"
         key = {"dataset": dataset, "backbone": backbone, "seed": seed}
@@ -179,7 +195,7 @@ def collect(results: Path, runs: list[tuple[str, str, int]], variants: list[str]
                 for selection, (top1, top5) in _accuracies(path).items():
                     metrics.append({**key, "variant": variant, "method": stage, "members": stage, "combine": None,
                                     "selection": selection, "top1": top1, "top5": top5,
-                                    "parameters": parameters(path),
+                                    "parameters": facts(path)[0], "arithmetic": facts(path)[1],
                                     "train_seconds": float(history["seconds"].sum()),
                                     "images_per_s": float(history["images_per_s"].mean()),
                                     "attention_overlap": np.nan})
@@ -192,7 +208,8 @@ def collect(results: Path, runs: list[tuple[str, str, int]], variants: list[str]
                     ensembles.append(table.assign(**key, variant=variant))
                 metrics.append({**key, "variant": variant, "method": "ensemble", "members": full["members"],
                                 "combine": combine, "selection": selection, "top1": full["top1"], "top5": full["top5"],
-                                "parameters": sum(parameters(networks[m]) for m in members),
+                                "parameters": sum(facts(networks[m])[0] for m in members),
+                                "arithmetic": " | ".join(dict.fromkeys(facts(networks[m])[1] for m in members)),
                                 "train_seconds": float(sum(read_history(networks[m])["seconds"].sum() for m in members)),
                                 "images_per_s": np.nan, "attention_overlap": overlap})
     return pd.DataFrame(metrics), pd.concat(ensembles, ignore_index=True), pd.concat(histories, ignore_index=True)
@@ -330,7 +347,8 @@ def report(results: str | Path, runs: list[tuple[str, str, int]], variant: str, 
     methods = ["teacher", *[f"student_{k}" for k in range(1, students + 1)], "ensemble", "auxkd"]
     _write_text(out / "summary.md", "\n".join(
         ["# fgkd results", "",
-         f"Variant `{variant}`; ensemble = teacher + {students} students ({COMBINES[combine].text}).", "",
+         f"Variant `{variant}`; ensemble = teacher + {students} students ({COMBINES[combine].text}). "
+         f"{arithmetic_line(metrics)}", "",
          *summary_table(metrics, methods, variant), "", "## Paired comparisons", "",
          *comparison_table(paired)]) + "\n")
     best = metrics[metrics["selection"] == "best"]
@@ -370,7 +388,8 @@ def ablation_report(results: str | Path, runs: list[tuple[str, str, int]], varia
     write_parquet(occlusion, out / "part_occlusion.parquet")
     write_parquet(paired, out / "comparisons.parquet")
     students_ = [f"student_{k}" for k in range(1, students + 1)]
-    lines = ["# fgkd ablations", "", "## Ensemble of teacher + students, by the students' loss", "",
+    lines = ["# fgkd ablations", "", arithmetic_line(metrics), "",
+             "## Ensemble of teacher + students, by the students' loss", "",
              "Top-1 (%), mean ± std over seeds (best-on-val; last epoch's mean in brackets). `lambda0` trains "
              "the students with CE alone, each from its own seed: the plain ensemble of K+1 networks with the same "
              f"budget. Ensemble: {COMBINES[combine].text}. Attention overlap: mean pairwise dot product of the "

@@ -294,6 +294,34 @@ def train(stage: str, data: str | Path, out: str | Path, config: TrainConfig, ea
                       name or stage_name(stage, index), processes, device)
 
 
+def arithmetic(device: torch.device) -> dict:
+    """What decides a run's floating-point results besides its config, data and seed: on CPU the number of
+    threads and the vector instructions torch's kernels use (measured: either one changes the trained weights),
+    on CUDA the GPU; and the torch build. Recorded in model.pt so that two runs' numbers can be told apart."""
+    record = {"torch": str(torch.__version__), "device": device.type, "threads": torch.get_num_threads(),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": _cpu_model()}
+    if device.type == "cuda":
+        record["gpu"] = torch.cuda.get_device_name(device)
+    return record
+
+
+def _cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
+    except OSError:  # not Linux
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else "unknown"
+
+
+def describe_arithmetic(record: dict) -> str:
+    """One record of ``arithmetic`` as the reports print it."""
+    threads = f"{record['threads']} thread{'s' if record['threads'] != 1 else ''}"
+    where = (f"CUDA {record['gpu']}" if record["device"] == "cuda" else
+             f"CPU {record['cpu']} ({record['cpu_capability']}), {threads}")
+    return f"{where}, torch {record['torch']}"
+
+
 def _check_writable(out: Path) -> None:
     """A results folder that cannot take the files is refused before any training time is spent."""
     require_utf8_name(out)
@@ -359,9 +387,13 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
         momentum=config.momentum, weight_decay=config.weight_decay)
 
     checkpoint_path = out / "checkpoint.pt"
-    state = {"epoch": 0, "history": [], "best_val": -1.0, "best_epoch": -1, "best_state": None, "partial": None}
+    state = {"epoch": 0, "history": [], "best_val": -1.0, "best_epoch": -1, "best_state": None, "partial": None,
+             "arithmetic": []}
     if checkpoint_path.exists():
         state = _resume(checkpoint_path, identity, model, optimizer, state, processes)
+    here = arithmetic(device)
+    if here not in state.setdefault("arithmetic", []):  # a resume elsewhere: the run's steps had both
+        state["arithmetic"].append(here)
 
     has_checkpoint = state["epoch"] > 0 or state["partial"] is not None  # resumed
 
@@ -425,6 +457,7 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
             # For `fgkd classify` and `fgkd export`; a model.pt of an earlier fgkd lacks these three keys.
             "class_names": class_names(read_manifest(data)), "dataset": Path(data).resolve().name,
             "best_val_acc": state["best_val"],
+            "arithmetic": state["arithmetic"],  # every setting this stage's steps ran under (resumes may add one)
         }
         with atomic_path(out / "model.pt") as tmp:
             torch.save({"format": MODEL_FORMAT, "metadata": metadata, "state_dict": state["best_state"],

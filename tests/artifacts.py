@@ -8,8 +8,9 @@ from fgkd.models import FGVCNet
 from fgkd.train import MODEL_FORMAT
 
 
-def save_model(path, num_classes, aux_heads=0, bias=None):
-    """A model.pt as `fgkd train` writes it, of an untrained resnet10; ``bias`` makes its logits that constant.
+def save_model(path, num_classes, aux_heads=0, bias=None, arithmetic=None):
+    """A model.pt as `fgkd train` writes it, of an untrained resnet10; ``bias`` makes its logits that constant,
+    ``arithmetic`` is its record of how it was trained (none: as an earlier fgkd wrote it).
     Returns (path, number of parameters)."""
     torch.manual_seed(0)
     model = FGVCNet("resnet10", num_classes, "official", 32, 8, aux_heads)
@@ -21,6 +22,8 @@ def save_model(path, num_classes, aux_heads=0, bias=None):
     metadata = {"backbone": "resnet10", "num_classes": num_classes, "head": "official", "head_hidden": 32,
                 "attention_stride": 8, "aux_heads": aux_heads, "stage": path.parent.name, "config_hash": "0" * 16,
                 "resize": 36, "crop": 32, "best_epoch": 1, "epochs": 1, "processes": 1, "config": "{}"}
+    if arithmetic is not None:
+        metadata["arithmetic"] = arithmetic
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"format": MODEL_FORMAT, "metadata": metadata, "state_dict": model.state_dict(),
                 "last_state_dict": model.state_dict()}, path)

@@ -86,6 +86,8 @@ def test_the_exported_network_gives_predicts_logits_and_the_card_says_how(run_fo
     assert card["metrics"]["test_top1"] == ranked_hits(expected, labels.to_numpy(), 1).mean()
     assert card["metrics"]["test_images"] == len(files) and card["metrics"]["test_from"] == "logits.parquet"
     assert len(card["identity"]["config_digest"]) == 16 and card["training_config"]["crop"] == card["input"]["shape"][2]
+    assert card["trained_with"] == torch.load(run_folder / "model.pt")["metadata"]["arithmetic"]
+    assert [r["device"] for r in card["trained_with"]] == ["cpu"]
     assert sorted(p.name for p in out.parent.iterdir()) == sorted([out.name, f"{out.name}.json"])
     if export_format == "onnx":
         assert [o.version for o in onnx.load(out).opset_import if o.domain == ""] == [card["software"]["onnx_opset"]]
@@ -103,6 +105,7 @@ def test_an_aux_kd_model_exports_its_main_head_and_an_old_card_says_what_it_lack
     assert card["class_names"] is None and card["dataset"]["name"] is None
     assert card["network"]["auxiliary_heads_left_out"] == 2
     assert card["metrics"]["val_top1"] is None and card["metrics"]["test_top1"] is None
+    assert card["trained_with"] is None
 
 
 def bad_call(case, model, tmp_path, mount):

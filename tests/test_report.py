@@ -23,6 +23,11 @@ DISAGREE = slice(0, 12)  # images on which the two combine rules pick different 
 MEMBERS = ["teacher", *[f"student_{k}" for k in range(1, STUDENTS + 1)]]
 NETWORKS = [*MEMBERS, "auxkd"]
 BASELINES = ["auxkd_ce", "auxkd_single"]  # shared by the variants, read by the ablation report
+CPU = {"torch": "2.14.1", "device": "cpu", "cpu": "Test CPU", "cpu_capability": "AVX512", "threads": 2}
+# The plain networks trained on one CPU; the aux-KD ones started with one thread and were resumed on a GPU.
+ARITHMETIC = {"plain": ([CPU], "CPU Test CPU (AVX512), 2 threads, torch 2.14.1"),
+              "aux": ([{**CPU, "threads": 1}, {**CPU, "device": "cuda", "gpu": "Test GPU"}],
+                      "CPU Test CPU (AVX512), 1 thread, torch 2.14.1 + CUDA Test GPU, torch 2.14.1")}
 
 
 def member_logits(rng, network, selection):
@@ -43,8 +48,9 @@ def results(tmp_path_factory):
     """results/synthetic/resnet10/seed{0,1}/... as the workflow lays it out; returns (root, logits, facts)."""
     root = tmp_path_factory.mktemp("report") / "results"
     models = tmp_path_factory.mktemp("models")
-    plain, plain_size = save_model(models / "plain" / "model.pt", CLASSES)
-    aux, aux_size = save_model(models / "aux" / "model.pt", CLASSES, aux_heads=STUDENTS + 1)
+    plain, plain_size = save_model(models / "plain" / "model.pt", CLASSES, arithmetic=ARITHMETIC["plain"][0])
+    aux, aux_size = save_model(models / "aux" / "model.pt", CLASSES, aux_heads=STUDENTS + 1,
+                               arithmetic=ARITHMETIC["aux"][0])
     rng = np.random.default_rng(0)
     labels = rng.integers(0, CLASSES, IMAGES)
     labels[DISAGREE] = 1
@@ -123,7 +129,9 @@ def test_every_metrics_row_equals_an_independent_computation_from_the_files(resu
             assert row.parameters == sum(facts[row.seed, m]["parameters"] for m in MEMBERS)
             assert row.train_seconds == pytest.approx(sum(facts[row.seed, m]["train_seconds"] for m in MEMBERS))
             assert row.attention_overlap == pytest.approx(facts[row.seed, "overlap"])
+            assert row.arithmetic == ARITHMETIC["plain"][1]
         else:
+            assert row.arithmetic == ARITHMETIC["aux" if row.method == "auxkd" else "plain"][1]
             scores = logits[row.seed, row.method, row.selection]
             assert pd.isna(row.combine) and row.parameters == facts[row.seed, row.method]["parameters"]
             assert row.train_seconds == pytest.approx(facts[row.seed, row.method]["train_seconds"])
@@ -133,6 +141,9 @@ def test_every_metrics_row_equals_an_independent_computation_from_the_files(resu
     assert set(ensembles["combine"]) == {combine} and set(ensembles["seed"]) == {0, 1}
     summary = (tmp_path / "reports" / "summary.md").read_text()
     assert {"logits": "(sum of logits)", "probs": "(mean of softmax probabilities)"}[combine] in summary
+    # per seed: teacher and 2 students plain, auxkd aux
+    assert (f"Trained with: {ARITHMETIC['plain'][1]} (6 networks); {ARITHMETIC['aux'][1]} (2 networks)."
+            in summary.splitlines()[2]), summary
 
 
 def test_the_two_combine_rules_give_different_ensemble_rows(results, tmp_path):
@@ -177,6 +188,9 @@ def test_ablation_report_names_the_rule_and_refuses_occlusion_of_another(results
         assert row.top1 == ranked_hits(expected_ensemble(logits, row.seed, row.selection, "probs"), labels, 1).mean()
     summary = (tmp_path / "ablations" / "summary.md").read_text()
     assert summary.count("mean of softmax probabilities") == 2  # the ensemble table and the occlusion table
+    # per seed: teacher and 2 students plain; auxkd, auxkd_ce and auxkd_single aux; a tie is in text order
+    assert summary.splitlines()[2] == (f"Trained with: {ARITHMETIC['aux'][1]} (6 networks); "
+                                       f"{ARITHMETIC['plain'][1]} (6 networks)."), summary
 
     stale = root / "synthetic" / "resnet10" / "seed1" / "or" / "part_occlusion.parquet"
     frame = pd.read_parquet(stale)
@@ -319,6 +333,9 @@ def test_comparisons_equal_an_independent_paired_computation(results, tmp_path, 
                            (tmp_path / "ablations" / "summary.md", "## Paired comparisons: ensembles and aux KD")):
         text = summary.read_text()
         assert title in text and "| synthetic | resnet10 | ensemble (or) | teacher |" in text
+    # per seed: the shared teacher once, 2 students of each variant plain; auxkd, auxkd_ce and auxkd_single aux
+    assert (tmp_path / "ablations" / "summary.md").read_text().splitlines()[2] == (
+        f"Trained with: {ARITHMETIC['plain'][1]} (10 networks); {ARITHMETIC['aux'][1]} (6 networks).")
     assert "| synthetic | resnet10 | auxkd (or) | auxkd_single |" in (tmp_path / "ablations" / "summary.md").read_text()
 
 

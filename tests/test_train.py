@@ -273,6 +273,26 @@ def test_preemption_signal_saves_a_mid_epoch_checkpoint_and_the_rerun_resumes_ex
                                   pd.read_parquet(resumed.parent / "history.parquet").drop(columns=timing))
 
 
+def test_model_pt_records_the_arithmetic_of_every_process_that_trained_it(data, tmp_path):
+    """CPU results depend on the thread count and the vector instructions; a run stopped and resumed under
+    others records both settings, so that its numbers are not taken for those of either alone."""
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 6})
+    out = tmp_path / "teacher"
+    process = subprocess.Popen(cli_train_args(config, out, data), env={**os.environ, "OMP_NUM_THREADS": "2"},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for_file(out / "checkpoint.pt", process)
+    process.send_signal(signal.SIGUSR1)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1, stderr.decode()[-2000:]
+    resumed = subprocess.run(cli_train_args(config, out, data), capture_output=True, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "avx2"})
+    assert resumed.returncode == 0 and "resuming after epoch" in resumed.stderr, resumed.stderr[-2000:]
+    records = torch.load(out / "model.pt", weights_only=True)["metadata"]["arithmetic"]
+    assert [(r["device"], r["threads"], r["cpu_capability"]) for r in records] == [
+        ("cpu", 2, torch.backends.cpu.get_cpu_capability()), ("cpu", 1, "AVX2")]
+    assert {r["torch"] for r in records} == {torch.__version__}
+
+
 def test_compiled_network_trains_like_the_eager_one(data, tmp_path):
     config = TrainConfig(**{**TINY.__dict__, "epochs": 1})
     eager = train("teacher", data, tmp_path / "eager", config, progress=False)
