@@ -233,12 +233,15 @@ def _log_to_stderr(main_process: bool = True):
               help="Test images shown in the figure.")
 @click.option("--overlap", required=True, type=click.Path(dir_okay=False), help="Pairwise overlap Parquet to write.")
 @click.option("--figure", required=True, type=click.Path(dir_okay=False), help="Attention-map grid PNG to write.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Test images per forward pass (memory grows with it, not with the image count).")
+@click.option("--device", default="auto", show_default=True)
 @_friendly
-def attention(models, data, images, overlap, figure):
+def attention(models, data, images, overlap, figure, batch_size, device):
     """Attention maps of several networks over the same test images, and their mean pairwise overlap."""
     from .report import attention as run_attention
 
-    run_attention(list(models), data, images, overlap, figure)
+    run_attention(list(models), data, images, overlap, figure, batch_size, device)
 
 
 def _parse_runs(ctx, param, runs):

@@ -89,6 +89,25 @@ def test_attention_with_no_images_is_one_line_naming_the_option(model, tiny_data
     assert not (tmp_path / "a.parquet").exists()
 
 
+def test_attention_in_batches_gives_the_overlap_and_figure_of_one_batch(model, tiny_teacher, tiny_data, tmp_path):
+    """Memory grows with --batch-size, not with the image count; the batches must add up to the one-batch answer
+    (a trained and an untrained network, so that the overlap is not 1 whatever the maps)."""
+    from PIL import Image
+
+    drawn = {}
+    for batch in ("1000", "3"):
+        out = tmp_path / batch
+        result = CliRunner().invoke(main, ["attention", "--model", str(tiny_teacher), "--model", str(model),
+                                           "--data", str(tiny_data), "--images", "4", "--batch-size", batch,
+                                           "--overlap", str(out / "a.parquet"), "--figure", str(out / "a.png")])
+        assert result.exit_code == 0, result.output
+        with Image.open(out / "a.png") as figure:
+            drawn[batch] = (pd.read_parquet(out / "a.parquet")["overlap"].item(), np.asarray(figure, dtype=float))
+    (whole, whole_figure), (batched, batched_figure) = drawn["1000"], drawn["3"]
+    assert 0 < whole < 0.99 and batched == pytest.approx(whole, abs=1e-6)
+    assert np.abs(whole_figure - batched_figure).max() <= 2
+
+
 def test_occlusion_ensemble_follows_combine_like_an_independent_recomputation(tiny_data, tmp_path):
     """Two networks of constant logits: summed, class 0 wins; their softmax mean, class 1. The test split
     keeps one image of class 0 and three of class 1, so the two rules score differently."""

@@ -387,7 +387,9 @@ def test_every_shipped_configs_commands_carry_exactly_its_options_and_the_schema
         words = shell_commands(result.stdout, program)
         assert words and {w[w.index("--combine") + 1] for w in words} == {combine}, program
     images = config.get("attention", {}).get("images", schema_default("attention", "images"))
-    assert {w[w.index("--images") + 1] for w in shell_commands(result.stdout, "attention")} == {str(images)}
+    attention = shell_commands(result.stdout, "attention")
+    assert {w[w.index("--images") + 1] for w in attention} == {str(images)}
+    assert {w[w.index("--batch-size") + 1] for w in attention} == {str(batch)}
 
 
 def test_the_fair_configs_pretrained_regimes_start_every_network_from_a_teacher_of_other_classes(tmp_path):

@@ -58,10 +58,11 @@ rule attention:
         runtime=60,
     params:
         images=config["attention"]["images"],
+        batch_size=config["predict"]["batch_size"],
         models=model_flags,
     shell:
         "fgkd attention {params.models} --data {input.data:q} --images {params.images}"
-        " --overlap {output.overlap:q} --figure {output.figure:q} > {log:q} 2>&1"
+        " --batch-size {params.batch_size} --overlap {output.overlap:q} --figure {output.figure:q} > {log:q} 2>&1"
 
 
 rule part_occlusion:
