@@ -300,8 +300,9 @@ def arithmetic(device: torch.device) -> dict:
     on CUDA the GPU; and the torch build. Recorded in model.pt so that two runs' numbers can be told apart."""
     record = {"torch": str(torch.__version__), "device": device.type, "threads": torch.get_num_threads(),
               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": _cpu_model()}
-    if device.type == "cuda":
-        record["gpu"] = torch.cuda.get_device_name(device)
+    if device.type == "cuda":  # torch's default lets cuDNN convolutions use TF32 even with amp off
+        record.update(gpu=torch.cuda.get_device_name(device), tf32_convolutions=torch.backends.cudnn.allow_tf32,
+                      tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
     return record
 
 

@@ -96,6 +96,9 @@ def test_one_process_nccl_run_through_torchrun_trains_like_a_plain_cuda_run(tiny
     assert two["loss"].iloc[0] == pytest.approx(one["loss"].iloc[0], rel=1e-2)
     model, meta = load_model(tmp_path / "ddp" / "model.pt")  # strict: every key of a plain FGVCNet
     assert meta["processes"] == 1
+    (record,) = meta["arithmetic"]
+    assert (record["device"], record["gpu"]) == ("cuda", torch.cuda.get_device_name(0))
+    assert record["tf32_convolutions"] == torch.backends.cudnn.allow_tf32
     assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
     assert not (tmp_path / "ddp" / "checkpoint.pt").exists()
 
