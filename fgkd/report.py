@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from . import arithmetic  # noqa: E402
 from .atomic import atomic_path, write_parquet  # noqa: E402
 from .attention import attention_heat, blend  # noqa: E402
 from .data.dataset import PREPROCESSING, load_split  # noqa: E402
@@ -29,10 +30,9 @@ from .metrics import COMBINES, check_combine, combine_scores, topk_accuracy, top
 from .paired import ALPHA, LEVEL, compare, mean_interval  # noqa: E402
 from .stages import AUXKD_BASELINES, SHARED_STAGES  # noqa: E402
 from .config import TrainConfig  # noqa: E402
-from .train import describe_arithmetic, load_model, select_device, shared_input_sizes  # noqa: E402
+from .train import load_model, select_device, shared_input_sizes  # noqa: E402
 
 OVERLAP_IMAGES = 256
-UNRECORDED = "not recorded (a model.pt of an earlier fgkd)"
 HISTORY_COLUMNS = ("stage", "epoch", "loss", "train_acc", "val_acc", "seconds", "images_per_s")
 ENSEMBLE_COLUMNS = ("members", "n_members", "prefix", "combine", "top1", "top5")
 OCCLUSION_COLUMNS = ("network", "condition", "combine", "top1")
@@ -108,7 +108,7 @@ def _model_facts(model_path: Path) -> tuple[int, str]:
     except Exception as err:  # missing, truncated, or not a model.pt
         raise FgkdError(f"{model_path}: not a readable fgkd model ({brief(err)}); retrain that stage") from None
     parameters = int(sum(v.numel() for k, v in state.items() if v.is_floating_point() and "running_" not in k))
-    return parameters, " + ".join(map(describe_arithmetic, records)) or UNRECORDED
+    return parameters, " + ".join(dict.fromkeys(map(arithmetic.describe, records or [arithmetic.UNRECORDED])))
 
 
 def arithmetic_line(metrics: pd.DataFrame) -> str:

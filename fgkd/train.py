@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from . import distributed
+from . import arithmetic, distributed
 from .atomic import atomic_path, refuse_to_overwrite_inputs, require_utf8_name, write_parquet
 from .config import TrainConfig
 from .data.dataset import ImageSizes, derived_seed, load_split, make_loader, make_train_loader
@@ -294,35 +294,6 @@ def train(stage: str, data: str | Path, out: str | Path, config: TrainConfig, ea
                       name or stage_name(stage, index), processes, device)
 
 
-def arithmetic(device: torch.device) -> dict:
-    """What decides a run's floating-point results besides its config, data and seed: on CPU the number of
-    threads and the vector instructions torch's kernels use (measured: either one changes the trained weights),
-    on CUDA the GPU; and the torch build. Recorded in model.pt so that two runs' numbers can be told apart."""
-    record = {"torch": str(torch.__version__), "device": device.type, "threads": torch.get_num_threads(),
-              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": _cpu_model()}
-    if device.type == "cuda":  # torch's default lets cuDNN convolutions use TF32 even with amp off
-        record.update(gpu=torch.cuda.get_device_name(device), tf32_convolutions=torch.backends.cudnn.allow_tf32,
-                      tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
-    return record
-
-
-def _cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
-    except OSError:  # not Linux
-        lines = []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else "unknown"
-
-
-def describe_arithmetic(record: dict) -> str:
-    """One record of ``arithmetic`` as the reports print it."""
-    threads = f"{record['threads']} thread{'s' if record['threads'] != 1 else ''}"
-    where = (f"CUDA {record['gpu']}" if record["device"] == "cuda" else
-             f"CPU {record['cpu']} ({record['cpu_capability']}), {threads}")
-    return f"{where}, torch {record['torch']}"
-
-
 def _check_writable(out: Path) -> None:
     """A results folder that cannot take the files is refused before any training time is spent."""
     require_utf8_name(out)
@@ -392,8 +363,10 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
              "arithmetic": []}
     if checkpoint_path.exists():
         state = _resume(checkpoint_path, identity, model, optimizer, state, processes)
-    here = arithmetic(device)
-    if here not in state.setdefault("arithmetic", []):  # a resume elsewhere: the run's steps had both
+    # Every setting the stage's steps ran under: a resume elsewhere adds one (under torchrun, the first process's).
+    state.setdefault("arithmetic", [arithmetic.UNRECORDED])  # a checkpoint of an earlier fgkd
+    here = arithmetic.record(device)
+    if here not in state["arithmetic"]:
         state["arithmetic"].append(here)
 
     has_checkpoint = state["epoch"] > 0 or state["partial"] is not None  # resumed

@@ -128,6 +128,21 @@ def test_predict_in_bf16_on_cuda_agrees_with_float32_on_the_cpu(tiny_teacher, ti
     torch.testing.assert_close(low.softmax(1), exact.softmax(1), rtol=0, atol=PROB_ATOL)
 
 
+def test_attention_on_cuda_gives_the_cpus_overlap(tiny_teacher, tiny_data, tmp_path):
+    """The workflow's attention job runs on its GPU (float32; TF32 convolutions by torch's default); a trained and
+    an untrained network, so that the overlap is not 1 whatever the maps."""
+    from artifacts import save_model
+    from fgkd.report import attention
+
+    untrained = save_model(tmp_path / "untrained" / "model.pt", 4)[0]
+    overlaps = {}
+    for device in ("cuda", "cpu"):
+        attention([tiny_teacher, untrained], tiny_data, 2, tmp_path / f"{device}.parquet", tmp_path / f"{device}.png",
+                  batch_size=3, device=device)
+        overlaps[device] = pd.read_parquet(tmp_path / f"{device}.parquet")["overlap"].item()
+    assert overlaps["cpu"] < 0.99 and overlaps["cuda"] == pytest.approx(overlaps["cpu"], abs=1e-3)
+
+
 def test_loaders_pin_memory_and_non_blocking_copies_keep_the_values(tiny_data):
     dataset = load_split(tiny_data, "train", ImageSizes(36, 32))
     for loader in (make_train_loader(dataset, 8, seed=0), make_loader(dataset, 8)):

@@ -90,19 +90,31 @@ def test_attention_with_no_images_is_one_line_naming_the_option(model, tiny_data
 
 
 def test_attention_in_batches_gives_the_overlap_and_figure_of_one_batch(model, tiny_teacher, tiny_data, tmp_path):
-    """Memory grows with --batch-size, not with the image count; the batches must add up to the one-batch answer
-    (a trained and an untrained network, so that the overlap is not 1 whatever the maps)."""
+    """Memory grows with --batch-size, not with the image count: the networks see batches of at most that size
+    (watched by a forward hook on every module), which add up to the one-batch answer (a trained and an untrained
+    network, so that the overlap is not 1 whatever the maps)."""
+    import torch
     from PIL import Image
 
-    drawn = {}
+    from fgkd.models import FGVCNet
+
+    drawn, batches = {}, {}
     for batch in ("1000", "3"):
-        out = tmp_path / batch
-        result = CliRunner().invoke(main, ["attention", "--model", str(tiny_teacher), "--model", str(model),
-                                           "--data", str(tiny_data), "--images", "4", "--batch-size", batch,
-                                           "--overlap", str(out / "a.parquet"), "--figure", str(out / "a.png")])
+        out, seen = tmp_path / batch, []
+        watch = torch.nn.modules.module.register_module_forward_hook(
+            lambda module, inputs, output: seen.append(len(inputs[0])) if isinstance(module, FGVCNet) else None)
+        try:
+            result = CliRunner().invoke(main, ["attention", "--model", str(tiny_teacher), "--model", str(model),
+                                               "--data", str(tiny_data), "--images", "4", "--batch-size", batch,
+                                               "--overlap", str(out / "a.parquet"), "--figure", str(out / "a.png")])
+        finally:
+            watch.remove()
         assert result.exit_code == 0, result.output
         with Image.open(out / "a.png") as figure:
             drawn[batch] = (pd.read_parquet(out / "a.parquet")["overlap"].item(), np.asarray(figure, dtype=float))
+        batches[batch] = seen
+    test_images = (pd.read_parquet(tiny_data / "manifest.parquet")["split"] == "test").sum()
+    assert batches["1000"] == [test_images] * 2 and max(batches["3"]) == 3 and sum(batches["3"]) == 2 * test_images
     (whole, whole_figure), (batched, batched_figure) = drawn["1000"], drawn["3"]
     assert 0 < whole < 0.99 and batched == pytest.approx(whole, abs=1e-6)
     assert np.abs(whole_figure - batched_figure).max() <= 2

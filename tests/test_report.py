@@ -23,11 +23,15 @@ DISAGREE = slice(0, 12)  # images on which the two combine rules pick different 
 MEMBERS = ["teacher", *[f"student_{k}" for k in range(1, STUDENTS + 1)]]
 NETWORKS = [*MEMBERS, "auxkd"]
 BASELINES = ["auxkd_ce", "auxkd_single"]  # shared by the variants, read by the ablation report
-CPU = {"torch": "2.14.1", "device": "cpu", "cpu": "Test CPU", "cpu_capability": "AVX512", "threads": 2}
-# The plain networks trained on one CPU; the aux-KD ones started with one thread and were resumed on a GPU.
-ARITHMETIC = {"plain": ([CPU], "CPU Test CPU (AVX512), 2 threads, torch 2.14.1"),
-              "aux": ([{**CPU, "threads": 1}, {**CPU, "device": "cuda", "gpu": "Test GPU"}],
-                      "CPU Test CPU (AVX512), 1 thread, torch 2.14.1 + CUDA Test GPU, torch 2.14.1")}
+CPU = {"torch": "2.14.1", "device": "cpu", "cpu": "Test CPU", "cpu_capability": "AVX512", "threads": 2,
+       "cpu_flags": ["avx512f", "avx2"], "limits": {}}
+GPU = {**CPU, "device": "cuda", "gpu": "Test GPU", "tf32_convolutions": True, "tf32_matmul": False}
+# The plain networks trained on one CPU; the aux-KD ones started with one thread and oneDNN capped at AVX2, and were
+# resumed on a GPU, twice (other CPU threads, which do not change a GPU's description: printed once).
+ARITHMETIC = {"plain": ([CPU], "CPU Test CPU (avx512f, torch AVX512), 2 threads, torch 2.14.1"),
+              "aux": ([{**CPU, "threads": 1, "limits": {"ONEDNN_MAX_CPU_ISA": "AVX2"}}, GPU, {**GPU, "threads": 1}],
+                      "CPU Test CPU (avx512f, torch AVX512; ONEDNN_MAX_CPU_ISA=AVX2), 1 thread, torch 2.14.1 + "
+                      "CUDA Test GPU (TF32 convolutions), torch 2.14.1")}
 
 
 def member_logits(rng, network, selection):
@@ -189,8 +193,8 @@ def test_ablation_report_names_the_rule_and_refuses_occlusion_of_another(results
     summary = (tmp_path / "ablations" / "summary.md").read_text()
     assert summary.count("mean of softmax probabilities") == 2  # the ensemble table and the occlusion table
     # per seed: teacher and 2 students plain; auxkd, auxkd_ce and auxkd_single aux; a tie is in text order
-    assert summary.splitlines()[2] == (f"Trained with: {ARITHMETIC['aux'][1]} (6 networks); "
-                                       f"{ARITHMETIC['plain'][1]} (6 networks)."), summary
+    assert summary.splitlines()[2] == (f"Trained with: {ARITHMETIC['plain'][1]} (6 networks); "
+                                       f"{ARITHMETIC['aux'][1]} (6 networks)."), summary
 
     stale = root / "synthetic" / "resnet10" / "seed1" / "or" / "part_occlusion.parquet"
     frame = pd.read_parquet(stale)

@@ -204,17 +204,24 @@ def test_a_step_of_one_image_is_one_line_naming_the_batch_size_or_the_data(data,
 
 
 @pytest.mark.parametrize("orth", ["or", "at"])
+@pytest.mark.parametrize("whose", ["student", "teacher"])
 def test_an_attention_map_of_one_position_is_one_line_not_nan_or_a_silent_ce_student(data, tiny_teacher, tmp_path,
-                                                                                      orth):
-    """At stride 32 a 32 px crop leaves a 1 x 1 map: OR's standardisation was NaN, AT's penalty a constant."""
-    config = TrainConfig(**{**TINY.__dict__, "epochs": 1, "orth": orth, "attention_stride": 32})
-    args = cli_train_args(config, tmp_path / "student", data, "--earlier", str(tiny_teacher), "--index", "1",
+                                                                                      orth, whose):
+    """At stride 32 a 32 px crop leaves a 1 x 1 map: OR's standardisation was NaN, AT's penalty a constant. The
+    line names whose map it is: the student's (its own options) or an earlier network's (retrain that one)."""
+    student_stride, teacher = (32, tiny_teacher) if whose == "student" else (8, train(
+        "teacher", data, tmp_path / "teacher", TrainConfig(**{**TINY.__dict__, "epochs": 1, "attention_stride": 32}),
+        progress=False))
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 1, "orth": orth, "attention_stride": student_stride})
+    args = cli_train_args(config, tmp_path / "student", data, "--earlier", str(teacher), "--index", "1",
                           stage="student")
     result = CliRunner().invoke(main, args[3:])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (result.output, result.exception)
-    assert result.output.splitlines() == [f"Error: orth {orth}: the attention map is 1 x 1 at 32 x 32 inputs, and a "
-                                          "penalty on where a network attends needs at least 2 positions; raise the "
-                                          "crop or lower attention_stride"], result.output
+    small, retrain = {"student": ("the student's (1 x 1)", ""),
+                      "teacher": ("--earlier model 1's (1 x 1)", "; retrain the earlier models named the same way")}[whose]
+    assert result.output.splitlines() == [f"Error: orth {orth}: attention maps of one position at 32 x 32 inputs: "
+                                          f"{small}; a penalty on where a network attends needs at least 2 positions: "
+                                          f"raise the crop or lower attention_stride{retrain}"], result.output
     assert not (tmp_path / "student" / "model.pt").exists()
 
 
@@ -274,8 +281,11 @@ def test_preemption_signal_saves_a_mid_epoch_checkpoint_and_the_rerun_resumes_ex
 
 
 def test_model_pt_records_the_arithmetic_of_every_process_that_trained_it(data, tmp_path):
-    """CPU results depend on the thread count and the vector instructions; a run stopped and resumed under
-    others records both settings, so that its numbers are not taken for those of either alone."""
+    """CPU results depend on the thread count and on which kernels oneDNN picks; a run stopped and resumed under
+    others records both settings, so that its numbers are not taken for those of either alone. A checkpoint of an
+    fgkd that recorded nothing leaves an 'unrecorded' entry, not a record of the resuming process alone."""
+    from fgkd import arithmetic
+
     config = TrainConfig(**{**TINY.__dict__, "epochs": 6})
     out = tmp_path / "teacher"
     process = subprocess.Popen(cli_train_args(config, out, data), env={**os.environ, "OMP_NUM_THREADS": "2"},
@@ -284,13 +294,22 @@ def test_model_pt_records_the_arithmetic_of_every_process_that_trained_it(data, 
     process.send_signal(signal.SIGUSR1)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 1, stderr.decode()[-2000:]
-    resumed = subprocess.run(cli_train_args(config, out, data), capture_output=True, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "avx2"})
-    assert resumed.returncode == 0 and "resuming after epoch" in resumed.stderr, resumed.stderr[-2000:]
-    records = torch.load(out / "model.pt", weights_only=True)["metadata"]["arithmetic"]
-    assert [(r["device"], r["threads"], r["cpu_capability"]) for r in records] == [
-        ("cpu", 2, torch.backends.cpu.get_cpu_capability()), ("cpu", 1, "AVX2")]
-    assert {r["torch"] for r in records} == {torch.__version__}
+    older = tmp_path / "older"  # the same checkpoint as an fgkd without the record wrote it
+    shutil.copytree(out, older)
+    saved = torch.load(older / "checkpoint.pt", weights_only=True)
+    del saved["state"]["arithmetic"]
+    torch.save(saved, older / "checkpoint.pt")
+
+    capped = {**os.environ, "OMP_NUM_THREADS": "1", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    for folder in (out, older):
+        resumed = subprocess.run(cli_train_args(config, folder, data), capture_output=True, text=True, env=capped)
+        assert resumed.returncode == 0 and "resuming after epoch" in resumed.stderr, resumed.stderr[-2000:]
+    first, second = torch.load(out / "model.pt", weights_only=True)["metadata"]["arithmetic"]
+    inherited = {name: os.environ[name] for name in arithmetic.LIMITS if os.environ.get(name)}
+    assert (first["device"], first["threads"], first["limits"]) == ("cpu", 2, inherited)
+    assert (second["device"], second["threads"], second["limits"]) == ("cpu", 1, {**inherited, "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert first["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and first["torch"] == torch.__version__
+    assert torch.load(older / "model.pt", weights_only=True)["metadata"]["arithmetic"] == [arithmetic.UNRECORDED, second]
 
 
 def test_compiled_network_trains_like_the_eager_one(data, tmp_path):

@@ -50,7 +50,7 @@ class OrthogonalStudent(nn.Module):
         loss = ORTHOGONAL_LOSSES[self.variant]
         earlier = self.earlier.map(images, lambda net, x: loss.reference(net.attention_only(x)))
         logits = self.model(images)
-        _check_map_sizes(self.variant, images, [self.model.attention_features, *earlier])
+        _check_map_sizes(self.variant, images, self.model.attention_features, earlier)
         ce = F.cross_entropy(logits, labels)
         raw = loss.penalty(self.model.attention_features, earlier)
         if loss.adaptive:
@@ -60,11 +60,13 @@ class OrthogonalStudent(nn.Module):
         return StepOutput(logits, {"ce": ce, "orth": weighted}, {"orth_raw": raw.detach()})
 
 
-def _check_map_sizes(variant: str, images: torch.Tensor, maps: list[torch.Tensor]) -> None:
+def _check_map_sizes(variant: str, images: torch.Tensor, student: torch.Tensor, earlier: list[torch.Tensor]) -> None:
     """A 1 x 1 attention map has no "where": the OR loss's standardisation divides by a zero-sample std (NaN) and
     AT's normalised map is the constant 1 (no gradient, so the student silently trains with CE alone)."""
-    height, width = min((tuple(m.shape[-2:]) for m in maps), key=lambda size: size[0] * size[1])
-    if height * width < 2:
-        raise FgkdError(f"orth {variant}: the attention map is {height} x {width} at {images.shape[-2]} x "
-                        f"{images.shape[-1]} inputs, and a penalty on where a network attends needs at least 2 "
-                        "positions; raise the crop or lower attention_stride")
+    named = [("the student's", student), *((f"--earlier model {k}'s", m) for k, m in enumerate(earlier, 1))]
+    small = [f"{name} ({m.shape[-2]} x {m.shape[-1]})" for name, m in named if m.shape[-2] * m.shape[-1] < 2]
+    if small:
+        retrain = "; retrain the earlier models named the same way" if any("earlier" in s for s in small) else ""
+        raise FgkdError(f"orth {variant}: attention maps of one position at {images.shape[-2]} x {images.shape[-1]} "
+                        f"inputs: {', '.join(small)}; a penalty on where a network attends needs at least 2 positions: "
+                        f"raise the crop or lower attention_stride{retrain}")
