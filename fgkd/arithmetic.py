@@ -41,9 +41,10 @@ def describe(found: dict) -> str:
         tf32 = [kind for kind in ("convolutions", "matmul") if found.get(f"tf32_{kind}")]
         return (f"CUDA {found['gpu']} (TF32 {'and '.join(tf32) if tf32 else 'off'}{limits}), "
                 f"torch {found['torch']}")
-    best = next(iter(found.get("cpu_flags", [])), "no vector flags")
+    flags = found.get("cpu_flags")  # the best one first; records of the first version lack them: left out
+    best = "" if flags is None else f"{flags[0] if flags else 'no vector flags'}, "
     threads = f"{found['threads']} thread{'s' if found['threads'] != 1 else ''}"
-    return f"CPU {found['cpu']} ({best}, torch {found['cpu_capability']}{limits}), {threads}, torch {found['torch']}"
+    return f"CPU {found['cpu']} ({best}torch {found['cpu_capability']}{limits}), {threads}, torch {found['torch']}"
 
 
 def _cpu_info(key: str) -> str:
