@@ -56,12 +56,24 @@ def class_activation_map(features: torch.Tensor) -> torch.Tensor:
     return (weights * features).mean(dim=1)
 
 
+# Below this spread, relative to the map's largest magnitude, a map is constant: float32 holds about 7 digits, so
+# smaller differences are rounding (a CAM sums thousands of channel products), not a place the network looks at.
+CONSTANT_SPREAD = 4 * torch.finfo(torch.float32).eps
+
+
 def standardise(maps: torch.Tensor) -> torch.Tensor:
-    """Per image (map - mean) / std, with the unbiased std as the official code (a 1 x 1 map: zeros, not NaN)."""
+    """Per image (map - mean) / std, with the unbiased std as the official code; a constant map (also 1 x 1) gives
+    zeros. Its float32 mean differs from its values by rounding, and that residue divided by a std of the same
+    rounding would be any number (0.49 everywhere gave 3e4): constancy is judged in float64, where equal float32
+    values have a spread of exactly 0, and the float32 formula of the official code is kept for every other map."""
     flat = maps.flatten(1)
+    correction = min(1, flat.shape[1] - 1)
     mean = flat.mean(dim=1, keepdim=True)
-    std = flat.std(dim=1, keepdim=True, correction=min(1, flat.shape[1] - 1)).clamp_min(1e-12)
-    return ((flat - mean) / std).view_as(maps)
+    std = flat.std(dim=1, keepdim=True, correction=correction).clamp_min(1e-12)
+    exact = flat.detach().double()
+    spread = exact.std(dim=1, keepdim=True, correction=correction)
+    constant = spread <= CONSTANT_SPREAD * exact.abs().amax(dim=1, keepdim=True)
+    return torch.where(constant, 0.0, (flat - mean) / std).view_as(maps)
 
 
 def or_reference_maps(features: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fgkd.losses import kd_loss, or_loss, or_loss_from_maps, or_reference_maps, orthogonal_loss, spatial_attention
+from fgkd.losses import (kd_loss, or_loss, or_loss_from_maps, or_reference_maps, orthogonal_loss, spatial_attention,
+                         standardise)
 from fgkd.methods import FrozenNetworks, OrthogonalStudent
 from fgkd.models import FGVCNet
 
@@ -56,6 +57,44 @@ def test_or_loss_equals_the_official_formula_on_random_tensors():
     earlier = [torch.randn(3, 16, 7, 7), torch.randn(3, 16, 7, 7)]
     expected = sum(official_or_loss(student, e) for e in earlier) / 2
     torch.testing.assert_close(or_loss(student, earlier), expected)
+
+
+@pytest.mark.parametrize("value", [0.1, 0.3, 0.49, 123.4])
+@pytest.mark.parametrize("side", [1, 2, 7, 28])
+def test_a_constant_map_standardises_to_zero_with_no_gradient(value, side):
+    """Its float32 mean differs from its values by rounding: dividing that by a std of rounding gave 3e4 for 0.49."""
+    maps = torch.full((2, side, side), value, requires_grad=True)
+    z = standardise(maps)
+    z.sum().backward()
+    assert torch.equal(z, torch.zeros_like(z)) and torch.equal(maps.grad, torch.zeros_like(maps))
+
+
+def test_a_map_that_differs_only_by_float32_rounding_is_constant_and_others_keep_the_official_formula():
+    flat = torch.full((1, 49), 0.49)
+    flat[0, ::2] = torch.nextafter(torch.tensor(0.49), torch.tensor(1.0))  # one unit in the last place apart
+    assert torch.equal(standardise(flat.view(1, 7, 7)), torch.zeros(1, 7, 7))
+    varied = torch.rand(3, 7, 7, generator=torch.Generator().manual_seed(0))
+    expected = torch.stack([(m - m.mean()) / m.std() for m in varied])
+    assert torch.equal(standardise(varied), expected)  # bit for bit: the published numbers stay
+
+
+def test_an_image_whose_features_are_constant_adds_nothing_to_the_or_loss_and_the_rest_is_the_official_value():
+    """Before: a constant student map gave a raw OR of about 1e4 and a student gradient of about 4e4."""
+    torch.manual_seed(3)
+    student = torch.randn(2, 16, 7, 7, requires_grad=True)
+    earlier = torch.randn(2, 16, 7, 7)
+    constant = student.detach().clone()
+    constant[0] = 0.49  # image 0: the same value everywhere, so its CAM is constant
+    constant.requires_grad_(True)
+    value = or_loss(constant, [earlier])
+    value.backward()
+    # Per image the official formula averages over the map, so image 1 alone contributes half of its own loss.
+    torch.testing.assert_close(value, official_or_loss(constant[1:].detach(), earlier[1:]) / 2)
+    assert torch.equal(constant.grad[0], torch.zeros_like(constant.grad[0]))
+    assert 0 < constant.grad[1].abs().max() < 1
+    flat = earlier.clone()
+    flat[1] = 0.1  # an earlier network's constant map: nowhere in particular, so no penalty for image 1
+    torch.testing.assert_close(or_loss(student, [flat]), official_or_loss(student[:1].detach(), flat[:1]) / 2)
 
 
 def test_or_loss_is_largest_where_the_student_looks_where_the_earlier_network_looks():
