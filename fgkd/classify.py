@@ -19,8 +19,9 @@ from PIL import Image
 
 from .atomic import atomic_path
 from .attention import attention_heat, blend
-from .data.dataset import DECODE_ERRORS, ImageSizes, centre_crop_box, decode_rgb, fgvc_transform
-from .errors import FgkdError, brief
+from .data.dataset import ImageSizes, centre_crop_box, decode_rgb, fgvc_transform
+from .data.images import DECODE_ERRORS
+from .errors import DataError, FgkdError, brief
 from .losses import attention_energy
 from .metrics import combined_probabilities
 from .models import FGVCNet
@@ -105,7 +106,7 @@ def classify(ensemble: Ensemble, images: list[Path], top_k: int = 5, combine: st
         for path in images[start:start + BATCH]:
             try:
                 decoded[path] = decode_rgb(path)
-            except DECODE_ERRORS as err:
+            except (*DECODE_ERRORS, DataError) as err:
                 yield Result(path, [], f"{path}: not a readable image ({brief(err)}); skipped it, check or remove "
                                        "the file")
         if not decoded:

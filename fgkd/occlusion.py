@@ -21,6 +21,7 @@ from PIL import Image
 from .atomic import write_parquet
 from .data import synth
 from .data.dataset import fgvc_transform
+from .data.images import open_rgb
 from .data.manifest import read_manifest
 from .data.prepare import JPEG_QUALITY
 from .errors import FgkdError
@@ -33,7 +34,7 @@ def _jpeg_round_trip(pixels: np.ndarray) -> torch.Tensor:
     for quality in (synth.SYNTH_JPEG_QUALITY, JPEG_QUALITY):
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=quality)
-        image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+        image = open_rgb(io.BytesIO(buffer.getvalue()))
     return torch.from_numpy(np.array(image)).permute(2, 0, 1)
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from PIL import Image
 from torchvision.transforms import v2
 
 from ..errors import DataError, brief
+from .images import DECODE_ERRORS, open_rgb
 from .manifest import read_manifest
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -49,15 +49,9 @@ class ImageSizes:
     preprocessing: str = "imagenet"
 
 
-# What PIL raises for a file that is not an image, truncated, damaged or too large to decode safely.
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
 def decode_rgb(path: str | Path) -> torch.Tensor:
-    """An image file as a 3 x H x W uint8 RGB tensor: the one way training, `predict` and `classify` decode images,
-    so that a model sees a user's photo exactly as it saw its data set."""
-    with Image.open(path) as decoded:
-        return torch.from_numpy(np.array(decoded.convert("RGB"))).permute(2, 0, 1)
+    """An image file as a 3 x H x W uint8 RGB tensor, decoded by the one decoder (fgkd.data.images.open_rgb)."""
+    return torch.from_numpy(np.array(open_rgb(path))).permute(2, 0, 1)
 
 
 def fgvc_transform(sizes: ImageSizes, train: bool) -> v2.Compose:
@@ -107,7 +101,7 @@ class ManifestDataset(Dataset):
         path = self.root / self.paths[index]
         try:
             image = decode_rgb(path)
-        except DECODE_ERRORS as err:
+        except (*DECODE_ERRORS, DataError) as err:
             raise DataError(f"{path}: cannot decode image ({brief(err)}); rerun `fgkd prepare` for this data set") from None
         if self.transform is not None:
             image = self.transform(image)

@@ -13,7 +13,6 @@ import contextlib
 import ctypes
 import glob
 import json
-import math
 import multiprocessing
 import os
 import shutil
@@ -27,13 +26,13 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-import numpy as np
 import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
 from ..atomic import atomic_path, replace_directory, require_utf8_name, write_parquet
 from ..errors import DataError, FgkdError, brief
+from .images import DECODE_ERRORS, open_rgb
 from .manifest import MANIFEST
 from .sources import LOADERS, SPLITS, SourceImage, SourceSet
 
@@ -70,50 +69,21 @@ def unpack_archive(archive: Path, into: Path) -> Path:
     return into
 
 
-def _to_rgb(image: Image.Image, source: str) -> Image.Image:
-    """8-bit RGB. ``convert`` clips wider pixels to 0..255 (a 16-bit PNG comes out white, a 0..1 float TIFF
-    black), so 16-bit images are scaled by their full range and 32-bit or float ones by their own min..max."""
-    if image.mode.startswith("I;16"):
-        pixels = np.asarray(image, dtype=np.float64) / 257
-    elif image.mode in ("I", "F"):
-        pixels = np.asarray(image, dtype=np.float64)
-        low, high = pixels.min(), pixels.max()
-        if not (np.isfinite(low) and np.isfinite(high) and high > low):
-            raise DataError(f"{source}: {image.mode} image with values {low}..{high}, its brightness range is unknown; "
-                            "convert it to 8 bits yourself or remove it from the index")
-        pixels = (pixels - low) * (255 / (high - low))
-    else:
-        return image.convert("RGB")
-    return Image.fromarray(np.round(pixels).astype(np.uint8)).convert("RGB")
-
-
 def _convert(task: Conversion) -> str | None:
     """Decode, crop, resize and save one image; returns an error message instead of raising."""
     source, target, short_side, crop_bottom = task
     try:
-        with Image.open(source) as image:
-            original_height = image.height
-            # A JPEG may be decoded at 1/2, 1/4 or 1/8 scale, as long as the short side stays at least
-            # short_side once the banner is cut off.
-            image.draft("RGB", (short_side, short_side + crop_bottom))
-            image = _to_rgb(image, source)
-            if crop_bottom:
-                # Rounded up: a JPEG decoded at reduced scale (draft) blends the banner into a partial row.
-                crop = math.ceil(crop_bottom * image.height / original_height)
-                if crop >= image.height:
-                    raise DataError(f"{source}: only {original_height} px tall, nothing is left once its "
-                                    f"{crop_bottom} px copyright banner is cut off; remove it from the index")
-                image = image.crop((0, 0, image.width, image.height - crop))
-            scale = short_side / min(image.size)
-            if scale < 1:
-                image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                                     Image.BICUBIC, reducing_gap=3.0)
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(target) as tmp:
-                image.save(tmp, format="JPEG", quality=JPEG_QUALITY)
+        image = open_rgb(source, draft=(short_side, short_side + crop_bottom), crop_bottom=crop_bottom)
+        scale = short_side / min(image.size)
+        if scale < 1:
+            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                 Image.BICUBIC, reducing_gap=3.0)
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            image.save(tmp, format="JPEG", quality=JPEG_QUALITY)
     except DataError as err:
         return str(err)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except DECODE_ERRORS as err:
         return f"{source}: corrupt or truncated image ({brief(err)}); re-download it or remove it from the index"
     return None
 
