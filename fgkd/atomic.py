@@ -54,11 +54,20 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         os.replace(tmp_path, target)
     except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
+        blocking = _file_in_the_way(target)
+        if blocking is not None:
+            raise FgkdError(f"{target}: cannot be written there, {blocking} is a file, not a folder; choose another "
+                            "path") from None
         raise FgkdError(f"{target}: could not be written ({_describe(err)}; {_free_space(target)}); any earlier "
                         "version is untouched. Free disk space or choose a writable results folder, then rerun") from None
     finally:
         if tmp_path is not None:
             tmp_path.unlink(missing_ok=True)
+
+
+def _file_in_the_way(target: Path) -> Path | None:
+    """The first folder on the way to ``target`` that exists and is not a folder."""
+    return next((folder for folder in reversed(target.parents) if folder.exists() and not folder.is_dir()), None)
 
 
 def _umask() -> int:

@@ -25,7 +25,9 @@ from .errors import DataError, FgkdError, brief
 from .losses import attention_energy
 from .metrics import combined_probabilities
 from .models import FGVCNet
-from .train import TrainConfig, load_model, select_device, shared_input_sizes
+from .config import TrainConfig
+from .modelfile import load_model, shared_input_sizes
+from .train import select_device
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 BATCH = 32  # images per forward pass
@@ -81,18 +83,38 @@ def load_ensemble(model_paths: list[str | Path], device: str = "auto") -> Ensemb
                     named[0][1] if named else None, target)
 
 
-def image_files(target: str | Path) -> list[Path]:
-    """``target`` itself, or the image files of the folder ``target`` (by suffix, not its subfolders), sorted."""
-    target = Path(target)
-    if target.is_file():
-        return [target]
-    if not target.is_dir():
-        raise FgkdError(f"{target}: no such file or folder; give an image or a folder of images")
-    found = sorted(p for p in target.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not found:
-        raise FgkdError(f"{target}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder; give an image or a "
-                        "folder of images")
-    return found
+def image_files(targets: list[str | Path]) -> list[Path]:
+    """The images of ``targets`` in their order: a file itself, a folder's image files (by suffix, not its subfolders)
+    sorted; each image once."""
+    found = []
+    for target in map(Path, targets):
+        if target.is_file():
+            found.append(target)
+            continue
+        if not target.is_dir():
+            raise FgkdError(f"{target}: no such file or folder; give images or folders of images")
+        images = sorted(p for p in target.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise FgkdError(f"{target}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder; give images or "
+                            "folders of images")
+        found += images
+    return list(dict.fromkeys(found))
+
+
+def check_overlay_folder(overlay: str | Path, images: list[Path]) -> None:
+    """One overlay per image, named after it, in a folder that is not an input: overlays written among the images
+    would be classified by the next run over that folder, and two images of one name would share one overlay."""
+    folder = Path(overlay).resolve()
+    for image in images:
+        if image.resolve().parent == folder:
+            raise FgkdError(f"--overlay {overlay}: the folder of {image}, so its overlays would be classified next "
+                            "time; choose a folder of their own")
+    named = {}
+    for image in images:
+        other = named.setdefault(image.name, image)
+        if other != image:
+            raise FgkdError(f"{other} and {image}: both would have the overlay {Path(overlay) / (image.name + '.png')}; "
+                            "classify them in two runs with two --overlay folders")
 
 
 def classify(ensemble: Ensemble, images: list[Path], top_k: int = 5, combine: str = "logits",

@@ -163,7 +163,7 @@ def ensemble(logits, names, combine, out):
 
 
 @main.command()
-@click.argument("target", metavar="IMAGE|DIR", type=click.Path())
+@click.argument("targets", metavar="IMAGE|DIR...", nargs=-1, required=True, type=click.Path())
 @click.option("--model", "models", multiple=True, required=True, type=click.Path(),
               help="A model.pt from `fgkd train`; repeat it for their ensemble.")
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1),
@@ -177,15 +177,17 @@ def ensemble(logits, names, combine, out):
               show_default=True, help="A readable table, CSV with a header, or a JSON list of images.")
 @click.option("--device", default="auto", show_default=True)
 @_friendly
-def classify(target, models, top_k, combine, overlay, output_format, device):
-    """Top classes with their probabilities for an image, or for every image file in a folder (sorted).
+def classify(targets, models, top_k, combine, overlay, output_format, device):
+    """Top classes with their probabilities for images, and for every image file in a folder (sorted).
 
     Preprocessing is the one saved in each model.pt. An image that cannot be read gets one line on stderr and the
     others are still classified; the exit status is then 1.
     """
-    from .classify import FORMATTERS, classify as run_classify, image_files, load_ensemble
+    from .classify import FORMATTERS, check_overlay_folder, classify as run_classify, image_files, load_ensemble
 
-    images = image_files(target)
+    images = image_files(list(targets))
+    if overlay is not None:
+        check_overlay_folder(overlay, images)
     ensemble = load_ensemble(list(models), device)
     if ensemble.class_names is None:
         click.echo(f"note: {', '.join(map(str, ensemble.paths))} saved no class names (written by an earlier fgkd); "
@@ -216,6 +218,35 @@ def export(model_path, export_format, out):
 
     written, card = run_export(model_path, export_format, out)
     click.echo(f"wrote {written} and {card}")
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="A prepared data set.")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False),
+              help="A model.pt to check (left out: the data set itself is checked).")
+@click.option("--stage", help="The stage the model must be (teacher, student_1, ..., auxkd, auxkd_ce, auxkd_single).")
+@click.option("--config-hash", help="The config hash the model must have (the workflow computes it from the config).")
+@click.option("--earlier", multiple=True, type=click.Path(), help="The model.pt files it must have learnt from, in "
+                                                                   "order (repeat).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="A JSON record, written when all holds.")
+@_friendly
+def verify(data, model_path, stage, config_hash, earlier, out):
+    """Check that a prepared data set, or a model.pt of it, is what a job expects, then replace links into
+    Snakemake's output cache by private copies (the workflow runs this after every data set and network)."""
+    from .verify import check_data, check_model, own_copy, write_stamp
+
+    if model_path is None:
+        facts = {"data": data, "digest": check_data(data)}
+        own_copy(data)
+    else:
+        if not (stage and config_hash):
+            raise click.UsageError("--model needs --stage and --config-hash")
+        meta = check_model(model_path, stage, config_hash, data, list(earlier))
+        facts = {"model": model_path, "stage": stage, "config_hash": config_hash, "data_digest": meta["data_digest"],
+                 "earlier": [entry["sha256"] for entry in meta["earlier"]]}
+        own_copy(model_path)
+        own_copy(os.path.join(os.path.dirname(model_path), "history.parquet"))
+    write_stamp(out, facts)
 
 
 def _log_to_stderr(main_process: bool = True):
@@ -265,17 +296,20 @@ def _parse_runs(ctx, param, runs):
 @click.option("--combine", type=click.Choice(list(COMBINES)), default="logits", show_default=True,
               help="How ensembles are combined; must match the ensemble.parquet files (fgkd ensemble --combine).")
 @click.option("--ablations", is_flag=True, help="Write the ablation report (variants, aux-KD baselines, parts).")
+@click.option("--config-digest", help="The workflow config's digest, recorded in provenance.json (the workflow "
+                                      "passes it; publish-results requires it).")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @_friendly
-def report(results, runs, variants, students, combine, ablations, out):
+def report(results, runs, variants, students, combine, ablations, config_digest, out):
     """Collect all results into Parquet tables, summary.md, figures and DVC metrics."""
-    from .report import ablation_report, report as main_report
+    from .report import ablation_report, check_unique, report as main_report
 
     names = variants.split(",")
+    check_unique(runs, names)
     if ablations:
-        ablation_report(results, runs, names, students, out, combine)
+        ablation_report(results, runs, names, students, out, combine, config_digest)
     else:
-        main_report(results, runs, names[0], students, out, combine)
+        main_report(results, runs, names[0], students, out, combine, config_digest)
     click.echo(f"wrote {out}")
 
 

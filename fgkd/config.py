@@ -4,6 +4,8 @@ stage's options while it plans, and `fgkd --help` starts fast."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,3 +157,19 @@ class TrainConfig:
             if path not in made_later and not Path(path).is_file():
                 raise FgkdError(f"{key}: {path}: no such file; give {' or '.join(WEIGHT_KEYWORDS[key])}, or the path "
                                 "of an existing file")
+
+
+# Options that change how fast a run goes, not what it computes: not part of its identity.
+NOT_IDENTITY = ("workers", "device", "compile")
+TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def config_hash(config: TrainConfig, name: str, earlier: list[str], processes: int = 1) -> str:
+    """Identity of a run: its options (each of its declared type: a config's `orth_weight: 1` and the command line's
+    1.0 are one run), its name, its number of processes (batch_size is per process) and the config hashes of the
+    frozen networks it learns from. Torch-free: the workflow computes the hash each job's model.pt must have."""
+    fields = {f.name: TYPES[f.type](getattr(config, f.name)) for f in dataclasses.fields(config)
+              if f.name not in NOT_IDENTITY}
+    payload = json.dumps({"config": fields, "stage": name, "processes": processes, "earlier": list(earlier)},
+                         sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -13,7 +13,9 @@ from .data.dataset import load_split, make_loader
 from .data.manifest import MANIFEST
 from .errors import FgkdError, brief
 from .metrics import check_combine, ensemble_scores, topk_accuracy
-from .train import TrainConfig, check_classes, evaluate, input_sizes, load_model, select_device
+from .config import TrainConfig
+from .modelfile import check_classes, input_sizes, load_model
+from .train import evaluate, select_device
 
 ALL_SUBSETS_UP_TO = 6  # members; beyond that only the prefixes (2^n grows fast)
 

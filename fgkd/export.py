@@ -20,7 +20,7 @@ from .ensemble import read_logits
 from .errors import FgkdError
 from .metrics import topk_accuracy
 from .models import FGVCNet
-from .train import file_digest, input_sizes, load_model
+from .modelfile import file_digest, input_sizes, load_model
 
 FORMATS = ("torchscript", "onnx")
 INPUT, OUTPUT = "images", "logits"  # the exported graph's input and output names

@@ -112,14 +112,19 @@ def load_weights_file(model: nn.Module, name: str, path: str | Path) -> None:
         raise FgkdError(f"pretrained: {path}: not a state dict (tensors by name); {fix}")
     if all(key.startswith("module.") for key in state):
         state = {key.removeprefix("module."): value for key, value in state.items()}
-    expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith(head)}
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(head)}
     given = {k: v for k, v in state.items() if not k.startswith(head)}
     missing = [k for k in expected if k not in given and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in given if k not in expected]
-    shapes = [f"{k} {tuple(given[k].shape)} (expected {tuple(expected[k])})"
-              for k in expected if k in given and given[k].shape != expected[k]]
+    shapes = [f"{k} {tuple(given[k].shape)} (expected {tuple(expected[k].shape)})"
+              for k in expected if k in given and given[k].shape != expected[k].shape]
+    # load_state_dict would copy integers into float weights (0.7 stored as an integer is 0) and NaN as it is.
+    types = [f"{k} {given[k].dtype} (expected floating point)"
+             for k in expected if k in given and expected[k].is_floating_point() and not given[k].is_floating_point()]
+    non_finite = [k for k in expected if k in given and given[k].is_floating_point() and not given[k].isfinite().all()]
     problems = [f"{what}: {some(keys)}" for what, keys in
-                (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)) if keys]
+                (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes), ("wrong type", types),
+                 ("NaN or infinite values", non_finite)) if keys]
     if problems:
         raise FgkdError(f"pretrained: {path} does not fit {name} ({'; '.join(problems)}); {fix}")
     model.load_state_dict(given, strict=False)  # left out: the classifier (replaced by fgkd's) and num_batches_tracked

@@ -26,7 +26,7 @@ from .data.manifest import read_manifest
 from .data.prepare import JPEG_QUALITY
 from .errors import FgkdError
 from .metrics import check_combine, combine_scores, topk_accuracy
-from .train import load_model, shared_input_sizes
+from .modelfile import load_model, shared_input_sizes
 
 
 def _jpeg_round_trip(pixels: np.ndarray) -> torch.Tensor:

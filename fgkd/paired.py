@@ -14,6 +14,9 @@ from scipy import stats
 
 LEVEL = 0.95  # of the interval over seeds
 ALPHA = 0.05  # a McNemar p below it marks a seed's difference as significant
+# Differences of top-1 are multiples of 1/images: equal ones differ by float rounding (1e-17), unequal ones by at
+# least 1/images (a std above 5e-7 for a million images).
+NO_SPREAD = 1e-9
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:
@@ -24,13 +27,15 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
 
 
 def mean_interval(differences: np.ndarray) -> tuple[float, float, float]:
-    """(mean, low, high): the Student-t interval over seeds at LEVEL; NaN bounds for one seed (no spread to
-    estimate)."""
+    """(mean, low, high): the Student-t interval over seeds at LEVEL. NaN bounds where there is no spread to estimate
+    it from: one seed, or seeds that all give the same difference (a zero-width interval would exclude 0 for any
+    difference, however few images it rests on)."""
     differences = np.asarray(differences, dtype=np.float64)
     mean = float(differences.mean())
-    if len(differences) < 2:
+    spread = differences.std(ddof=1) if len(differences) > 1 else 0.0
+    if spread < NO_SPREAD:
         return mean, math.nan, math.nan
-    half = stats.t.ppf(0.5 + LEVEL / 2, len(differences) - 1) * differences.std(ddof=1) / math.sqrt(len(differences))
+    half = stats.t.ppf(0.5 + LEVEL / 2, len(differences) - 1) * spread / math.sqrt(len(differences))
     return mean, float(mean - half), float(mean + half)
 
 

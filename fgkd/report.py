@@ -6,9 +6,11 @@ maps in a folder of the variant's name below it."""
 
 from __future__ import annotations
 
+import datetime
 import functools
 import itertools
 import json
+import subprocess
 from pathlib import Path
 
 import matplotlib
@@ -19,7 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from . import arithmetic  # noqa: E402
+from . import __version__, arithmetic  # noqa: E402
 from .atomic import atomic_path, write_parquet  # noqa: E402
 from .attention import attention_heat, blend  # noqa: E402
 from .data.dataset import PREPROCESSING, load_split  # noqa: E402
@@ -30,7 +32,8 @@ from .metrics import COMBINES, check_combine, combine_scores, topk_accuracy, top
 from .paired import ALPHA, LEVEL, compare, mean_interval  # noqa: E402
 from .stages import AUXKD_BASELINES, SHARED_STAGES  # noqa: E402
 from .config import TrainConfig  # noqa: E402
-from .train import load_model, select_device, shared_input_sizes  # noqa: E402
+from .modelfile import load_model, read_model_file, shared_input_sizes  # noqa: E402
+from .train import select_device  # noqa: E402
 
 OVERLAP_IMAGES = 256
 HISTORY_COLUMNS = ("stage", "epoch", "loss", "train_acc", "val_acc", "seconds", "images_per_s")
@@ -102,11 +105,8 @@ def _save_figure(fig, target: str | Path) -> None:
 
 def _model_facts(model_path: Path) -> tuple[int, str]:
     """(trainable parameters, the arithmetic it was trained with) of a model.pt."""
-    try:
-        saved = torch.load(model_path, map_location="cpu", weights_only=True)
-        state, records = saved["state_dict"], saved["metadata"].get("arithmetic", [])
-    except Exception as err:  # missing, truncated, or not a model.pt
-        raise FgkdError(f"{model_path}: not a readable fgkd model ({brief(err)}); retrain that stage") from None
+    saved = read_model_file(model_path)
+    state, records = saved["state_dict"], saved["metadata"].get("arithmetic", [])
     parameters = int(sum(v.numel() for k, v in state.items() if v.is_floating_point() and "running_" not in k))
     return parameters, " + ".join(dict.fromkeys(map(arithmetic.describe, records or [arithmetic.UNRECORDED])))
 
@@ -175,11 +175,21 @@ def _networks(base: Path, variant: str, is_method: bool, students: int, aux_stag
     return {name: base / name if name in SHARED_STAGES else base / variant / name for name in names}
 
 
+def check_unique(runs: list[tuple[str, str, int]], variants: list[str]) -> None:
+    """A run or variant given twice would count its seeds twice in the means and intervals."""
+    for what, items in (("run", [f"{d}/{b}/{s}" for d, b, s in runs]), ("variant", variants)):
+        repeated = sorted({item for item in items if items.count(item) > 1})
+        if repeated:
+            raise FgkdError(f"{what} {', '.join(repeated)} given twice: its seeds would count twice in the means and "
+                            "intervals; give each once")
+
+
 def collect(results: Path, runs: list[tuple[str, str, int]], variants: list[str], students: int,
             aux_stages: list[str], combine: str = "logits") -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(metrics, ensembles, histories) of every run x variant; aux stages belong to the first variant.
     Ensembles are combined by ``combine`` (see fgkd.metrics), which their metrics rows name."""
     check_combine(combine)
+    check_unique(runs, variants)
     for dataset, backbone, seed in runs:
         if not (results / dataset / backbone / f"seed{seed}").is_dir():
             raise FgkdError(f"{results / dataset / backbone / f'seed{seed}'}: no such folder for the run "
@@ -288,8 +298,8 @@ def comparison_table(frame: pd.DataFrame) -> list[str]:
     lines = [f"Top-1 of a minus top-1 of b in points, on the same test images (best-on-val models). Per seed: the "
              f"difference, with * where an exact McNemar test on the images only one of the two classifies correctly "
              f"gives p < {ALPHA} (two-sided; the p values in the last column). Over seeds: the mean with its "
-             f"{LEVEL:.0%} interval (Student t); **bold** where the interval excludes 0."
-             + (" One seed: no interval (n/a)." if seeds == 1 else ""), "",
+             f"{LEVEL:.0%} interval (Student t); **bold** where the interval excludes 0; no interval (n/a) from one "
+             "seed, or from seeds that all give the same difference.", "",
              f"| dataset | backbone | a | b | a − b per seed | mean [{LEVEL:.0%} interval] | McNemar p per seed |",
              "|---|---|---|---|---|---|---|"]
     best = frame[frame["selection"] == "best"]
@@ -301,7 +311,7 @@ def comparison_table(frame: pd.DataFrame) -> list[str]:
         first = group.iloc[0]
         mean = f"{100 * first['mean_difference']:+.1f}"
         if np.isnan(first["ci_low"]):
-            interval = f"{mean} [n/a: one seed]"
+            interval = f"{mean} [n/a: {'one seed' if len(group) == 1 else 'no spread over seeds'}]"
         else:
             interval = f"{mean} [{100 * first['ci_low']:+.1f}, {100 * first['ci_high']:+.1f}]"
             interval = f"**{interval}**" if first["ci_low"] > 0 or first["ci_high"] < 0 else interval
@@ -337,10 +347,41 @@ def summary_table(metrics: pd.DataFrame, methods: list[str], variant: str) -> li
     return lines
 
 
+PROVENANCE = "provenance.json"  # beside summary.md: which run and config the tables come from
+
+
+def provenance(config_digest: str | None, runs: list[tuple[str, str, int]], variants: list[str], combine: str) -> dict:
+    """What a report was made from: the workflow config's digest, the checkout's commit (and whether tracked files
+    had uncommitted changes), when, and its runs, variants and combine rule."""
+    commit = _git("rev-parse", "HEAD")
+    changed = _git("status", "--porcelain", "--untracked-files=no")
+    return {"config_digest": config_digest, "commit": commit, "uncommitted_changes": bool(changed) if commit else None,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "fgkd": __version__, "runs": [f"{d}/{b}/{s}" for d, b, s in runs], "variants": list(variants),
+            "combine": combine}
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def provenance_line(facts: dict) -> str:
+    commit = "no git checkout" if not facts["commit"] else (
+        f"commit {facts['commit'][:12]}" + (" with uncommitted changes" if facts["uncommitted_changes"] else ""))
+    digest = f"config digest {facts['config_digest']}" if facts["config_digest"] else "no workflow config"
+    return f"Made from: {commit}, {digest}, fgkd {facts['fgkd']}, on {facts['date']}."
+
+
 def report(results: str | Path, runs: list[tuple[str, str, int]], variant: str, students: int,
-           out: str | Path, combine: str = "logits") -> None:
-    """The main reports of one variant (the method) into ``out``, ensembles combined by ``combine``."""
+           out: str | Path, combine: str = "logits", config_digest: str | None = None) -> None:
+    """The main reports of one variant (the method) into ``out``, ensembles combined by ``combine``; ``config_digest``
+    names the workflow config they were made under (see provenance)."""
     results, out = Path(results), Path(out)
+    facts = provenance(config_digest, runs, [variant], combine)
     metrics, ensembles, histories = collect(results, runs, [variant], students, ["auxkd"], combine)
     paired = comparisons(results, runs, [variant], students, ["auxkd"], combine)
     figures = {results / d / b / f"seed{s}" / variant / "attention.png": out / "figures" / f"attention_{d}_{b}.png"
@@ -354,7 +395,7 @@ def report(results: str | Path, runs: list[tuple[str, str, int]], variant: str, 
     write_parquet(paired, out / "comparisons.parquet")
     methods = ["teacher", *[f"student_{k}" for k in range(1, students + 1)], "ensemble", "auxkd"]
     _write_text(out / "summary.md", "\n".join(
-        ["# fgkd results", "",
+        ["# fgkd results", "", provenance_line(facts), "",
          f"Variant `{variant}`; ensemble = teacher + {students} students ({COMBINES[combine].text}). "
          f"{arithmetic_line(metrics)}", "",
          *summary_table(metrics, methods, variant), "", "## Paired comparisons", "",
@@ -373,12 +414,14 @@ def report(results: str | Path, runs: list[tuple[str, str, int]], variant: str, 
     for source, target in figures.items():
         with atomic_path(target) as tmp:
             tmp.write_bytes(source.read_bytes())
+    _write_text(out / PROVENANCE, json.dumps(facts, indent=1) + "\n")
 
 
 def ablation_report(results: str | Path, runs: list[tuple[str, str, int]], variants: list[str], students: int,
-                    out: str | Path, combine: str = "logits") -> None:
+                    out: str | Path, combine: str = "logits", config_digest: str | None = None) -> None:
     """Variants side by side, the aux-KD baselines, attention overlap and part occlusion, into ``out``."""
     results, out = Path(results), Path(out)
+    facts = provenance(config_digest, runs, variants, combine)
     aux_stages = ["auxkd", *AUXKD_BASELINES]
     metrics, _, _ = collect(results, runs, variants, students, aux_stages, combine)
     paired = comparisons(results, runs, variants, students, aux_stages, combine)
@@ -396,7 +439,7 @@ def ablation_report(results: str | Path, runs: list[tuple[str, str, int]], varia
     write_parquet(occlusion, out / "part_occlusion.parquet")
     write_parquet(paired, out / "comparisons.parquet")
     students_ = [f"student_{k}" for k in range(1, students + 1)]
-    lines = ["# fgkd ablations", "", arithmetic_line(metrics), "",
+    lines = ["# fgkd ablations", "", provenance_line(facts), "", arithmetic_line(metrics), "",
              "## Ensemble of teacher + students, by the students' loss", "",
              "Top-1 (%), mean ± std over seeds (best-on-val; last epoch's mean in brackets). `lambda0` trains "
              "the students with CE alone, each from its own seed: the plain ensemble of K+1 networks with the same "
@@ -430,6 +473,7 @@ def ablation_report(results: str | Path, runs: list[tuple[str, str, int]], varia
             lines += [f"| {c} | " + " | ".join(f"{v:.1f}" for v in row) + " |" for c, row in table.iterrows()]
             lines.append("")
     _write_text(out / "summary.md", "\n".join(lines) + "\n")
+    _write_text(out / PROVENANCE, json.dumps(facts, indent=1) + "\n")
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -472,24 +516,69 @@ def results_markers(block: str | None = None) -> tuple[str, str]:
 
 
 def publish(reports: str | Path, readme: str | Path, figures: str | Path, block: str | None = None) -> None:
-    """Put the reports' tables between the README's markers of ``block`` and copy the figures beside it."""
+    """Put the reports' tables between the README's markers of ``block`` and copy the figures beside it. Both reports
+    must come from one run: the same config digest, commit and combine rule, and the same numbers for the method's
+    networks (the ablation report has them too)."""
     reports, readme, figures = Path(reports), Path(readme), Path(figures)
     start, end = results_markers(block)
     text = readme.read_text()
     if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
         raise FgkdError(f"{readme}: no single {start} ... {end} block to fill; add one where the results belong")
+    if not figures.resolve().is_relative_to(readme.parent.resolve()):
+        raise FgkdError(f"--figures {figures}: outside {readme.parent}, so the README could not link to the figures; "
+                        "give a folder beside the README (the default is docs/results)")
+    main, ablations = reports, reports / "ablations"
+    facts = [_read_provenance(folder) for folder in (main, ablations)]
+    for key in ("config_digest", "commit", "uncommitted_changes", "combine"):
+        if facts[0][key] != facts[1][key]:
+            raise FgkdError(f"{main / PROVENANCE} and {ablations / PROVENANCE}: made from other {key.replace('_', ' ')}s "
+                            f"({facts[0][key]} and {facts[1][key]}): the tables would mix two runs; remake both from "
+                            "one run: snakemake --cores all ablations --forcerun report report_ablations")
+    _check_same_numbers(main, ablations, facts[0]["variants"][0])
     blocks = []
-    for summary in (reports / "summary.md", reports / "ablations" / "summary.md"):
-        if not summary.is_file():
-            raise FgkdError(f"{summary}: missing; run `snakemake --cores all ablations` first")
-        body = summary.read_text().split("\n", 1)[1]  # drop the file's own title
+    for folder in (main, ablations):
+        body = (folder / "summary.md").read_text().split("\n", 1)[1]  # drop the file's own title
+        body = "\n".join(line for line in body.splitlines() if not line.startswith("Made from: "))
         blocks.append(body.replace("\n## ", "\n#### ").strip())
     links = []
     for png in sorted((reports / "figures").glob("*.png")):
         with atomic_path(figures / png.name) as tmp:
             tmp.write_bytes(png.read_bytes())
-        links.append(f"![{png.stem}]({(figures / png.name).relative_to(readme.parent).as_posix()})")
-    generated = "\n\n".join([*blocks, *links])
+        links.append(f"![{png.stem}]({(figures / png.name).resolve().relative_to(readme.parent.resolve()).as_posix()})")
+    generated = "\n\n".join([provenance_line(facts[0]), *blocks, *links])
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     _write_text(readme, f"{head}{start}\n{generated}\n{end}{tail}")
+
+
+def _read_provenance(folder: Path) -> dict:
+    for name in ("summary.md", PROVENANCE):
+        if not (folder / name).is_file():
+            raise FgkdError(f"{folder / name}: missing (made by an earlier fgkd, or not made); run `snakemake --cores "
+                            "all ablations` first")
+    try:
+        facts = json.loads((folder / PROVENANCE).read_text())
+    except ValueError as err:
+        raise FgkdError(f"{folder / PROVENANCE}: unreadable ({err}); remake the reports: snakemake --cores all "
+                        "ablations --forcerun report report_ablations") from None
+    if not facts.get("config_digest"):
+        raise FgkdError(f"{folder / PROVENANCE}: made outside the workflow (no config digest), so nothing shows "
+                        "which config its tables come from; make the reports with snakemake --cores all ablations")
+    return facts
+
+
+def _check_same_numbers(main: Path, ablations: Path, method: str) -> None:
+    """The method's networks are in both reports: one run gives them the same top-1 and top-5 everywhere."""
+    key = ["dataset", "backbone", "seed", "method", "selection"]
+    ours = _read_table(main / "metrics.parquet", (*key, "top1", "top5"))
+    theirs = _read_table(ablations / "metrics.parquet", (*key, "variant", "top1", "top5"))
+    theirs = theirs[theirs["variant"] == method]
+    joined = ours.merge(theirs, on=key, how="left", suffixes=("", "_ablations"))
+    differs = joined[(joined["top1"] != joined["top1_ablations"]) | (joined["top5"] != joined["top5_ablations"])]
+    if len(differs):
+        row = differs.iloc[0]
+        found = ("is missing from the other" if np.isnan(row["top1_ablations"]) else
+                 f"has top-1 {row['top1']:.4f} in one and {row['top1_ablations']:.4f} in the other")
+        raise FgkdError(f"{main / 'metrics.parquet'} and {ablations / 'metrics.parquet'}: {row['method']} of "
+                        f"{row['dataset']}/{row['backbone']}/{row['seed']} ({row['selection']}) {found}: they come "
+                        "from two runs; remake both: snakemake --cores all ablations --forcerun report report_ablations")

@@ -10,7 +10,6 @@ process, and N processes step through the images of one process with batch N x `
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -29,56 +28,21 @@ from tqdm import tqdm
 
 from . import arithmetic, distributed
 from .atomic import atomic_path, refuse_to_overwrite_inputs, require_utf8_name, write_parquet
-from .config import TrainConfig
+from .config import TrainConfig, config_hash
 from .data.dataset import ImageSizes, derived_seed, load_split, make_loader, make_train_loader
-from .data.manifest import COLUMNS, class_names, read_manifest
+from .data.manifest import class_names, data_digest, read_manifest
 from .distributed import Processes
 from .errors import DataError, FgkdError, brief, some
 from .metrics import topk_hits
 from .methods import METHODS, FrozenNetworks
+from .modelfile import MODEL_FORMAT, describe_inputs, file_digest, input_sizes, load_model, non_finite_weights
 from .models import FGVCNet, imagenet_weights_file
 
 log = logging.getLogger("fgkd")
-MODEL_FORMAT = 1
 
 
 def stage_name(stage: str, index: int | None) -> str:
     return f"student_{index}" if stage == "student" else stage
-
-
-def config_hash(config: TrainConfig, name: str, earlier: list[dict], processes: int = 1) -> str:
-    """Identity of a run: its config, its name, its number of processes (batch_size is per process) and
-    the identities of the frozen networks it learns from."""
-    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("workers", "device", "compile")}
-    payload = json.dumps({"config": fields, "stage": name, "processes": processes,
-                          "earlier": [m["config_hash"] for m in earlier]}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def data_digest(root: str | Path) -> str:
-    """sha256 of the manifest's rows and of every listed image's bytes: the identity of the data a checkpoint
-    was trained on (a regenerated set can keep its manifest and change every image).
-
-    Read once at the start of training (by each process): 4 ms for the 48 images of the tests; 12,000 images
-    of 80 KB (1 GB) take about 1 s from the page cache (measured on 1,200: 0.105 s; sha256 runs at 1.8 GB/s
-    here), plus the time to read 1 GB from a cold disk: a small share of one epoch."""
-    frame = read_manifest(root)
-    digest = hashlib.sha256(frame[list(COLUMNS)].to_csv(index=False).encode())
-    for relative in frame["path"]:
-        path = Path(root) / relative
-        try:
-            with open(path, "rb") as image:
-                digest.update(hashlib.file_digest(image, "sha256").digest())
-        except OSError as err:
-            raise DataError(f"{path}: listed in the manifest but unreadable ({err.strerror}); "
-                            "rerun `fgkd prepare` for this data set") from None
-    return digest.hexdigest()[:16]
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes: an earlier model retrained on other data keeps its config hash, not its bytes."""
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()[:16]
 
 
 def select_device(config: TrainConfig, processes: Processes = Processes()) -> torch.device:
@@ -102,45 +66,6 @@ def select_device(config: TrainConfig, processes: Processes = Processes()) -> to
     return device
 
 
-def load_model(path: str | Path, num_classes: int | None = None, device: torch.device | str = "cpu",
-               which: str = "best", main_only: bool = False) -> tuple[FGVCNet, dict]:
-    """A trained network and its metadata; refuses files of another format or class count. ``main_only``: without
-    the auxiliary heads of an aux-KD student (what a deployment runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FgkdError(f"{path}: no such model; train that stage first")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors of many kinds
-        raise FgkdError(f"{path}: not a readable fgkd model ({brief(err)}); delete it and retrain that stage") from None
-    if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
-        raise FgkdError(f"{path}: not an fgkd model of format {MODEL_FORMAT}; retrain that stage")
-    meta = saved["metadata"]
-    if num_classes is not None:
-        check_classes(path, meta, num_classes)
-    weights = saved["state_dict"] if which == "best" else saved["last_state_dict"]
-    if main_only:
-        weights = {k: v for k, v in weights.items() if not k.startswith("aux.")}
-    broken = non_finite_weights(weights)
-    if broken:
-        raise FgkdError(f"{path}: non-finite weights ({some(broken)}); the model is broken, retrain that stage")
-    # Built on the meta device, then given the saved tensors (strict: every parameter and buffer must be there):
-    # initialising weights that are overwritten at once cost seconds per network (VGG-16's unused 120M-parameter
-    # torchvision classifier), in every student, predict and attention job.
-    with torch.device("meta"):
-        model = FGVCNet(meta["backbone"], meta["num_classes"], meta["head"], meta["head_hidden"],
-                        meta["attention_stride"], 0 if main_only else meta["aux_heads"])
-    model.load_state_dict(weights, assign=True)
-    return model.to(device).eval(), meta
-
-
-def non_finite_weights(state: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the floating-point tensors (parameters and buffers) holding a NaN or an infinity."""
-    floats = {k: v for k, v in state.items() if v.is_floating_point()}
-    flags = torch.stack([torch.isfinite(v).all() for v in floats.values()]).cpu()  # one device sync
-    return [k for k, finite in zip(floats, flags) if not finite]
-
-
 def _diverged(problem: str, kept: Path | None) -> FgkdError:
     """Training went non-finite. Runs are deterministic: resuming with the same settings diverges again."""
     if kept is None:
@@ -149,31 +74,6 @@ def _diverged(problem: str, kept: Path | None) -> FgkdError:
     return FgkdError(f"{problem}: training diverged. The last checkpoint, {kept}, is kept and finite, but a rerun "
                      "with these settings would resume from it and diverge again: lower the learning rates (lr, "
                      "backbone_lr; the stage then starts over) or check the data")
-
-
-def check_classes(path: str | Path, meta: dict, num_classes: int) -> None:
-    if meta["num_classes"] != num_classes:
-        raise FgkdError(f"{path}: trained for {meta['num_classes']} classes, the data set has {num_classes}; "
-                        "it belongs to another data set, retrain it")
-
-
-def input_sizes(meta: dict) -> ImageSizes:
-    """The inputs a model was trained on (a model.pt of an earlier fgkd has no preprocessing key: imagenet's)."""
-    return ImageSizes(meta["resize"], meta["crop"], meta.get("preprocessing", "imagenet"))
-
-
-def describe_inputs(sizes: ImageSizes) -> str:
-    return f"preprocessing {sizes.preprocessing}, resize {sizes.resize}, crop {sizes.crop}"
-
-
-def shared_input_sizes(paths: list[str | Path], metas: list[dict]) -> ImageSizes:
-    """The one input recipe of several models shown the same images (attention maps, part occlusion)."""
-    first = input_sizes(metas[0])
-    for path, meta in zip(paths[1:], metas[1:]):
-        if input_sizes(meta) != first:
-            raise FgkdError(f"{path}: trained on {describe_inputs(input_sizes(meta))}, {paths[0]} on "
-                            f"{describe_inputs(first)}; give models trained on the same inputs")
-    return first
 
 
 def _check_earlier_inputs(path: str | Path, meta: dict, sizes: ImageSizes) -> None:
@@ -218,6 +118,12 @@ def initialise_from(model: FGVCNet, path: str | Path, config: TrainConfig, num_c
     else:
         log.info("init_from %s: trunk copied; main head re-initialised (%d classes, head %s of %d hidden units there; "
                  "%d classes, head %s of %d here)", path, *theirs, *ours)
+
+
+def is_best(val_acc: float, best_val: float, has_validation: bool) -> bool:
+    """Model selection: the epoch of the highest validation top-1, the first of equal ones; without a validation
+    split (val_fraction 0), the last epoch."""
+    return not has_validation or val_acc > best_val
 
 
 def _cosine(base: float, epoch: int, epochs: int) -> float:
@@ -334,7 +240,7 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
         _check_earlier_inputs(path, meta, sizes)
         frozen_models.append(net.to(memory_format=_memory_format(device, config)))
         frozen_meta.append(meta)
-    run_hash = config_hash(config, name, frozen_meta, processes.world)
+    run_hash = config_hash(config, name, [meta["config_hash"] for meta in frozen_meta], processes.world)
     seed = derived_seed(config.seed, zlib.crc32(name.encode()))
 
     torch.manual_seed(seed)
@@ -410,7 +316,7 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
                    "backbone_lr": optimizer.param_groups[1]["lr"], **row}
             row["val_acc"] = _val_accuracy(model, val_set, device, config, processes)
             state["history"].append(row)
-            if not len(val_set) or row["val_acc"] > state["best_val"]:
+            if is_best(row["val_acc"], state["best_val"], has_validation=len(val_set) > 0):
                 state["best_val"], state["best_epoch"] = row["val_acc"], epoch + 1
                 state["best_state"] = _plain_state(model)
             state["epoch"] = epoch + 1
@@ -432,13 +338,17 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
             "class_names": class_names(read_manifest(data)), "dataset": Path(data).resolve().name,
             "best_val_acc": state["best_val"],
             "arithmetic": state["arithmetic"],  # every setting this stage's steps ran under (resumes may add one)
+            # What fgkd verify checks a restored model.pt against: the networks it learnt from, its history.
+            "earlier": [{"stage": meta["stage"], "config_hash": meta["config_hash"], "sha256": digest}
+                        for meta, digest in zip(frozen_meta, identity["earlier"])],
         }
-        with atomic_path(out / "model.pt") as tmp:
-            torch.save({"format": MODEL_FORMAT, "metadata": metadata, "state_dict": state["best_state"],
-                        "last_state_dict": _plain_state(model)}, tmp)
         history = pd.DataFrame(state["history"])
         history.insert(0, "stage", name)
         write_parquet(history, out / "history.parquet")
+        metadata["history_sha256"] = file_digest(out / "history.parquet")
+        with atomic_path(out / "model.pt") as tmp:
+            torch.save({"format": MODEL_FORMAT, "metadata": metadata, "state_dict": state["best_state"],
+                        "last_state_dict": _plain_state(model)}, tmp)
         checkpoint_path.unlink(missing_ok=True)
     return out / "model.pt"
 

@@ -5,7 +5,7 @@ import pandas as pd
 import torch
 
 from fgkd.models import FGVCNet
-from fgkd.train import MODEL_FORMAT
+from fgkd.modelfile import MODEL_FORMAT
 
 
 def save_model(path, num_classes, aux_heads=0, bias=None, arithmetic=None):

@@ -45,6 +45,16 @@ def tiny_teacher(tiny_data, tmp_path_factory):
     return train("teacher", tiny_data, tmp_path_factory.mktemp("teacher"), config, progress=False)
 
 
+@pytest.fixture(scope="session")
+def official_teacher(tiny_data, tmp_path_factory):
+    """A one-epoch teacher of tiny_data on the official code's input recipe (square resize, mean = std = 0.5): what
+    classify and export must reproduce from the model.pt alone."""
+    from fgkd.train import train
+
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 1, "preprocessing": "official"})
+    return train("teacher", tiny_data, tmp_path_factory.mktemp("official") / "teacher", config, progress=False)
+
+
 @pytest.fixture
 def mount(tmp_path):
     """mount(options) -> a fresh tmpfs folder (full or read-only disks are real here; needs root, as CI has);

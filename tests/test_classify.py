@@ -211,7 +211,7 @@ def bad_call(case, tiny_teacher, odd_names_model, photos, tmp_path):
     if case == "missing model":
         return tmp_path / "absent" / "model.pt", photos, [str(tmp_path / "absent" / "model.pt"), "no such model"]
     if case == "not a model":
-        return photos / "notes.txt", photos, [str(photos / "notes.txt"), "not a readable fgkd model"]
+        return photos / "notes.txt", photos, [str(photos / "notes.txt"), "not a PyTorch file"]
     if case == "missing image":
         return tiny_teacher, tmp_path / "absent.jpg", [str(tmp_path / "absent.jpg"), "no such file or folder"]
     (tmp_path / "empty").mkdir()
@@ -240,3 +240,74 @@ def test_the_attention_figure_draws_with_the_shared_overlay(tiny_teacher, tiny_d
     assert result.exit_code == 0, result.output
     with Image.open(figure) as drawn:
         assert drawn.format == "PNG" and len(np.unique(np.asarray(drawn.convert("L")))) > 10
+
+
+def test_the_official_recipe_of_a_model_is_the_one_classify_uses(official_teacher, tiny_data, photos, tmp_path):
+    """Square resize on the PIL image, mean = std = 0.5, from model.pt: classify gives the softmax of predict's
+    logits (predict reads the recipe from the model as training did); the imagenet recipe would give others."""
+    expected = predicted(official_teacher, tiny_data, tmp_path / "logits.parquet")
+    result = run("classify", "--model", official_teacher, *sorted(photos.glob("Species_*.jpg")), "--format", "json",
+                 "--top-k", 4)
+    assert result.exit_code == 0, result.output
+    for entry in json.loads(result.stdout):
+        probabilities = scipy.special.softmax(expected[entry["image"].rsplit("/", 1)[1]].astype(np.float64))
+        shown = {p["class_index"]: p["probability"] for p in entry["predictions"]}
+        np.testing.assert_allclose([shown[c] for c in range(4)], probabilities, atol=1e-5)
+    imagenet = with_metadata(official_teacher, tmp_path / "imagenet" / "model.pt", preprocessing="imagenet")
+    other = json.loads(run("classify", "--model", imagenet, *sorted(photos.glob("Species_*.jpg")), "--format",
+                           "json", "--top-k", 4).stdout)
+    assert other != json.loads(result.stdout)  # the check can tell the recipes apart
+
+
+def test_an_ensembles_overlay_is_the_mean_of_its_members_maps(tiny_teacher, second_teacher, photos, tmp_path):
+    from fgkd.attention import attention_heat, blend
+    from fgkd.data.dataset import decode_rgb
+    from fgkd.losses import attention_energy
+    from fgkd.modelfile import input_sizes, load_model
+
+    image = sorted(photos.glob("Species_*.jpg"))[0]
+    overlay = tmp_path / "overlay"
+    result = run("classify", "--model", tiny_teacher, "--model", second_teacher, image, "--overlay", overlay)
+    assert result.exit_code == 0, result.output
+    decoded = decode_rgb(image)
+    picture = decoded.permute(1, 2, 0).numpy() / 255.0
+    sizes = input_sizes(load_model(tiny_teacher)[1])
+    left, top, right, bottom = centre_crop_box(sizes, picture.shape[1], picture.shape[0])
+    heats = []
+    for path in (tiny_teacher, second_teacher):
+        network = load_model(path)[0]
+        with torch.inference_mode():
+            network(fgvc_transform(sizes, train=False)(decoded)[None])
+        heats.append(attention_heat(attention_energy(network.attention_features)[0], (bottom - top, right - left)))
+    assert np.abs(heats[0] - heats[1]).max() > 0.05  # two members that look at different places
+    expected = picture.copy()
+    expected[top:bottom, left:right] = blend(picture[top:bottom, left:right], np.mean(heats, axis=0))
+    drawn = np.asarray(Image.open(overlay / f"{image.name}.png"), dtype=np.int16)
+    assert np.abs(drawn - np.round(expected * 255)).max() <= 1
+
+
+def test_several_images_and_folders_are_classified_in_the_order_given(tiny_teacher, photos, tmp_path):
+    """`fgkd classify --model m photos/*.jpg`: what a shell gives (before: click's "unexpected extra arguments")."""
+    species = sorted(photos.glob("Species_*.jpg"))
+    more = tmp_path / "more"
+    more.mkdir()
+    shutil.copyfile(species[0], more / "copy.jpg")
+    result = run("classify", "--model", tiny_teacher, species[2], species[1], more, species[2], "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert [entry["image"] for entry in json.loads(result.stdout)] == [str(species[2]), str(species[1]),
+                                                                       str(more / "copy.jpg")]
+
+
+def test_overlays_among_the_inputs_or_of_two_images_of_one_name_are_refused(tiny_teacher, photos, tmp_path):
+    image = sorted(photos.glob("Species_*.jpg"))[0]
+    twin = tmp_path / "twin" / image.name
+    twin.parent.mkdir()
+    shutil.copyfile(image, twin)
+    cases = [([photos], photos, f"--overlay {photos}: the folder of"),
+             ([image], photos / "." , "so its overlays would be classified next time"),
+             ([image, twin], tmp_path / "overlays", f"{image} and {twin}: both would have the overlay")]
+    for targets, overlay, culprit in cases:
+        before = sorted(photos.iterdir())
+        result = run("classify", "--model", tiny_teacher, *targets, "--overlay", overlay)
+        one_line_error(result, culprit)
+        assert sorted(photos.iterdir()) == before and not (tmp_path / "overlays").exists()

@@ -21,7 +21,8 @@ from fgkd.distributed import sync_batchnorm
 from fgkd.ensemble import predict
 from fgkd.methods import METHODS, FrozenNetworks
 from fgkd.models import FGVCNet
-from fgkd.train import TrainConfig, _autocast, evaluate, load_model
+from fgkd.modelfile import load_model
+from fgkd.train import TrainConfig, _autocast, evaluate
 from fixtures import cli_train_args, torchrun_args
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -9,7 +9,8 @@ import torch
 
 from fgkd.data.prepare import prepare
 from fgkd.data.synth import generate
-from fgkd.train import TrainConfig, load_model, train
+from fgkd.modelfile import load_model
+from fgkd.train import TrainConfig, train
 from fixtures import checkpoint_position, cli_train_args, optimizer_steps, resumed_at, torchrun_args, wait_for_file
 
 # Batch-norm layers in the trunk and in the official head, so that synchronised statistics matter; one batch

@@ -37,11 +37,23 @@ def predicted(model, data, out):
     return [data / paths[i] for i in logits["image_id"]], logits.filter(like="logit_").to_numpy(), logits["label"]
 
 
+RECIPES = {  # what each recipe's card must say (the official code: PRIS-CV's train.py / test.py)
+    "imagenet": {"resize_mode": "short side to resize, aspect kept", "mean": [0.485, 0.456, 0.406],
+                 "std": [0.229, 0.224, 0.225], "interpolation": "bilinear, antialiased, on uint8 pixels"},
+    "official": {"resize_mode": "square: resize x resize, aspect not kept", "mean": [0.5] * 3, "std": [0.5] * 3,
+                 "interpolation": "bilinear, antialiased, on the PIL image"},
+}
+
+
 def card_inputs(card, files):
     """The files preprocessed from the model card's recipe with torchvision, not with fgkd's transform."""
     recipe = card["preprocessing"]
-    assert recipe["resize_mode"] == "short side to resize, aspect kept" and recipe["crop_mode"] == "centre"
-    transform = v2.Compose([v2.Resize(recipe["resize"], antialias=True), v2.CenterCrop(recipe["crop"]),
+    assert {key: recipe[key] for key in RECIPES[recipe["name"]]} == RECIPES[recipe["name"]]
+    assert recipe["crop_mode"] == "centre" and recipe["scale"] == "pixel values / 255"
+    square, on_pil = recipe["resize_mode"].startswith("square"), recipe["interpolation"].endswith("PIL image")
+    size = (recipe["resize"], recipe["resize"]) if square else recipe["resize"]
+    transform = v2.Compose([*([v2.ToPILImage()] if on_pil else []), v2.Resize(size, antialias=True),
+                            v2.CenterCrop(recipe["crop"]), *([v2.PILToTensor()] if on_pil else []),
                             v2.ToDtype(torch.float32, scale=True), v2.Normalize(recipe["mean"], recipe["std"])])
     batch = torch.stack([transform(decode_rgb(f)) for f in files])
     assert list(batch.shape[1:]) == card["input"]["shape"][1:]
@@ -56,12 +68,15 @@ def run_exported(path, export_format, batch, card):
     return session.run([card["output"]["name"]], {card["input"]["name"]: batch.numpy()})[0]
 
 
-@pytest.fixture(scope="module")
-def run_folder(tiny_teacher, tiny_data, tmp_path_factory):
-    """A copy of the tiny teacher's run with its test logits beside it, as the workflow leaves a run."""
+@pytest.fixture(scope="module", params=["imagenet", "official"])
+def run_folder(request, tiny_data, tmp_path_factory):
+    """A copy of a tiny teacher's run (each input recipe) with its test logits beside it, as the workflow leaves a
+    run."""
+    teacher = request.getfixturevalue("tiny_teacher" if request.param == "imagenet" else "official_teacher")
     folder = tmp_path_factory.mktemp("run") / "teacher"
-    shutil.copytree(tiny_teacher.parent, folder)
+    shutil.copytree(teacher.parent, folder)
     predicted(folder / "model.pt", tiny_data, folder / "logits.parquet")
+    assert torch.load(folder / "model.pt")["metadata"]["preprocessing"] == request.param
     return folder
 
 
@@ -115,16 +130,20 @@ def bad_call(case, model, tmp_path, mount):
         return tmp_path / "absent.pt", "onnx", out, [str(tmp_path / "absent.pt"), "no such model"], 1
     if case == "not a model":
         (tmp_path / "notes.txt").write_text("not a model\n")
-        return tmp_path / "notes.txt", "onnx", out, [str(tmp_path / "notes.txt"), "not a readable fgkd model"], 1
+        return tmp_path / "notes.txt", "onnx", out, [str(tmp_path / "notes.txt"), "not a PyTorch file"], 1
     if case == "unknown format":
         return model, "tflite", out, ["'--format'", "tflite"], 2
+    if case == "out under a file":
+        (tmp_path / "out").write_text("a file where a folder would be\n")
+        return model, "onnx", out, [str(out), f"{tmp_path / 'out'} is a file, not a folder"], 1
     if case == "read-only folder":
         out = mount("ro,size=1m") / "model.pt"
         return model, "torchscript", out, [str(out), "Read-only file system"], 1
     return model, "torchscript", model, [str(model), "would overwrite it"], 1
 
 
-@pytest.mark.parametrize("case", ["missing model", "not a model", "unknown format", "read-only folder", "out is model"])
+@pytest.mark.parametrize("case", ["missing model", "not a model", "unknown format", "out under a file",
+                                  "read-only folder", "out is model"])
 def test_bad_input_is_one_line_and_leaves_no_file(tiny_teacher, tmp_path, mount, case):
     work = tmp_path / "work"
     shutil.copytree(tiny_teacher.parent, work)
@@ -133,8 +152,8 @@ def test_bad_input_is_one_line_and_leaves_no_file(tiny_teacher, tmp_path, mount,
     result = run("export", "--model", model, "--format", export_format, "--out", out)
     one_line_error(result, *culprits, exit_code=status)
     assert (work / "model.pt").read_bytes() == before and not (work / "model.pt.json").exists()
-    if out != work / "model.pt":
-        assert not out.parent.exists() or not any(out.parent.iterdir())  # no file, card or temporary file
+    if out != work / "model.pt" and out.parent.is_dir():
+        assert not any(out.parent.iterdir())  # no file, card or temporary file
 
 
 def test_format_choices_are_the_writers():

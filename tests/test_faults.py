@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from fgkd.cli import main
 from fgkd.errors import FgkdError
-from fgkd.train import TrainConfig, load_model, train
+from fgkd.modelfile import load_model
+from fgkd.train import TrainConfig, train
 from conftest import TINY
 from fixtures import cli_train_args, wait_for_file
 from test_workflow import BIN, project_copy, run
@@ -128,7 +129,7 @@ def test_checkpoint_of_other_images_under_the_same_manifest_is_never_reused(data
     assert "written by another data set" in caplog.text and "another configuration" not in caplog.text
     assert "resuming after" not in caplog.text
     assert same_weights(resumed, train("teacher", folder, tmp_path / "fresh", config, progress=False))
-    from fgkd.train import data_digest
+    from fgkd.data.manifest import data_digest
 
     assert load_model(resumed)[1]["data_digest"] == data_digest(folder) != data_digest(data)
 

@@ -39,6 +39,14 @@ def test_one_seed_has_a_mean_and_no_interval():
     assert mean == 0.04 and math.isnan(low) and math.isnan(high)
 
 
+@pytest.mark.parametrize("differences", [[0.02, 0.02, 0.02], [300 / 575 - 298 / 575, 310 / 575 - 308 / 575, 2 / 575]])
+def test_seeds_that_all_give_the_same_difference_have_no_interval(differences):
+    """A zero-width interval excludes 0 for any difference: it was printed as significant while every seed's McNemar
+    p was 1. Equal differences computed from other counts differ by float rounding only."""
+    mean, low, high = mean_interval(np.array(differences))
+    assert mean == pytest.approx(differences[0]) and math.isnan(low) and math.isnan(high)
+
+
 def test_compare_counts_the_images_only_one_of_the_two_gets_right():
     a = np.array([True, True, True, False, False, True])
     b = np.array([True, False, False, True, False, True])

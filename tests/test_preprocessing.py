@@ -15,7 +15,8 @@ from fgkd.data.dataset import IMAGENET_MEAN, IMAGENET_STD, ImageSizes, load_spli
 from fgkd.data.manifest import read_manifest
 from fgkd.data.prepare import prepare
 from fgkd.errors import FgkdError
-from fgkd.train import TrainConfig, load_model, train
+from fgkd.modelfile import load_model
+from fgkd.train import TrainConfig, train
 from artifacts import one_line_error, save_model
 from conftest import TINY
 from fixtures import make_cub

@@ -1,5 +1,6 @@
 """Report numbers against an independent computation, from a results tree of real files read by the real CLI."""
 
+import json
 import math
 import os
 import shutil
@@ -13,7 +14,7 @@ from PIL import Image
 
 from fgkd.cli import main
 from fgkd.ensemble import ensemble
-from fgkd.report import COMPARISON_COLUMNS, comparison_table, summary_table
+from fgkd.report import COMPARISON_COLUMNS, comparison_table, provenance, summary_table
 from artifacts import one_line_error, ranked_hits, save_model, write_logits
 
 pytestmark = pytest.mark.unit
@@ -147,7 +148,7 @@ def test_every_metrics_row_equals_an_independent_computation_from_the_files(resu
     assert {"logits": "(sum of logits)", "probs": "(mean of softmax probabilities)"}[combine] in summary
     # per seed: teacher and 2 students plain, auxkd aux
     assert (f"Trained with: {ARITHMETIC['plain'][1]} (6 networks); {ARITHMETIC['aux'][1]} (2 networks)."
-            in summary.splitlines()[2]), summary
+            in summary.splitlines()[4]), summary
 
 
 def test_the_two_combine_rules_give_different_ensemble_rows(results, tmp_path):
@@ -193,7 +194,7 @@ def test_ablation_report_names_the_rule_and_refuses_occlusion_of_another(results
     summary = (tmp_path / "ablations" / "summary.md").read_text()
     assert summary.count("mean of softmax probabilities") == 2  # the ensemble table and the occlusion table
     # per seed: teacher and 2 students plain; auxkd, auxkd_ce and auxkd_single aux; a tie is in text order
-    assert summary.splitlines()[2] == (f"Trained with: {ARITHMETIC['plain'][1]} (6 networks); "
+    assert summary.splitlines()[4] == (f"Trained with: {ARITHMETIC['plain'][1]} (6 networks); "
                                        f"{ARITHMETIC['aux'][1]} (6 networks)."), summary
 
     stale = root / "synthetic" / "resnet10" / "seed1" / "or" / "part_occlusion.parquet"
@@ -235,6 +236,19 @@ def test_a_run_without_results_is_one_line_naming_its_folder(results, tmp_path):
     result = CliRunner().invoke(main, ["report", "--results", str(root), "--run", "synthetic/resnet10/7",
                                        "--variants", "or", "--students", "2", "--out", str(tmp_path / "reports")])
     one_line_error(result, "seed7", "synthetic/resnet10/7")
+
+
+@pytest.mark.parametrize("extra,variants,culprit", [
+    (["--run", "synthetic/resnet10/0"], "or", "run synthetic/resnet10/0 given twice"),
+    ([], "or,or", "variant or given twice")])
+def test_a_run_or_variant_given_twice_is_one_line_and_no_report(results, tmp_path, extra, variants, culprit):
+    """Its seeds would count twice in the means and intervals of the comparisons."""
+    root = results[0]
+    write_ensembles(root, "logits")
+    for ablations in ([], ["--ablations"]):
+        result = run_report(root, tmp_path / "reports", "logits", *extra, *ablations, variants=variants)
+        one_line_error(result, culprit)
+        assert not (tmp_path / "reports").exists()
 
 
 def _remove(path):
@@ -338,7 +352,7 @@ def test_comparisons_equal_an_independent_paired_computation(results, tmp_path, 
         text = summary.read_text()
         assert title in text and "| synthetic | resnet10 | ensemble (or) | teacher |" in text
     # per seed: the shared teacher once, 2 students of each variant plain; auxkd, auxkd_ce and auxkd_single aux
-    assert (tmp_path / "ablations" / "summary.md").read_text().splitlines()[2] == (
+    assert (tmp_path / "ablations" / "summary.md").read_text().splitlines()[4] == (
         f"Trained with: {ARITHMETIC['plain'][1]} (10 networks); {ARITHMETIC['aux'][1]} (6 networks).")
     assert "| synthetic | resnet10 | auxkd (or) | auxkd_single |" in (tmp_path / "ablations" / "summary.md").read_text()
 
@@ -364,8 +378,12 @@ def test_comparison_table_marks_an_interval_excluding_zero_and_a_seed_with_mcnem
         "| synthetic | resnet10 | ensemble (or) | ensemble (lambda0) | +5.0* / -1.0 / +2.0 | +2.0 [-5.0, +9.0] | "
         "0.04 / 0.9 / 0.3 |"]
     one_seed = comparison_table(frame[frame.seed == 0].assign(seeds=1, ci_low=np.nan, ci_high=np.nan))
-    assert "One seed: no interval (n/a)." in one_seed[0]
+    assert "no interval (n/a) from one seed, or from seeds that all give the same difference" in one_seed[0]
     assert one_seed[-1].endswith("| +5.0* | +2.0 [n/a: one seed] | 0.04 |")
+    same = comparison_table(frame.assign(difference=0.02, mean_difference=0.02, mcnemar_p=1.0, ci_low=np.nan,
+                                         ci_high=np.nan)[frame.index < 3])
+    assert same[-1] == ("| synthetic | resnet10 | ensemble (or) | teacher | +2.0 / +2.0 / +2.0 | "
+                        "+2.0 [n/a: no spread over seeds] | 1 / 1 / 1 |")
 
 
 def test_comparison_of_networks_scored_on_other_images_is_one_line_and_no_report(results, tmp_path):
@@ -379,12 +397,20 @@ def test_comparison_of_networks_scored_on_other_images_is_one_line_and_no_report
     assert not (tmp_path / "ablations").exists()
 
 
-def _reports(root, title):
+def _reports(root, title, digest="c0ffee", top1=0.5):
+    """A pair of reports as one workflow run makes them: summaries, provenance and the method's metrics rows."""
     (root / "ablations").mkdir(parents=True)
     (root / "figures").mkdir()
-    (root / "summary.md").write_text(f"# fgkd results\n\n## Main\n\n{title} main table\n")
+    (root / "summary.md").write_text(f"# fgkd results\n\nMade from: x\n\n## Main\n\n{title} main table\n")
     (root / "ablations" / "summary.md").write_text(f"# fgkd ablations\n\n## Variants\n\n{title} ablation table\n")
     Image.new("RGB", (4, 4), (200, 0, 0)).save(root / "figures" / "training_curves.png")
+    row = {"dataset": "synthetic", "backbone": "resnet10", "seed": 0, "method": "teacher", "selection": "best",
+           "variant": "or", "top1": 0.5, "top5": 0.9}
+    pd.DataFrame([{**row, "top1": top1}]).to_parquet(root / "metrics.parquet")
+    pd.DataFrame([row, {**row, "variant": "lambda0", "top1": 0.1}]).to_parquet(root / "ablations" / "metrics.parquet")
+    for folder in (root, root / "ablations"):
+        facts = provenance(digest, [("synthetic", "resnet10", 0)], ["or"], "logits")
+        (folder / "provenance.json").write_text(json.dumps({**facts, "commit": "abc", "uncommitted_changes": False, "date": "2026-12-07 00:00 UTC"}))
     return root
 
 
@@ -399,6 +425,8 @@ def test_publish_results_fills_a_named_block_and_leaves_the_default_one(tmp_path
     text = readme.read_text()
     assert default in text and "STALE" not in text and "first" not in text and text.endswith("\nend\n")
     assert "second main table" in text and "#### Variants\n\nsecond ablation table" in text
+    assert "<!-- results:fair:start -->\nMade from: commit abc, config digest c0ffee, fgkd " in text
+    assert "Made from: x" not in text  # each summary's own line gives way to the block's one
     assert "![training_curves](docs/results/fair/training_curves.png)" in text
     assert (tmp_path / "docs/results/fair/training_curves.png").is_file()
     assert not (tmp_path / "docs/results/training_curves.png").exists()  # the default block's figures untouched
@@ -415,3 +443,66 @@ def test_publish_results_into_a_missing_or_odd_block_is_one_line_and_changes_not
     assert len(result.output.splitlines()) == 1
     assert readme.read_text() == "# x\n<!-- results:start -->\nDEFAULT\n<!-- results:end -->\n"
     assert not (tmp_path / "docs").exists()
+
+
+def _mixed_digest(reports):
+    facts = json.loads((reports / "provenance.json").read_text())
+    (reports / "provenance.json").write_text(json.dumps({**facts, "config_digest": "other"}))
+
+
+def _mixed_numbers(reports):
+    frame = pd.read_parquet(reports / "metrics.parquet")
+    frame.assign(top1=0.25).to_parquet(reports / "metrics.parquet")
+
+
+def _no_provenance(reports):
+    (reports / "ablations" / "provenance.json").unlink()
+
+
+@pytest.mark.parametrize("mix,culprit", [
+    (_mixed_digest, "made from other config digests (other and c0ffee): the tables would mix two runs"),
+    (_mixed_numbers, "teacher of synthetic/resnet10/0 (best) has top-1 0.2500 in one and 0.5000 in the other"),
+    (_no_provenance, "provenance.json: missing")])
+def test_publish_results_refuses_tables_of_two_runs(tmp_path, mix, culprit):
+    """Before: after `ablations`, an `all` under another config was published beside the older run's ablation
+    tables."""
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- results:start -->\nOLD\n<!-- results:end -->\n")
+    reports = _reports(tmp_path / "reports", "new")
+    mix(reports)
+    result = CliRunner().invoke(main, ["publish-results", "--readme", str(readme), "--reports", str(reports)])
+    one_line_error(result, culprit)
+    assert "OLD" in readme.read_text() and not (tmp_path / "docs").exists()
+
+
+def test_reports_of_another_combine_rule_and_config_are_not_published_together(results, tmp_path):
+    """The issue's case end to end: the ablation report of one run, then the main report of a run with
+    ensemble.combine probs (another config digest)."""
+    root = results[0]
+    reports = tmp_path / "reports"
+    write_ensembles(root, "logits", variants=("or", "lambda0"))
+    assert run_report(root, reports / "ablations", "logits", "--ablations", "--config-digest", "aaaa",
+                      variants="or,lambda0").exit_code == 0
+    write_ensembles(root, "probs")
+    assert run_report(root, reports, "probs", "--config-digest", "bbbb").exit_code == 0
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:start -->\nOLD\n<!-- results:end -->\n")
+    result = CliRunner().invoke(main, ["publish-results", "--readme", str(readme), "--reports", str(reports)])
+    one_line_error(result, "made from other config digests (bbbb and aaaa)")
+    assert readme.read_text() == "<!-- results:start -->\nOLD\n<!-- results:end -->\n"
+    write_ensembles(root, "logits")
+    assert run_report(root, reports, "logits", "--config-digest", "aaaa").exit_code == 0  # one run: published
+    result = CliRunner().invoke(main, ["publish-results", "--readme", str(readme), "--reports", str(reports)])
+    assert result.exit_code == 0, result.output
+    assert "config digest aaaa" in readme.read_text()
+
+
+def test_publish_results_figures_outside_the_readmes_folder_is_one_line_and_copies_nothing(tmp_path):
+    readme = tmp_path / "checkout" / "README.md"
+    readme.parent.mkdir()
+    readme.write_text("<!-- results:start -->\nOLD\n<!-- results:end -->\n")
+    outside = tmp_path / "elsewhere"
+    result = CliRunner().invoke(main, ["publish-results", "--readme", str(readme), "--figures", str(outside),
+                                       "--reports", str(_reports(tmp_path / "reports", "new"))])
+    one_line_error(result, f"--figures {outside}: outside {readme.parent}")
+    assert not outside.exists() and "OLD" in readme.read_text()

@@ -14,7 +14,8 @@ from fgkd.cli import main
 from fgkd.data.prepare import prepare
 from fgkd.data.synth import generate
 from fgkd.models import FGVCNet
-from fgkd.train import TrainConfig, load_model, train
+from fgkd.modelfile import load_model
+from fgkd.train import TrainConfig, train
 from artifacts import one_line_error
 from conftest import TINY
 from fixtures import cli_train_args
@@ -182,7 +183,7 @@ def test_bad_start_weights_options_are_one_line(tiny_data, source_model, tmp_pat
     cases = [({"init_from": str(source_model), "backbone": "resnet18"},
               [f"init_from: {source_model} is a resnet10 model, this stage trains a resnet18"]),
              ({"init_from": str(weights)},
-              [f"init_from: {weights}: not an fgkd model", "a torchvision weights file goes to pretrained"]),
+              [f"init_from: {weights}: a PyTorch file of another kind", "a torchvision weights file goes to pretrained"]),
              ({"init_from": str(source_model), "pretrained": str(weights)},
               ["are both set: init_from replaces the trunk's weights", "set pretrained: none"]),
              ({"init_from": str(tmp_path / "absent.pt")}, [f"init_from: {tmp_path / 'absent.pt'}: no such file"]),

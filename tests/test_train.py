@@ -17,7 +17,8 @@ from fgkd.data.prepare import prepare
 from fgkd.data.synth import generate
 from fgkd.ensemble import ensemble, predict
 from fgkd.errors import FgkdError
-from fgkd.train import TrainConfig, load_model, train
+from fgkd.modelfile import load_model
+from fgkd.train import TrainConfig, train
 from conftest import TINY
 from fixtures import checkpoint_position, cli_train_args, optimizer_steps, resumed_at, wait_for_file
 
@@ -382,3 +383,44 @@ def test_an_output_that_is_an_input_is_refused_and_the_input_kept(data, tmp_path
         assert result.exit_code == 1 and "would overwrite it" in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1
     assert (teacher.read_bytes(), (data / "manifest.parquet").read_bytes()) == before
+
+
+@pytest.mark.parametrize("scores,best", [([0.5, 0.9, 0.3], 2), ([0.6, 0.6, 0.2], 1), ([0.1, 0.2, 0.3], 3)])
+def test_model_pt_holds_the_weights_of_the_epoch_best_on_validation(data, tmp_path, monkeypatch, scores, best):
+    """Validation top-1 scripted per epoch; the weights each epoch ended with recorded where it is measured."""
+    import fgkd.train
+
+    ended = []
+
+    def scripted(model, val_set, device, config, processes):
+        ended.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return scores[len(ended) - 1]
+
+    monkeypatch.setattr(fgkd.train, "_val_accuracy", scripted)
+    path = train("teacher", data, tmp_path / "run", TrainConfig(**{**TINY.__dict__, "epochs": 3}), progress=False)
+    saved = torch.load(path, weights_only=True)
+    assert saved["metadata"]["best_epoch"] == best and saved["metadata"]["best_val_acc"] == scores[best - 1]
+    for key, value in saved["state_dict"].items():
+        assert torch.equal(value, ended[best - 1][key]), key
+    for key, value in saved["last_state_dict"].items():
+        assert torch.equal(value, ended[-1][key]), key
+    assert any(not torch.equal(ended[0][k], ended[-1][k]) for k in ended[0])  # the epochs' weights differ
+
+
+def test_without_a_validation_split_the_last_epoch_is_kept(data, tmp_path):
+    path = train("teacher", data, tmp_path / "run", TrainConfig(**{**TINY.__dict__, "val_fraction": 0.0}),
+                 progress=False)
+    saved = torch.load(path, weights_only=True)
+    assert saved["metadata"]["best_epoch"] == TINY.epochs
+    for key, value in saved["state_dict"].items():
+        assert torch.equal(value, saved["last_state_dict"][key]), key
+
+
+def test_a_process_other_than_the_first_writes_nothing(data, tmp_path):
+    """Under torchrun only the first process writes the checkpoint, model.pt and history: a late write by another one
+    could leave a stale file. Process 1 of a world of one runs the whole loop without collectives."""
+    from fgkd.distributed import Processes
+
+    train("teacher", data, tmp_path / "run", TrainConfig(**{**TINY.__dict__, "epochs": 1}), progress=False,
+          processes=Processes(rank=1, world=1))
+    assert list((tmp_path / "run").iterdir()) == []

@@ -181,6 +181,16 @@ def test_changing_one_students_weight_reruns_it_and_downstream_only(finished):
     ({"datasets": {"x": {"format": "cub", "synth": {"classes": 6, "identity_parts": 2,
                                                      "exclude_classes_of": ["synthetic"]}}}},
      "datasets.x.synth: exclude_classes_of works in the default mode only"),
+    # Keys the experiment grid owns: ignored before (train.seed, train.backbone), or honoured against the folder's
+    # name (a variant's seed: 7 trained inside seed0).
+    ({"train": {"seed": 7}}, "train.seed: the experiment grid sets every run's seed (`seeds: [0]`)"),
+    ({"variants": {"or": {"seed": 7}}}, "variants.or.seed: the experiment grid sets every run's seed"),
+    ({"train": {"backbone": "resnet18"}}, "train.backbone: the experiment grid sets every run's backbone"),
+    ({"datasets": {"synthetic": {"format": "cub", "synth": {"classes": 4}, "train": {"backbone": "resnet18"}}}},
+     "datasets.synthetic.train.backbone: the experiment grid sets every run's backbone (`backbones: [resnet10]`)"),
+    ({"backbone_train": {"resnet10": {"seed": 1}}}, "backbone_train.resnet10.seed: the experiment grid sets"),
+    ({"stages": {"teacher": {"backbone": "resnet18"}}}, "stages.teacher.backbone: the experiment grid sets"),
+    ({"ablations": ["or"]}, "ablations: 'or' is the method (method: or), which every report has already"),
 ])
 def test_config_errors_are_one_line_before_any_job(tmp_path, override, first_line):
     project = project_copy(tmp_path / "project")
@@ -214,8 +224,10 @@ def test_dvc_outs_are_exactly_what_snakemake_all_produces(tmp_path):
 
 
 def test_dvc_repro_and_an_experiment_with_its_metrics_and_plots(tmp_path):
-    """`dvc repro` runs the pipeline and a second one does nothing; in a git clone, `dvc exp run -S` changes a config
-    key, reruns what it touches, and `dvc exp show` / `metrics diff` / `plots diff` compare it with the baseline."""
+    """`dvc repro` runs the pipeline and a second one has Snakemake find nothing to do; in a git clone, `dvc exp run
+    -S` changes a config key, reruns what it touches, and `dvc exp show` / `metrics diff` / `plots diff` compare it
+    with the baseline; after `dvc exp apply main`, `dvc repro` retrains to match main again (before: DVC called the
+    other experiment's models and metrics up to date)."""
     project = project_copy(tmp_path / "project")
     shutil.copy2(REPO / ".gitignore", project / ".gitignore")
     git = ["git", "-c", "user.name=fgkd", "-c", "user.email=fgkd@localhost"]
@@ -224,9 +236,10 @@ def test_dvc_repro_and_an_experiment_with_its_metrics_and_plots(tmp_path):
     run([*git, "commit", "-qm", "project"], project)
     run(["dvc", "repro"], project)
     assert (project / "results/reports/metrics.parquet").exists()
+    baseline = (project / "results/reports/metrics.json").read_bytes()
     second = run(["dvc", "repro"], project)
-    assert "didn't change, skipping" in second.stdout or "up to date" in second.stdout.lower()
-    assert "Running stage" not in second.stdout
+    assert "Nothing to be done" in second.stdout + second.stderr  # DVC hands over; Snakemake decides
+    assert (project / "results/reports/metrics.json").read_bytes() == baseline
     assert "synthetic/resnet10" in run(["dvc", "metrics", "show"], project).stdout
     assert "val_acc" in run(["dvc", "plots", "show", "--json"], project).stdout
     run([*git, "add", "dvc.lock"], project)
@@ -250,6 +263,12 @@ def test_dvc_repro_and_an_experiment_with_its_metrics_and_plots(tmp_path):
     plots = json.loads(run(["dvc", "plots", "diff", "main", "twoepochs", "--json"], project).stdout)
     revisions = {v["rev"] for p in plots["data"]["results/reports/curves.csv"] for v in p["content"]["data"]["values"]}
     assert revisions == {"main", "twoepochs"}
+
+    run(["dvc", "exp", "apply", "main"], project)
+    assert yaml.safe_load((project / "config/config.yaml").read_text())["train"]["epochs"] == 1
+    run(["dvc", "repro"], project)
+    assert len(pd.read_parquet(teacher)) == 1  # retrained to main's setting
+    assert (project / "results/reports/metrics.json").read_bytes() == baseline  # main's numbers, to the last digit
 
 
 def test_raw_data_round_trips_through_dvc(tmp_path):
@@ -287,7 +306,8 @@ def test_paper_config_plans_three_datasets_by_two_backbones(tmp_path):
     result = run(["snakemake", "all", "--dry-run", "--configfile", "config/paper.yaml"], project)
     counts = job_counts(result.stdout)
     runs = 3 * 2 * 3  # data sets x backbones x seeds
-    assert counts == {"prepare": 3, "train_shared": runs, "train_variant": runs * (3 + 1), "predict": runs * 5,
+    assert counts == {"prepare": 3, "verify_data": 3, "train_shared": runs, "verify_shared": runs,
+                      "train_variant": runs * (3 + 1), "verify_variant": runs * (3 + 1), "predict": runs * 5,
                       "ensemble": runs, "attention": runs, "report": 1, "all": 1}
     shutil.rmtree(raw / "stanford_cars")
     missing = run(["snakemake", "all", "--dry-run", "--configfile", "config/paper.yaml"], project, check=False)
@@ -426,19 +446,51 @@ def test_command_line_config_overrides_keys_of_the_default_experiment(tmp_path):
     assert {t["head"] for t in trains} == {"gap"}  # the rest of config/config.yaml still applies
 
 
+@pytest.mark.parametrize("overrides,expected", [
+    # Snakemake reads a list or a mapping as YAML of strings only (['1'], {'epochs': '5'}): the schema refused them.
+    (["seeds=[1]"], {"seed": {"1"}}),
+    (["train={epochs: 5, lr: 1e-3}"], {"epochs": {"5"}, "lr": {"0.001"}, "head": {"gap"}}),  # merged into train
+    (["seeds=[1, 2]", "train={channels_last: on, sync_batchnorm: false}", "train_processes=null"],
+     {"seed": {"1", "2"}, "channels_last": {"on"}, "sync_batchnorm": {False}}),
+    (["variants={or: {orth_weight: 0.5}}"], {"orth_weight": {"0.5"}}),
+])
+def test_the_documented_config_override_forms_reach_the_commands(tmp_path, overrides, expected):
+    project = project_copy(tmp_path / "project", default_config="config.yaml")
+    result = run(["snakemake", "--cores", "1", "all", "--dry-run", "--printshellcmds", "--config", *overrides],
+                 project)
+    trains = [train_options_in(w) for w in shell_commands(result.stdout, "train")]
+    students = [t for w, t in zip(shell_commands(result.stdout, "train"), trains) if "student" in w]
+    for key, values in expected.items():
+        found = {t.get(key) for t in (students if key == "orth_weight" else trains)}
+        assert found == values, (key, found)
+
+
 def test_names_paths_and_values_reach_fgkd_verbatim_never_the_shell(tmp_path):
     """A data set whose name and raw path hold spaces and shell syntax is prepared and trained; nothing of them runs."""
     from fixtures import make_cub
 
+    from torchvision.models.resnet import BasicBlock, ResNet
+
     project = project_copy(tmp_path / "project")
     name, raw = "my birds; touch INJECTED", "data/raw/cub birds $(touch INJECTED2) `touch INJECTED3`"
     make_cub(project / raw)
+    weights = "weights/start {backbone} $(touch INJECTED4); x.pth"  # an option's value, filled per job
+    filled = weights.format(backbone="resnet10")
+    (project / filled).parent.mkdir()
+    torch.save(ResNet(BasicBlock, [1, 1, 1, 1]).state_dict(), project / filled)
     config = yaml.safe_load((project / "config" / "config.yaml").read_text())
     config["datasets"] = {name: {"format": "cub", "raw": raw, "resize": 48}}
     config["run_datasets"] = [name]
+    config["train"]["pretrained"] = weights
     (project / "odd.yaml").write_text(yaml.safe_dump(config))
     plan = run(["snakemake", "--cores", "2", "ablations", "--dry-run", "--printshellcmds", "--configfile", "odd.yaml"],
                project).stdout
+    trains = shell_commands(plan, "train")
+    assert trains and all(words[words.index("--pretrained") + 1] == filled for words in trains)
+    for line in plan.splitlines():  # every log path is one word after the redirection, whole
+        if line.startswith("Shell command: fgkd "):
+            log = shlex.split(line.rsplit(" > ", 1)[1])
+            assert log[0].startswith("logs/") and log[1:] == ["2>&1"] and (name in log[0] or "report" in log[0]), line
     path_options = {"--root", "--out", "--data", "--model", "--earlier", "--raw", "--overlap", "--figure"}
     for program in ("prepare", "train", "predict", "ensemble", "attention", "report"):  # no synthetic set here
         commands = shell_commands(plan, program)

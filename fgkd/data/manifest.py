@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import hashlib
+
 import pandas as pd
 
 from ..errors import DataError, brief
 
 MANIFEST = "manifest.parquet"
+RECORD = "prepared.json"  # beside it: how `fgkd prepare` made the data set, and its data_digest
 COLUMNS = ("image_id", "path", "label", "class_name", "split")
 
 
@@ -58,3 +61,23 @@ def class_names(frame: pd.DataFrame) -> list[str]:
     without images, which `fgkd prepare` never writes, is named by its number."""
     names = frame.drop_duplicates("label").set_index("label")["class_name"]
     return [names.get(label, str(label)) for label in range(frame.attrs["num_classes"])]
+
+
+def data_digest(root: str | Path) -> str:
+    """sha256 of the manifest's rows and of every listed image's bytes: the identity of the data a checkpoint
+    was trained on (a regenerated set can keep its manifest and change every image).
+
+    Read once at the start of training (by each process): 4 ms for the 48 images of the tests; 12,000 images
+    of 80 KB (1 GB) take about 1 s from the page cache (measured on 1,200: 0.105 s; sha256 runs at 1.8 GB/s),
+    plus the time to read 1 GB from a cold disk: a small share of one epoch."""
+    frame = read_manifest(root)
+    digest = hashlib.sha256(frame[list(COLUMNS)].to_csv(index=False).encode())
+    for relative in frame["path"]:
+        path = Path(root) / relative
+        try:
+            with open(path, "rb") as image:
+                digest.update(hashlib.file_digest(image, "sha256").digest())
+        except OSError as err:
+            raise DataError(f"{path}: listed in the manifest but unreadable ({err.strerror}); "
+                            "rerun `fgkd prepare` for this data set") from None
+    return digest.hexdigest()[:16]

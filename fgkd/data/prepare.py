@@ -33,7 +33,7 @@ from tqdm import tqdm
 from ..atomic import atomic_path, replace_directory, require_utf8_name, write_parquet
 from ..errors import DataError, FgkdError, brief
 from .images import DECODE_ERRORS, open_rgb
-from .manifest import MANIFEST
+from .manifest import MANIFEST, RECORD, data_digest
 from .sources import LOADERS, SPLITS, SourceImage, SourceSet
 
 JPEG_QUALITY = 90
@@ -171,6 +171,10 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, resize: int = 512, w
         (staging / SETTINGS).unlink()
         (staging / DONE).unlink()
         write_parquet(frame, staging / MANIFEST)
+        record = {"format": dataset, "resize": resize, "jpeg_quality": JPEG_QUALITY, "images": len(frame),
+                  "digest": data_digest(staging)}  # what `fgkd verify` and training check the data set against
+        with atomic_path(staging / RECORD) as tmp:
+            tmp.write_text(json.dumps(record, indent=1) + "\n")
         _refuse_to_delete_foreign_files(out)
         replace_directory(staging, out)
     return out / MANIFEST
@@ -188,7 +192,7 @@ def _refuse_to_delete_foreign_files(out: Path) -> None:
     if not (out / MANIFEST).is_file():
         raise DataError(f"{out}: exists and is not a prepared data set; refusing to overwrite it (choose another --out)")
     try:
-        ours = set(pd.read_parquet(out / MANIFEST, columns=["path"])["path"]) | {MANIFEST}
+        ours = set(pd.read_parquet(out / MANIFEST, columns=["path"])["path"]) | {MANIFEST, RECORD}
     except Exception as err:  # pyarrow raises several types for a damaged file
         raise DataError(f"{out / MANIFEST}: unreadable ({brief(err)}); move {out} away or delete it, then rerun") from None
     foreign = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")

@@ -1,15 +1,21 @@
 # The config, checked before any job starts, and the helpers shared by the rules: names, paths, the
 # CLI flags of each stage.
+import functools
+import hashlib
+import json
 import math
+import os
 import re
 import shlex
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import yaml
+
 from jsonschema import ValidationError
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
+from snakemake.utils import update_config, validate
 
 import fgkd
 import fgkd.stages
@@ -17,7 +23,8 @@ from fgkd.config import (
     WEIGHT_KEYWORDS,
     TrainConfig,
     cli_flags,
-)  # torch-free: the options of `fgkd train` and their checks
+    config_hash,
+)  # torch-free: the options of `fgkd train`, their checks and a run's identity
 from fgkd.data.synth import check_identity_parts
 from fgkd.errors import FgkdError
 from fgkd.stale_lock import remove_stale_locks
@@ -58,6 +65,46 @@ def non_finite_keys(value, where=""):
     return [where] if isinstance(value, float) and not math.isfinite(value) else []
 
 
+SCHEMA = yaml.safe_load(Path(workflow.basedir, "workflow", "schemas", "config.schema.yaml").read_text())
+JSON_TYPES = {bool: "boolean", int: "integer", float: "number", type(None): "null", str: "string"}
+
+
+def schema_types(schema):
+    """The JSON types a schema node allows (through $ref, oneOf, type and enum)."""
+    while "$ref" in schema:
+        schema = SCHEMA["$defs"][schema["$ref"].rsplit("/", 1)[1]]
+    kinds = set([schema["type"]] if isinstance(schema.get("type"), str) else schema.get("type", []))
+    kinds |= {JSON_TYPES[type(v)] for v in schema.get("enum", [])}
+    for alternative in schema.get("oneOf", []):
+        kinds |= schema_types(alternative)[0]
+    return kinds, schema
+
+
+def typed(value, schema):
+    """A --config value with the types the schema gives its keys: Snakemake reads `seeds=[1]` and
+    `train={epochs: 5}` as YAML whose every scalar is a string (['1'], {'epochs': '5'}), which the schema would
+    refuse. A string becomes the YAML value it spells (or a float, for 1e-3) where the schema allows that type."""
+    kinds, schema = schema_types(schema)
+    if isinstance(value, dict):
+        known, other = schema.get("properties", {}), schema.get("additionalProperties")
+        return {k: typed(v, known.get(k, other if isinstance(other, dict) else {})) for k, v in value.items()}
+    if isinstance(value, list):
+        return [typed(v, schema.get("items", {})) for v in value]
+    if not isinstance(value, str):
+        return value
+    spelled = yaml.safe_load(value) if value.strip() else value
+    if isinstance(spelled, str) and "number" in kinds:
+        try:
+            spelled = float(value)
+        except ValueError:
+            pass
+    found = JSON_TYPES.get(type(spelled))
+    if found != "string" and (found in kinds or (found == "integer" and "number" in kinds)):
+        return spelled
+    return value
+
+
+update_config(config, typed(dict(workflow.config_settings.config), SCHEMA))
 try:
     validate(config, "../schemas/config.schema.yaml")  # also fills in the schema's defaults
 except WorkflowError as err:
@@ -65,6 +112,27 @@ except WorkflowError as err:
     config_error(describe_invalid(invalid) if isinstance(invalid, ValidationError) else str(err).splitlines()[0])
 for _key in non_finite_keys(config):
     config_error(f"{_key}: must be a finite number, not NaN or infinity")
+
+# The experiment grid sets each run's seed and backbone and names its folder after them: a `seed` or `backbone` key
+# elsewhere would be ignored, or contradict the folder. (The aux-KD student may have a backbone of its own: its stage
+# options, where the report's parameter counts show it.)
+GRID_KEYS = {"seed": "seeds", "backbone": "backbones"}
+OWN_BACKBONE = ("auxkd", *fgkd.stages.AUXKD_BASELINES)
+_option_sets = [
+    ("train", config["train"]),
+    *((f"backbone_train.{b}", o) for b, o in config["backbone_train"].items()),
+    *((f"datasets.{d}.train", s["train"]) for d, s in config["datasets"].items() if "train" in s),
+    *((f"variants.{v}", o) for v, o in config["variants"].items()),
+    *((f"stages.{s}", o) for s, o in config["stages"].items()),
+]
+for _where, _options in _option_sets:
+    for _key, _grid in GRID_KEYS.items():
+        if _key in _options and not (_key == "backbone" and _where in [f"stages.{s}" for s in OWN_BACKBONE]):
+            config_error(
+                f"{_where}.{_key}: the experiment grid sets every run's {_key} (`{_grid}: [{', '.join(map(str, config[_grid]))}]`) and names "
+                f"its folder after it; list the {_grid} to run under `{_grid}:` and leave {_key} out here"
+                + ("; only the aux-KD stages (stages.auxkd, ...) may train another backbone" if _key == "backbone" else "")
+            )
 
 STUDENTS = [f"student_{k}" for k in range(1, config["students"] + 1)]
 MEMBERS = ["teacher", *STUDENTS]
@@ -75,6 +143,11 @@ METHOD = config["method"]
 ABLATIONS = config["ablations"]
 STUDIED_VARIANTS = [METHOD, *ABLATIONS]  # the method and its ablations, in report order
 
+if METHOD in ABLATIONS:
+    config_error(
+        f"ablations: {METHOD!r} is the method (method: {METHOD}), which every report has already; a variant listed "
+        "twice would count its seeds twice in the comparisons: leave it out of ablations"
+    )
 for _name in STUDIED_VARIANTS:
     if _name not in config["variants"]:
         config_error(f"method/ablations: {_name!r} is not defined under variants ({', '.join(config['variants'])})")
@@ -93,6 +166,11 @@ for _name in config["run_datasets"]:
 # cached rules. Snakemake hashes files only: a raw data set given as a folder cannot be part of a key.
 FGKD_VERSION = fgkd.__version__
 if workflow.workflow_settings.cache is not None:
+    if not os.environ.get("SNAKEMAKE_OUTPUT_CACHE"):
+        config_error(
+            "--cache needs the cache's folder in the environment variable SNAKEMAKE_OUTPUT_CACHE (e.g. export "
+            "SNAKEMAKE_OUTPUT_CACHE=/shared/fgkd-cache), or run without --cache"
+        )
     for _name in config["run_datasets"]:
         _raw = config["datasets"][_name].get("raw")
         if _raw and Path(_raw).is_dir():
@@ -165,6 +243,7 @@ REPORTS = [
     "results/reports/summary.md",
     "results/reports/metrics.json",
     "results/reports/curves.csv",
+    "results/reports/provenance.json",
     "results/reports/figures/training_curves.png",
     "results/reports/figures/ensemble_members.png",
     *[f"results/reports/figures/attention_{d}_{b}.png" for d, b in PAIRS],
@@ -174,6 +253,7 @@ ABLATION_REPORTS = [
     "results/reports/ablations/part_occlusion.parquet",
     "results/reports/ablations/comparisons.parquet",
     "results/reports/ablations/summary.md",
+    "results/reports/ablations/provenance.json",
 ]
 
 
@@ -259,6 +339,25 @@ def check_stage_options():
 START_MODELS = check_stage_options()  # the `pretrain` target
 
 
+def earlier_stages(stage):
+    """The networks a stage learns from, in the order its job passes them: student k the teacher and students
+    1..k-1, the aux-KD student all of them, its single-teacher baseline the teacher."""
+    if stage.startswith("student_"):
+        return MEMBERS[: int(stage.split("_")[1])]
+    return {"auxkd": MEMBERS, "auxkd_single": ["teacher"]}.get(stage, [])
+
+
+@functools.cache
+def expected_hash(dataset, backbone, seed, stage, variant=None):
+    """The config hash the model.pt of this job must have (fgkd.config.config_hash, as `fgkd train` computes it): what
+    `fgkd verify` checks a trained or cache-restored network against."""
+    where = SimpleNamespace(dataset=dataset, backbone=backbone, seed=seed)
+    variant = None if stage in SHARED_STAGES else variant
+    options = TrainConfig(**train_options(where, stage, variant))
+    earlier = [expected_hash(dataset, backbone, seed, name, variant) for name in earlier_stages(stage)]
+    return config_hash(options, stage, earlier, TRAIN_PROCESSES)
+
+
 def train_flags(wildcards, stage, variant=None):
     """The stage's options as `fgkd train` flags, every value quoted for the shell."""
     return shlex.join(cli_flags(train_options(wildcards, stage, variant)))
@@ -283,6 +382,15 @@ def variant_earlier(wc):
     """Student k learns against the teacher and students 1..k-1; the aux-KD student imitates all."""
     members = [f"{d}/model.pt" for d in member_dirs(wc.dataset, wc.backbone, wc.seed, wc.variant)]
     return members if wc.stage == "auxkd" else members[: int(wc.stage.split("_")[1])]
+
+
+def verified(models):
+    """The record `fgkd verify` writes beside each model.pt once it holds: what a job that reads the model waits for."""
+    return [str(Path(m).parent / "verified.json") for m in models]
+
+
+def data_verified(wildcards):
+    return f"data/verified/{wildcards.dataset}.json"
 
 
 def model_flags(wildcards, input):
@@ -316,5 +424,7 @@ def run_files(variants, names, aux=()):
     return files
 
 
+# What the reports record as the config they were made under (fgkd publish-results refuses tables of two configs).
+CONFIG_DIGEST = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 RUN_FLAGS = " ".join(f"--run {shlex.quote(f'{d}/{b}/{s}')}" for d, b, s in RUNS)
 COMBINE = config["ensemble"]["combine"]

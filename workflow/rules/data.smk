@@ -8,7 +8,6 @@ rule synth:
         directory("data/raw/{dataset}"),
     log:
         "logs/synth/{dataset}.log",
-    cache: True
     conda:
         "../envs/fgkd.yaml"
     params:
@@ -40,3 +39,19 @@ rule prepare:
     shell:
         "fgkd prepare {params.format} --root {input:q} --out {output:q} --resize {params.resize}"
         " --workers {threads} > {log:q} 2>&1"
+
+
+# The prepared data set is the one `fgkd prepare` recorded (also when restored from the cache); links into the
+# cache become private copies.
+rule verify_data:
+    input:
+        "data/prepared/{dataset}",
+    output:
+        "data/verified/{dataset}.json",
+    log:
+        "logs/verify/{dataset}.log",
+    localrule: True
+    conda:
+        "../envs/fgkd.yaml"
+    shell:
+        "fgkd verify --data {input:q} --out {output:q} > {log:q} 2>&1"

@@ -6,6 +6,7 @@ rule predict:
     input:
         data=lambda wc: f"data/prepared/{wc.run.split('/')[0]}",
         model="results/{run}/model.pt",
+        verified="results/{run}/verified.json",
     output:
         best="results/{run}/logits.parquet",
         last="results/{run}/logits_last.parquet",
@@ -45,6 +46,7 @@ rule attention:
     input:
         data="data/prepared/{dataset}",
         models=lambda wc: [f"{d}/model.pt" for d in member_dirs(wc.dataset, wc.backbone, wc.seed, wc.variant)],
+        verified=lambda wc: [f"{d}/verified.json" for d in member_dirs(wc.dataset, wc.backbone, wc.seed, wc.variant)],
     output:
         overlap=f"{VARIANT_DIR}/attention.parquet",
         figure=f"{VARIANT_DIR}/attention.png",
@@ -70,6 +72,7 @@ rule part_occlusion:
         raw="data/raw/{dataset}",
         data="data/prepared/{dataset}",
         models=lambda wc: [f"{d}/model.pt" for d in member_dirs(wc.dataset, wc.backbone, wc.seed, wc.variant)],
+        verified=lambda wc: [f"{d}/verified.json" for d in member_dirs(wc.dataset, wc.backbone, wc.seed, wc.variant)],
     output:
         f"{VARIANT_DIR}/part_occlusion.parquet",
     log:

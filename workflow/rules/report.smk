@@ -13,7 +13,7 @@ rule report:
         "../envs/fgkd.yaml"
     shell:
         f"fgkd report --results results {RUN_FLAGS} --variants {METHOD} --students {config['students']}"
-        f" --combine {COMBINE} --out results/reports > {{log:q}} 2>&1"
+        f" --combine {COMBINE} --config-digest {CONFIG_DIGEST} --out results/reports > {{log:q}} 2>&1"
 
 
 rule report_ablations:
@@ -37,4 +37,5 @@ rule report_ablations:
         "../envs/fgkd.yaml"
     shell:
         f"fgkd report --ablations --results results {RUN_FLAGS} --variants {','.join(STUDIED_VARIANTS)}"
-        f" --students {config['students']} --combine {COMBINE} --out results/reports/ablations > {{log:q}} 2>&1"
+        f" --students {config['students']} --combine {COMBINE} --config-digest {CONFIG_DIGEST}"
+        " --out results/reports/ablations > {log:q} 2>&1"

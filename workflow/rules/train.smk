@@ -4,6 +4,8 @@
 # --processes N` starts N processes through torchrun inside the job, one per GPU.
 # `cache: True`: with `--cache` and SNAKEMAKE_OUTPUT_CACHE, a network trained by another workflow with the same
 # command, options, data and start weights is restored instead of trained (README: sharing between experiments).
+# Every network, trained here or restored, is then checked by `fgkd verify` (rules verify_shared, verify_variant)
+# before any other job reads it.
 
 TRAIN_RESOURCES = dict(gpu=config["gpus_per_job"], mem_mb=16000, runtime=24 * 60)
 # Each process feeds itself with its loader workers.
@@ -13,7 +15,9 @@ TRAIN_THREADS = max(2, TRAIN_PROCESSES * max(1, config["train"].get("workers", 0
 rule train_shared:
     input:
         data="data/prepared/{dataset}",
+        data_verified=data_verified,
         earlier=lambda wc: ([f"{SEED_DIR}/teacher/model.pt".format(**wc)] if wc.shared == "auxkd_single" else []),
+        earlier_verified=lambda wc: ([f"{SEED_DIR}/teacher/verified.json".format(**wc)] if wc.shared == "auxkd_single" else []),
         start=lambda wc: start_files(wc, wc.shared),
     output:
         model=f"{SEED_DIR}/{{shared}}/model.pt",
@@ -40,7 +44,9 @@ rule train_shared:
 rule train_variant:
     input:
         data="data/prepared/{dataset}",
+        data_verified=data_verified,
         earlier=variant_earlier,
+        earlier_verified=lambda wc: verified(variant_earlier(wc)),
         start=lambda wc: start_files(wc, wc.stage, wc.variant),
     output:
         model=f"{VARIANT_DIR}/{{stage}}/model.pt",
@@ -64,3 +70,52 @@ rule train_variant:
     shell:
         'fgkd train {params.stage} {params.earlier} --data {input.data:q} --out "$(dirname {output.model:q})"'
         " {params.flags} --processes {params.processes} --no-progress > {log:q} 2>&1"
+
+
+# `fgkd verify`: the model.pt is the stage and configuration this job planned (the config hash the workflow computes),
+# trained on this data from these earlier networks, with its history; links into the cache become private copies.
+# Local jobs: a check of a few seconds is not worth a SLURM submission.
+rule verify_shared:
+    input:
+        data="data/prepared/{dataset}",
+        data_verified=data_verified,
+        model=f"{SEED_DIR}/{{shared}}/model.pt",
+        history=f"{SEED_DIR}/{{shared}}/history.parquet",
+        earlier=lambda wc: ([f"{SEED_DIR}/teacher/model.pt".format(**wc)] if wc.shared == "auxkd_single" else []),
+        earlier_verified=lambda wc: ([f"{SEED_DIR}/teacher/verified.json".format(**wc)] if wc.shared == "auxkd_single" else []),
+    output:
+        f"{SEED_DIR}/{{shared}}/verified.json",
+    log:
+        f"logs/verify/{{dataset}}/{{backbone}}/seed{{seed}}/{{shared}}.log",
+    localrule: True
+    conda:
+        "../envs/fgkd.yaml"
+    params:
+        hash=lambda wc: expected_hash(wc.dataset, wc.backbone, wc.seed, wc.shared),
+        earlier=earlier_flags,
+    shell:
+        "fgkd verify --data {input.data:q} --model {input.model:q} --stage {wildcards.shared} --config-hash"
+        " {params.hash} {params.earlier} --out {output:q} > {log:q} 2>&1"
+
+
+rule verify_variant:
+    input:
+        data="data/prepared/{dataset}",
+        data_verified=data_verified,
+        model=f"{VARIANT_DIR}/{{stage}}/model.pt",
+        history=f"{VARIANT_DIR}/{{stage}}/history.parquet",
+        earlier=variant_earlier,
+        earlier_verified=lambda wc: verified(variant_earlier(wc)),
+    output:
+        f"{VARIANT_DIR}/{{stage}}/verified.json",
+    log:
+        f"logs/verify/{{dataset}}/{{backbone}}/seed{{seed}}/{{variant}}/{{stage}}.log",
+    localrule: True
+    conda:
+        "../envs/fgkd.yaml"
+    params:
+        hash=lambda wc: expected_hash(wc.dataset, wc.backbone, wc.seed, wc.stage, wc.variant),
+        earlier=earlier_flags,
+    shell:
+        "fgkd verify --data {input.data:q} --model {input.model:q} --stage {wildcards.stage} --config-hash"
+        " {params.hash} {params.earlier} --out {output:q} > {log:q} 2>&1"
