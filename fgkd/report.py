@@ -294,7 +294,6 @@ def _network_name(variant: str, method: str) -> str:
 
 def comparison_table(frame: pd.DataFrame) -> list[str]:
     """Markdown lines: each comparison of the best-on-val models, per seed and over seeds, significance marked."""
-    seeds = frame["seeds"].max()
     lines = [f"Top-1 of a minus top-1 of b in points, on the same test images (best-on-val models). Per seed: the "
              f"difference, with * where an exact McNemar test on the images only one of the two classifies correctly "
              f"gives p < {ALPHA} (two-sided; the p values in the last column). Over seeds: the mean with its "

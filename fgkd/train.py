@@ -32,7 +32,7 @@ from .config import TrainConfig, config_hash
 from .data.dataset import ImageSizes, derived_seed, load_split, make_loader, make_train_loader
 from .data.manifest import class_names, data_digest, read_manifest
 from .distributed import Processes
-from .errors import DataError, FgkdError, brief, some
+from .errors import DataError, FgkdError, some
 from .metrics import topk_hits
 from .methods import METHODS, FrozenNetworks
 from .modelfile import MODEL_FORMAT, describe_inputs, file_digest, input_sizes, load_model, non_finite_weights

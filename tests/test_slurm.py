@@ -80,7 +80,8 @@ def paper_through_slurm(tmp_path_factory, slurm_cluster):
 def test_the_papers_method_runs_every_rule_as_a_slurm_job(paper_through_slurm):
     project, planned, submitted = paper_through_slurm
     assert {"prepare", "train_shared", "train_variant", "predict", "ensemble", "attention", "report"} <= planned
-    assert submitted == planned
+    local = {"verify_data", "verify_shared", "verify_variant"}  # checks of a few seconds, run where snakemake runs
+    assert local <= planned and submitted == planned - local
     metrics = pd.read_parquet(project / "results" / "reports" / "metrics.parquet")
     assert set(zip(metrics.dataset, metrics.backbone)) == {PAIR}
     assert set(metrics["method"]) == {"teacher", "student_1", "student_2", "student_3", "ensemble", "auxkd"}
