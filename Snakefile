@@ -36,7 +36,12 @@ rule ablations:
 
 
 # The networks that other networks of this experiment start from (init_from: or pretrained: a path under results/,
-# e.g. the pretrained-start regime of config/fair.yaml); `all` and `ablations` make them first anyway.
+# e.g. the pretrained-start regime of config/fair.yaml), checked; `all` and `ablations` make them first anyway.
 rule pretrain:
     input:
-        START_MODELS,
+        verified(START_MODELS),
+
+
+# (Not on error: a link that failed its check still names the damaged cache entry for the next run's message.)
+onsuccess:
+    own_copies()

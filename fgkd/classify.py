@@ -98,7 +98,10 @@ def image_files(targets: list[str | Path]) -> list[Path]:
             raise FgkdError(f"{target}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder; give images or "
                             "folders of images")
         found += images
-    return list(dict.fromkeys(found))
+    unique = {}
+    for image in found:  # the first spelling of each file
+        unique.setdefault(image.resolve(), image)
+    return list(unique.values())
 
 
 def check_overlay_folder(overlay: str | Path, images: list[Path]) -> None:
@@ -106,7 +109,7 @@ def check_overlay_folder(overlay: str | Path, images: list[Path]) -> None:
     would be classified by the next run over that folder, and two images of one name would share one overlay."""
     folder = Path(overlay).resolve()
     for image in images:
-        if image.resolve().parent == folder:
+        if folder in (image.parent.resolve(), image.resolve().parent):  # a link's folder, and its target's
             raise FgkdError(f"--overlay {overlay}: the folder of {image}, so its overlays would be classified next "
                             "time; choose a folder of their own")
     named = {}

@@ -228,20 +228,32 @@ def export(model_path, export_format, out):
 @click.option("--config-hash", help="The config hash the model must have (the workflow computes it from the config).")
 @click.option("--earlier", multiple=True, type=click.Path(), help="The model.pt files it must have learnt from, in "
                                                                    "order (repeat).")
+@click.option("--start", type=click.Path(), help="The start-weights file it must have started from (pretrained or "
+                                                 "init_from); left out: none.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="A JSON record, written when all holds.")
 @_friendly
-def verify(data, model_path, stage, config_hash, earlier, out):
+def verify(data, model_path, stage, config_hash, earlier, start, out):
     """Check that a prepared data set, or a model.pt of it, is what a job expects, then replace links into
     Snakemake's output cache by private copies (the workflow runs this after every data set and network)."""
+    from pathlib import Path
+
+    from .atomic import refuse_to_overwrite_inputs
     from .verify import check_data, check_model, own_copy, write_stamp
 
+    if Path(out).resolve().is_relative_to(Path(data).resolve()):
+        raise FgkdError(f"--out {out}: inside the data set {data}, which holds what `fgkd prepare` wrote and nothing "
+                        "else; choose a path outside it")
+    inputs = [p for p in [model_path, *earlier, start] if p]
+    if model_path:
+        inputs.append(os.path.join(os.path.dirname(model_path), "history.parquet"))
+    refuse_to_overwrite_inputs(out, inputs)
     if model_path is None:
         facts = {"data": data, "digest": check_data(data)}
         own_copy(data)
     else:
         if not (stage and config_hash):
             raise click.UsageError("--model needs --stage and --config-hash")
-        meta = check_model(model_path, stage, config_hash, data, list(earlier))
+        meta = check_model(model_path, stage, config_hash, data, list(earlier), start)
         facts = {"model": model_path, "stage": stage, "config_hash": config_hash, "data_digest": meta["data_digest"],
                  "earlier": [entry["sha256"] for entry in meta["earlier"]]}
         own_copy(model_path)

@@ -36,8 +36,10 @@ def predict(model_path: str | Path, data: str | Path, out: str | Path, which: st
         refuse_to_overwrite_inputs(path, [model_path, Path(data) / MANIFEST], option)
     config = TrainConfig(device=device, workers=workers)
     target = select_device(config)
+    # Both sets of weights checked before either file is written: never the best epoch's logits alone.
+    models = {weights: load_model(model_path, None, target, weights) for weights in outputs}
     for weights, path in outputs.items():
-        model, meta = load_model(model_path, None, target, weights)
+        model, meta = models[weights]
         test_set = load_split(data, "test", input_sizes(meta))
         check_classes(model_path, meta, test_set.num_classes)
         if not len(test_set):

@@ -8,11 +8,14 @@ and what to do, never a traceback and never a silently different network."""
 from __future__ import annotations
 
 import hashlib
+import json
+import math
+import os
 from pathlib import Path
 
 import torch
 
-from .data.dataset import ImageSizes
+from .data.dataset import PREPROCESSING, ImageSizes
 from .errors import FgkdError, brief, some
 from .models import FGVCNet
 
@@ -51,12 +54,19 @@ def _not_a_model(path: Path, what: str) -> FgkdError:
 
 
 def read_model_file(path: str | Path) -> dict:
-    """The saved dictionary of a model.pt, its container checked: format, metadata keys and their types."""
+    """The saved dictionary of a model.pt, checked: its container, every metadata key a reader relies on (type and
+    meaning), and that its weights are sets of named tensors."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise FgkdError(f"{path}: a link to {os.readlink(path)}, which is not there (a deleted cache entry?); delete "
+                        "the link and rerun")
     if not path.is_file():
         raise FgkdError(f"{path}: no such model; train that stage first")
-    with open(path, "rb") as file:
-        head = file.read(8)
+    try:
+        with open(path, "rb") as file:
+            head = file.read(8)
+    except OSError as err:
+        raise FgkdError(f"{path}: cannot be read ({err.strerror})") from None
     kind = next((name for signature, name in SIGNATURES.items() if head.startswith(signature)), None)
     if kind:
         raise _not_a_model(path, kind)
@@ -69,25 +79,63 @@ def read_model_file(path: str | Path) -> dict:
             raise _not_a_model(path, "a PyTorch file holding Python objects other than tensors and plain values "
                                      "(fgkd never loads those: they can run code)") from None
         raise _damaged(path, f"a damaged or truncated PyTorch file ({brief(err)})") from None
-    if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
+    if not isinstance(saved, dict) or type(saved.get("format")) is not int or saved["format"] != MODEL_FORMAT:
         raise _not_a_model(path, f"a PyTorch file of another kind (no fgkd model format {MODEL_FORMAT})")
     meta = saved.get("metadata")
     if not isinstance(meta, dict):
         raise _damaged(path, "no metadata")
-    for key, kind in REQUIRED_KEYS.items():
-        if key not in meta:
-            raise _damaged(path, f"no metadata key {key!r} (every model.pt of `fgkd train` has one)")
-        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
-            raise _damaged(path, f"metadata {key} is {meta[key]!r}, not of type {kind.__name__}")
-    for key in ("num_classes", "head_hidden", "resize", "crop"):
-        if meta[key] < 1:
-            raise _damaged(path, f"metadata {key} is {meta[key]}, not a positive number")
+    problem = _metadata_problem(meta)
+    if problem:
+        raise _damaged(path, problem)
     for key in WEIGHTS.values():
         weights = saved.get(key)
         if not (isinstance(weights, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                   for k, v in weights.items())):
             raise _damaged(path, f"its {key} is not a set of named tensors")
     return saved
+
+
+def _metadata_problem(meta: dict) -> str | None:
+    """What is wrong with a model.pt's metadata, if anything: what `fgkd train` writes, in type and meaning (a crop
+    larger than the resize, a class list of another length or a best epoch outside the run would be used as is)."""
+    for key, kind in REQUIRED_KEYS.items():
+        if key not in meta:
+            return f"no metadata key {key!r} (every model.pt of `fgkd train` has one)"
+        if type(meta[key]) is not kind:
+            return f"metadata {key} is {meta[key]!r}, not of type {kind.__name__}"
+    for key in ("num_classes", "head_hidden", "resize", "crop", "epochs"):
+        if meta[key] < 1:
+            return f"metadata {key} is {meta[key]}, not a positive number"
+    if meta["aux_heads"] < 0:
+        return f"metadata aux_heads is {meta['aux_heads']}, below 0"
+    if meta["crop"] > meta["resize"]:
+        return f"metadata crop {meta['crop']} exceeds resize {meta['resize']}"
+    if not 1 <= meta["best_epoch"] <= meta["epochs"]:
+        return f"metadata best_epoch {meta['best_epoch']} is outside the run's epochs 1..{meta['epochs']}"
+    try:
+        config = json.loads(meta["config"])
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        return "metadata config is not the JSON of the run's options"
+    preprocessing = meta.get("preprocessing", "imagenet")
+    if preprocessing not in PREPROCESSING:
+        return f"metadata preprocessing is {preprocessing!r}, not one of {', '.join(PREPROCESSING)}"
+    names = meta.get("class_names")
+    if names is not None and not (isinstance(names, list) and len(names) == meta["num_classes"]
+                                  and all(isinstance(n, str) for n in names)):
+        return f"metadata class_names is not a list of {meta['num_classes']} names"
+    accuracy = meta.get("best_val_acc")
+    if accuracy is not None and not (type(accuracy) in (int, float) and (math.isnan(accuracy) or 0 <= accuracy <= 1)):
+        return f"metadata best_val_acc is {accuracy!r}, not a share between 0 and 1"
+    earlier = meta.get("earlier", [])
+    if not (isinstance(earlier, list) and all(isinstance(e, dict) and isinstance(e.get("sha256"), str)
+                                               and isinstance(e.get("stage"), str) for e in earlier)):
+        return "metadata earlier is not a list of the earlier networks (stage, config_hash, sha256)"
+    start = meta.get("start")
+    if start is not None and not (isinstance(start, dict) and {"source", "file", "sha256"} <= start.keys()):
+        return "metadata start is not a record of the start weights (source, file, sha256)"
+    return None
 
 
 def load_model(path: str | Path, num_classes: int | None = None, device: torch.device | str = "cpu",

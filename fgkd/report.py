@@ -347,6 +347,7 @@ def summary_table(metrics: pd.DataFrame, methods: list[str], variant: str) -> li
 
 
 PROVENANCE = "provenance.json"  # beside summary.md: which run and config the tables come from
+PROVENANCE_KEYS = {"config_digest", "commit", "uncommitted_changes", "date", "fgkd", "runs", "variants", "combine"}
 
 
 def provenance(config_digest: str | None, runs: list[tuple[str, str, int]], variants: list[str], combine: str) -> dict:
@@ -520,9 +521,15 @@ def publish(reports: str | Path, readme: str | Path, figures: str | Path, block:
     networks (the ablation report has them too)."""
     reports, readme, figures = Path(reports), Path(readme), Path(figures)
     start, end = results_markers(block)
-    text = readme.read_text()
+    try:
+        text = readme.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise FgkdError(f"{readme}: cannot be read as UTF-8 text ({brief(err)}); give the README to fill") from None
     if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
         raise FgkdError(f"{readme}: no single {start} ... {end} block to fill; add one where the results belong")
+    if "<!-- results:" in text[text.index(start) + len(start):text.index(end)]:
+        raise FgkdError(f"{readme}: another block's marker stands between {start} and {end}, which filling it would "
+                        "delete; put each block's markers around its own text")
     if not figures.resolve().is_relative_to(readme.parent.resolve()):
         raise FgkdError(f"--figures {figures}: outside {readme.parent}, so the README could not link to the figures; "
                         "give a folder beside the README (the default is docs/results)")
@@ -536,9 +543,15 @@ def publish(reports: str | Path, readme: str | Path, figures: str | Path, block:
     _check_same_numbers(main, ablations, facts[0]["variants"][0])
     blocks = []
     for folder in (main, ablations):
-        body = (folder / "summary.md").read_text().split("\n", 1)[1]  # drop the file's own title
-        body = "\n".join(line for line in body.splitlines() if not line.startswith("Made from: "))
-        blocks.append(body.replace("\n## ", "\n#### ").strip())
+        lines = (folder / "summary.md").read_text().splitlines()[1:]  # without the file's own title
+        body = "\n".join(line for line in lines if not line.startswith("Made from: ")).strip()
+        if not body:
+            raise FgkdError(f"{folder / 'summary.md'}: no tables; remake the reports: snakemake --cores all ablations "
+                            "--forcerun report report_ablations")
+        blocks.append(("\n" + body).replace("\n## ", "\n#### ").strip())
+    if not (reports / "figures").is_dir():
+        raise FgkdError(f"{reports / 'figures'}: missing; remake the reports: snakemake --cores all ablations "
+                        "--forcerun report report_ablations")
     links = []
     for png in sorted((reports / "figures").glob("*.png")):
         with atomic_path(figures / png.name) as tmp:
@@ -558,8 +571,11 @@ def _read_provenance(folder: Path) -> dict:
     try:
         facts = json.loads((folder / PROVENANCE).read_text())
     except ValueError as err:
-        raise FgkdError(f"{folder / PROVENANCE}: unreadable ({err}); remake the reports: snakemake --cores all "
-                        "ablations --forcerun report report_ablations") from None
+        facts = f"unreadable ({err})"
+    if not isinstance(facts, dict) or not PROVENANCE_KEYS <= facts.keys() or not (
+            isinstance(facts["variants"], list) and facts["variants"]):
+        raise FgkdError(f"{folder / PROVENANCE}: {facts if isinstance(facts, str) else 'not a record of provenance'}; "
+                        "remake the reports: snakemake --cores all ablations --forcerun report report_ablations")
     if not facts.get("config_digest"):
         raise FgkdError(f"{folder / PROVENANCE}: made outside the workflow (no config digest), so nothing shows "
                         "which config its tables come from; make the reports with snakemake --cores all ablations")

@@ -14,82 +14,107 @@ cache. A check that fails names the file and, for a link, the cache entry to del
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
 from pathlib import Path
 
 from .atomic import atomic_path
-from .errors import FgkdError
 from .data.manifest import RECORD, data_digest
+from .errors import FgkdError
 from .modelfile import file_digest, load_model
 
 
-
-def _cache_entry(path: Path) -> Path | None:
-    """The cache entry behind a file restored as a link, or behind a folder whose entries are links."""
+def _cache_entry(path: Path) -> list[Path]:
+    """The files of the cache entry behind a file restored as a link (an entry is one file per output of its job:
+    HASH_model.pt, HASH_history.parquet), or the entry folder behind a folder whose entries are links."""
     if path.is_symlink():
-        return path.resolve()
+        target = path.resolve()
+        return sorted(target.parent.glob(f"{glob.escape(target.name.split('_')[0])}*")) or [target]
     if path.is_dir():
-        return next((entry.resolve().parent for entry in path.iterdir() if entry.is_symlink()), None)
-    return None
+        return next(([entry.resolve().parent] for entry in path.iterdir() if entry.is_symlink()), [])
+    return []
 
 
-def _refused(path: Path, problem: str) -> FgkdError:
-    entry = _cache_entry(path)
-    if entry is None:
-        return FgkdError(f"{path}: {problem}; delete it and rerun (Snakemake remakes it; by hand: the `fgkd` command "
-                         "that wrote it)")
-    return FgkdError(f"{path}: {problem}; it was restored from the cache entry {entry}, which is damaged (something "
-                     f"wrote through a link to it): delete that entry and {path}, then rerun")
+def _refused(path: Path, problem: str, delete: list[Path] | None = None) -> FgkdError:
+    """One line: what is wrong with ``path``, and what to delete (``delete``, default the path) so that Snakemake
+    remakes it; where it came from the cache, the entry's files too."""
+    delete = delete or [path]
+    entry = list(dict.fromkeys(f for d in delete for f in _cache_entry(d)))
+    named = " and ".join(map(str, delete))
+    if not entry:
+        return FgkdError(f"{path}: {problem}; delete {named} and rerun (Snakemake remakes it; by hand: the `fgkd` "
+                         "command that wrote it)")
+    return FgkdError(f"{path}: {problem}; it was restored from Snakemake's cache ({', '.join(map(str, entry))}), "
+                     "whose entry does not belong to this job (damaged through a link, or made from earlier networks "
+                     f"that were remade since): delete the entry's files and {named}, then rerun")
 
 
-def read_record(root: str | Path) -> dict | None:
-    """What `fgkd prepare` recorded about a data set; None for a data set of an earlier fgkd."""
+def read_record(root: Path) -> dict:
+    """What `fgkd prepare` recorded about a data set."""
     try:
-        return json.loads((Path(root) / RECORD).read_text())
+        record = json.loads((root / RECORD).read_text())
     except FileNotFoundError:
-        return None
+        raise _refused(root, f"no {RECORD}, the digest `fgkd prepare` records of what it wrote (made by an earlier "
+                             "fgkd, or copied by hand), so nothing shows that its images are the prepared ones") from None
     except (OSError, ValueError) as err:
-        raise _refused(Path(root) / RECORD, f"unreadable ({err})") from None
+        raise _refused(root, f"its {RECORD} is unreadable ({err})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("digest"), str):
+        raise _refused(root, f"its {RECORD} holds no digest")
+    return record
 
 
 def check_data(root: str | Path) -> str:
-    """The data set's digest, refused if its images or manifest changed since `fgkd prepare` wrote them."""
+    """The data set's digest, refused unless it is the one `fgkd prepare` recorded (its images and manifest unchanged
+    since)."""
     root = Path(root)
-    digest = data_digest(root)
     record = read_record(root)
-    if record is not None and record.get("digest") != digest:
+    digest = data_digest(root)
+    if record["digest"] != digest:
         raise _refused(root, f"its images or manifest changed after `fgkd prepare` wrote them (digest "
-                             f"{record.get('digest')} recorded in {RECORD}, {digest} now)")
+                             f"{record['digest']} recorded in {RECORD}, {digest} now)")
     return digest
 
 
-def check_model(path: str | Path, stage: str, config_hash: str, data: str | Path,
-                earlier: list[str | Path] = ()) -> dict:
+def _digest(path: Path, what: str) -> str:
+    try:
+        return file_digest(path)
+    except OSError as err:
+        raise FgkdError(f"{what} {path}: cannot be read ({err.strerror}); give the file the job reads") from None
+
+
+def check_model(path: str | Path, stage: str, config_hash: str, data: str | Path, earlier: list[str | Path] = (),
+                start: str | Path | None = None) -> dict:
     """The metadata of a model.pt, refused unless it is the whole model of ``stage`` with ``config_hash``, trained on
-    ``data`` from the ``earlier`` model.pt files, beside the history.parquet written with it."""
+    ``data`` from the ``earlier`` model.pt files and the ``start`` weights file (if any), beside the history.parquet
+    written with it."""
     path = Path(path)
+    history = path.parent / "history.parquet"
+    pair = [path, history]
     _, meta = load_model(path)
     found = (meta["stage"], meta["config_hash"])
     if found != (stage, config_hash):
         raise _refused(path, f"the model of {found[0]} with config hash {found[1]}, where this job expects "
-                             f"{stage} with config hash {config_hash}")
-    missing = [key for key in ("data_digest", "earlier", "history_sha256") if key not in meta]
+                             f"{stage} with config hash {config_hash}", pair)
+    missing = [key for key in ("data_digest", "earlier", "history_sha256", "start") if key not in meta]
     if missing:
         raise _refused(path, f"written by an earlier fgkd (no {', '.join(missing)} in its metadata), so it cannot "
-                             "show what it was trained on")
+                             "show what it was trained on", pair)
     digest = check_data(data)
     if meta["data_digest"] != digest:
-        raise _refused(path, f"trained on data of digest {meta['data_digest']}, {data} has {digest}")
+        raise _refused(path, f"trained on data of digest {meta['data_digest']}, {data} has {digest}", pair)
     used = [entry["sha256"] for entry in meta["earlier"]]
-    given = [file_digest(p) for p in earlier]
+    given = [_digest(Path(p), "--earlier") for p in earlier]
     if used != given:
         raise _refused(path, f"trained from earlier networks of sha256 {', '.join(used) or 'none'}, this job's "
-                             f"are {', '.join(given) or 'none'}")
-    history = path.parent / "history.parquet"
-    if not history.is_file() or file_digest(history) != meta["history_sha256"]:
-        raise _refused(history, f"not the history written with {path.name} (sha256 {meta['history_sha256']})")
+                             f"are {', '.join(given) or 'none'}", pair)
+    expected = _digest(Path(start), "--start") if start is not None else None
+    if meta["start"]["sha256"] != expected:
+        raise _refused(path, f"started from weights of sha256 {meta['start']['sha256']}, this job's start weights "
+                             f"are {expected or 'none'}", pair)
+    if not history.is_file() or _digest(history, "history") != meta["history_sha256"]:
+        raise _refused(history, f"not the history written with {path.name} (sha256 {meta['history_sha256']})", pair)
     return meta
 
 
@@ -106,6 +131,7 @@ def own_copy(path: str | Path) -> None:
                 staged = path.with_name(f".{path.name}.copy-{os.getpid()}")
                 shutil.rmtree(staged, ignore_errors=True)
                 shutil.copytree(path, staged)  # the files inside keep their times (Snakemake's timestamp file)
+                _private_modes(staged)
                 os.utime(staged, ns=(mtime, mtime))
                 path.unlink()
                 staged.rename(path)
@@ -120,6 +146,16 @@ def own_copy(path: str | Path) -> None:
         for entry in sorted(path.iterdir()):
             if entry.is_symlink():
                 own_copy(entry)
+
+
+def _private_modes(folder: Path) -> None:
+    """The modes of files this user makes (the cache's entries are world-writable)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for root, folders, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
 
 
 def write_stamp(out: str | Path, facts: dict) -> None:

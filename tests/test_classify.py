@@ -303,7 +303,11 @@ def test_overlays_among_the_inputs_or_of_two_images_of_one_name_are_refused(tiny
     twin = tmp_path / "twin" / image.name
     twin.parent.mkdir()
     shutil.copyfile(image, twin)
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / image.name).symlink_to(image)
     cases = [([photos], photos, f"--overlay {photos}: the folder of"),
+             ([links], links, f"--overlay {links}: the folder of"),  # a folder of links to the images
              ([image], photos / "." , "so its overlays would be classified next time"),
              ([image, twin], tmp_path / "overlays", f"{image} and {twin}: both would have the overlay")]
     for targets, overlay, culprit in cases:
@@ -311,3 +315,19 @@ def test_overlays_among_the_inputs_or_of_two_images_of_one_name_are_refused(tiny
         result = run("classify", "--model", tiny_teacher, *targets, "--overlay", overlay)
         one_line_error(result, culprit)
         assert sorted(photos.iterdir()) == before and not (tmp_path / "overlays").exists()
+
+
+def test_one_file_under_two_spellings_is_classified_once_and_a_one_pixel_image_gets_its_overlay(tiny_teacher, photos,
+                                                                                               tmp_path):
+    image = sorted(photos.glob("Species_*.jpg"))[0]
+    (tmp_path / "alias").symlink_to(photos)
+    thin = tmp_path / "thin"
+    thin.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (1, 200, 3), dtype=np.uint8)).save(thin / "row.png")
+    result = run("classify", "--model", tiny_teacher, image, tmp_path / "alias" / image.name,
+                 photos / ".." / photos.name / image.name, thin / "row.png", "--format", "json", "--overlay",
+                 tmp_path / "overlays")
+    assert result.exit_code == 0, result.output
+    assert [entry["image"] for entry in json.loads(result.stdout)] == [str(image), str(thin / "row.png")]
+    with Image.open(tmp_path / "overlays" / "row.png.png") as drawn:
+        assert drawn.size == (200, 1)  # before: a traceback from a crop of no rows

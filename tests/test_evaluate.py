@@ -47,6 +47,22 @@ def test_predict_out_last_writes_the_last_epochs_logits_in_the_same_run(model, t
     assert not np.allclose(pd.read_parquet(best).filter(like="logit_"), pd.read_parquet(last).filter(like="logit_"))
 
 
+def test_predict_writes_nothing_when_the_last_epochs_weights_are_broken(model, tiny_data, tmp_path):
+    """Both sets of weights are checked first: before, the best epoch's logits were written, then the run failed."""
+    import torch
+
+    saved = torch.load(model, weights_only=True)
+    saved["last_state_dict"]["trunk.conv1.weight"][0, 0, 0, 0] = float("nan")
+    broken = tmp_path / "teacher" / "model.pt"
+    broken.parent.mkdir()
+    torch.save(saved, broken)
+    best, last = tmp_path / "best.parquet", tmp_path / "last.parquet"
+    result = CliRunner().invoke(main, ["predict", "--model", str(broken), "--data", str(tiny_data), "--out", str(best),
+                                       "--out-last", str(last)])
+    one_line_error(result, str(broken), "non-finite weights")
+    assert not best.exists() and not last.exists()
+
+
 @pytest.mark.parametrize("options", [["--which", "last"], ["--out-last", "SAME"]])
 def test_predict_out_last_needs_the_best_epoch_and_its_own_file(model, tiny_data, tmp_path, options):
     out = tmp_path / "logits.parquet"

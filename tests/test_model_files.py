@@ -46,6 +46,15 @@ def wrong_type(saved):
     saved["metadata"]["num_classes"] = "4"
 
 
+def meaning(key, value):
+    """A metadata value of the right type and the wrong meaning (each was used as it was: a crop of 100 px, classes
+    named after the letters of a string)."""
+    def change(saved):
+        saved["metadata"][key] = value
+    change.__name__ = f"{key}_{value!r}"
+    return change
+
+
 def nan_weight(saved):
     saved["state_dict"]["trunk.conv1.weight"][0, 0, 0, 0] = float("nan")
 
@@ -58,6 +67,15 @@ DAMAGES = [
     (missing_key, "no metadata key 'crop'"),
     (wrong_type, "metadata num_classes is '4', not of type int"),
     (nan_weight, "non-finite weights (trunk.conv1.weight)"),
+    (meaning("crop", 100), "metadata crop 100 exceeds resize 36"),
+    (meaning("class_names", "abcd"), "metadata class_names is not a list of 4 names"),
+    (meaning("class_names", ["a", "b", "c", "d", "e"]), "metadata class_names is not a list of 4 names"),
+    (meaning("preprocessing", "bogus"), "metadata preprocessing is 'bogus', not one of imagenet, official"),
+    (meaning("best_epoch", -3), "metadata best_epoch -3 is outside the run's epochs 1..1"),
+    (meaning("config", "not json"), "metadata config is not the JSON of the run's options"),
+    (meaning("best_val_acc", 2.0), "metadata best_val_acc is 2.0, not a share between 0 and 1"),
+    (meaning("aux_heads", -1), "metadata aux_heads is -1, below 0"),
+    (meaning("epochs", True), "metadata epochs is True, not of type int"),
 ]
 
 

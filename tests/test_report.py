@@ -459,10 +459,20 @@ def _no_provenance(reports):
     (reports / "ablations" / "provenance.json").unlink()
 
 
+def _provenance_of_another_shape(reports):
+    (reports / "provenance.json").write_text("[]")
+
+
+def _empty_summary(reports):
+    (reports / "ablations" / "summary.md").write_text("# fgkd ablations\n")
+
+
 @pytest.mark.parametrize("mix,culprit", [
     (_mixed_digest, "made from other config digests (other and c0ffee): the tables would mix two runs"),
     (_mixed_numbers, "teacher of synthetic/resnet10/0 (best) has top-1 0.2500 in one and 0.5000 in the other"),
-    (_no_provenance, "provenance.json: missing")])
+    (_no_provenance, "provenance.json: missing"),
+    (_provenance_of_another_shape, "provenance.json: not a record of provenance"),
+    (_empty_summary, "summary.md: no tables")])
 def test_publish_results_refuses_tables_of_two_runs(tmp_path, mix, culprit):
     """Before: after `ablations`, an `all` under another config was published beside the older run's ablation
     tables."""
@@ -506,3 +516,15 @@ def test_publish_results_figures_outside_the_readmes_folder_is_one_line_and_copi
                                        "--reports", str(_reports(tmp_path / "reports", "new"))])
     one_line_error(result, f"--figures {outside}: outside {readme.parent}")
     assert not outside.exists() and "OLD" in readme.read_text()
+
+
+def test_interleaved_markers_are_one_line_and_the_readme_unchanged(tmp_path):
+    readme = tmp_path / "README.md"
+    text = ("<!-- results:start -->\nA\n<!-- results:fair:start -->\nB\n<!-- results:end -->\nC\n"
+            "<!-- results:fair:end -->\n")
+    readme.write_text(text)
+    for block in ([], ["--block", "fair"]):
+        result = CliRunner().invoke(main, ["publish-results", "--readme", str(readme), *block, "--reports",
+                                           str(_reports(tmp_path / f"reports{len(block)}", "new"))])
+        one_line_error(result, "another block's marker stands between")
+    assert readme.read_text() == text

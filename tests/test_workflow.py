@@ -191,6 +191,10 @@ def test_changing_one_students_weight_reruns_it_and_downstream_only(finished):
     ({"backbone_train": {"resnet10": {"seed": 1}}}, "backbone_train.resnet10.seed: the experiment grid sets"),
     ({"stages": {"teacher": {"backbone": "resnet18"}}}, "stages.teacher.backbone: the experiment grid sets"),
     ({"ablations": ["or"]}, "ablations: 'or' is the method (method: or), which every report has already"),
+    ({"train": {"amp": False}}, "train.amp: false is not one of ['auto', 'bf16', 'off']: YAML reads an unquoted"),
+    ({"train": {"pretrained": 5}}, "train.pretrained: 5 is not allowed here (the trunk's start weights"),
+    ({"train": {"init_from": "results/nothing/model.pt"}},
+     "synthetic / shared / teacher: results/nothing/model.pt: under results/, but no job of this workflow makes it"),
 ])
 def test_config_errors_are_one_line_before_any_job(tmp_path, override, first_line):
     project = project_copy(tmp_path / "project")
@@ -453,7 +457,23 @@ def test_command_line_config_overrides_keys_of_the_default_experiment(tmp_path):
     (["seeds=[1, 2]", "train={channels_last: on, sync_batchnorm: false}", "train_processes=null"],
      {"seed": {"1", "2"}, "channels_last": {"on"}, "sync_batchnorm": {False}}),
     (["variants={or: {orth_weight: 0.5}}"], {"orth_weight": {"0.5"}}),
+    (["train={epochs: 010, batch_size: 1_6}"], {"epochs": {"10"}, "batch_size": {"16"}}),  # decimal, not YAML 1.1
 ])
+def test_whole_numbers_written_as_floats_are_integers(tmp_path):
+    """JSON Schema takes 2.0 for an integer: `students: 2.0` failed in range() with a traceback, `seeds: [0.0]` looked
+    for a folder seed0.0, `epochs: 1.0` reached `fgkd train --epochs 1.0`, which refused it after the data was
+    prepared."""
+    project = project_copy(tmp_path / "project")
+    (project / "floats.yaml").write_text(yaml.safe_dump({"students": 2.0, "seeds": [0.0], "predict": {"batch_size": 8.0},
+                                                         "train": {"epochs": 1.0, "head_hidden": 32.0}}))
+    result = run(["snakemake", "--cores", "1", "all", "--dry-run", "--printshellcmds", "--configfile",
+                  "config/config.yaml", "floats.yaml"], project)
+    trains = [train_options_in(w) for w in shell_commands(result.stdout, "train")]
+    assert {(t["epochs"], t["head_hidden"], t["seed"]) for t in trains} == {("1", "32", "0")}
+    assert all(w[w.index("--batch-size") + 1] == "8" for w in shell_commands(result.stdout, "predict"))
+    assert "seed0.0" not in result.stdout
+
+
 def test_the_documented_config_override_forms_reach_the_commands(tmp_path, overrides, expected):
     project = project_copy(tmp_path / "project", default_config="config.yaml")
     result = run(["snakemake", "--cores", "1", "all", "--dry-run", "--printshellcmds", "--config", *overrides],

@@ -79,8 +79,10 @@ def centre_crop_box(sizes: ImageSizes, width: int, height: int) -> tuple[int, in
     left = int(round((resized_width - sizes.crop) / 2.0))
     top = int(round((resized_height - sizes.crop) / 2.0))
     x_scale, y_scale = width / resized_width, height / resized_height
-    return (round(left * x_scale), round(top * y_scale), round((left + sizes.crop) * x_scale),
-            round((top + sizes.crop) * y_scale))
+    box_left, box_top = round(left * x_scale), round(top * y_scale)
+    # At least one pixel each way: a crop of a 1 px tall image rounds to none.
+    return (box_left, box_top, max(box_left + 1, round((left + sizes.crop) * x_scale)),
+            max(box_top + 1, round((top + sizes.crop) * y_scale)))
 
 
 class ManifestDataset(Dataset):

@@ -6,6 +6,7 @@ Torch-free (prepare's decoding processes import it)."""
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
@@ -34,7 +35,11 @@ def open_rgb(source: str | Path | BinaryIO, draft: tuple[int, int] | None = None
     - ``draft``: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale while it stays at least this (width, height) large,
       the banner included (fgkd prepare, which shrinks the image anyway).
     """
-    with Image.open(source) as image:
+    with warnings.catch_warnings():
+        # Pillow warns (and decodes) between its pixel limit and twice it, and refuses above: a line of noise.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = Image.open(source)
+    with image:
         stored_height = image.height
         orientation = image.getexif().get(ORIENTATION, 1)
         if draft is not None:

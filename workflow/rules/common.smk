@@ -48,8 +48,15 @@ def describe_invalid(error):
             f"{error.message}. A --configfile is a whole experiment: config/config.yaml is not read then; to "
             "extend it, give both: --configfile config/config.yaml yours.yaml"
         )
-    if error.validator == "oneOf":
+    if error.validator == "oneOf" and list(error.absolute_path)[:1] == ["datasets"] and len(error.absolute_path) == 2:
         return f"{where}: give exactly one of `raw` (the folder or archive) and `synth` (generator settings)"
+    if error.validator == "oneOf":
+        return f"{where}: {error.instance!r} is not allowed here ({error.schema.get('description', error.message)})"
+    if error.validator == "enum" and isinstance(error.instance, bool) and {"on", "off"} & set(error.validator_value):
+        return (
+            f"{where}: {str(error.instance).lower()} is not one of {error.validator_value}: YAML reads an unquoted on "
+            'or off as true or false; write it quoted ("on", "off")'
+        )
     if "propertyNames" in error.absolute_schema_path:
         return f"{where}: the name {error.instance!r} is not allowed ({error.schema.get('description', error.message)})"
     message = error.message if len(error.message) < 300 else f"{error.message[:300]}..."
@@ -80,31 +87,45 @@ def schema_types(schema):
     return kinds, schema
 
 
-def typed(value, schema):
-    """A --config value with the types the schema gives its keys: Snakemake reads `seeds=[1]` and
-    `train={epochs: 5}` as YAML whose every scalar is a string (['1'], {'epochs': '5'}), which the schema would
-    refuse. A string becomes the YAML value it spells (or a float, for 1e-3) where the schema allows that type."""
+WORDS = {"boolean": {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False},
+         "null": {"null": None, "~": None, "": None}}
+
+
+def spelled(text, kinds):
+    """The value a --config string spells, of the first type in integer, number, boolean, null that the schema allows
+    (decimal only: YAML 1.1 would read 010 as 8 and 1:30 as 90); else the string itself."""
+    for kind, parse in (("integer", lambda t: int(t, 10)), ("number", float)):
+        if kind in kinds:
+            try:
+                return parse(text.strip())
+            except ValueError:
+                pass
+    for kind in ("boolean", "null"):
+        if kind in kinds and text.strip().lower() in WORDS[kind]:
+            return WORDS[kind][text.strip().lower()]
+    return text
+
+
+def typed(value, schema, strings=True):
+    """A config value with the types the schema gives its keys. Snakemake reads `seeds=[1]` and `train={epochs: 5}`
+    given to --config as YAML whose every scalar is a string (['1'], {'epochs': '5'}), which the schema would refuse:
+    ``strings`` turns each into the value it spells. And JSON Schema takes 2.0 for an integer, which a range() or an
+    `fgkd train --epochs` would refuse after hours: a whole float where only an integer belongs becomes the integer."""
     kinds, schema = schema_types(schema)
     if isinstance(value, dict):
         known, other = schema.get("properties", {}), schema.get("additionalProperties")
-        return {k: typed(v, known.get(k, other if isinstance(other, dict) else {})) for k, v in value.items()}
+        return {k: typed(v, known.get(k, other if isinstance(other, dict) else {}), strings) for k, v in value.items()}
     if isinstance(value, list):
-        return [typed(v, schema.get("items", {})) for v in value]
-    if not isinstance(value, str):
-        return value
-    spelled = yaml.safe_load(value) if value.strip() else value
-    if isinstance(spelled, str) and "number" in kinds:
-        try:
-            spelled = float(value)
-        except ValueError:
-            pass
-    found = JSON_TYPES.get(type(spelled))
-    if found != "string" and (found in kinds or (found == "integer" and "number" in kinds)):
-        return spelled
+        return [typed(v, schema.get("items", {}), strings) for v in value]
+    if isinstance(value, float) and value.is_integer() and "integer" in kinds and "number" not in kinds:
+        return int(value)
+    if isinstance(value, str) and strings:
+        return spelled(value, kinds)
     return value
 
 
 update_config(config, typed(dict(workflow.config_settings.config), SCHEMA))
+config.update(typed(config, SCHEMA, strings=False))
 try:
     validate(config, "../schemas/config.schema.yaml")  # also fills in the schema's defaults
 except WorkflowError as err:
@@ -313,6 +334,26 @@ def start_files(wildcards, stage, variant=None):
     return list(TrainConfig(**train_options(wildcards, stage, variant)).weight_files().values())
 
 
+def start_verified(wildcards, stage, variant=None):
+    """The checks of the start-weights files that this workflow makes (a model.pt under results/): a job starts only
+    from a checked network."""
+    return verified([p for p in start_files(wildcards, stage, variant) if Path(p).parts[:1] == ("results",)])
+
+
+def start_flag(wildcards, stage, variant=None):
+    return " ".join(f"--start {shlex.quote(p)}" for p in start_files(wildcards, stage, variant))
+
+
+# The model.pt files the train rules can make: what a start-weights path under results/ must be.
+MADE_HERE = re.compile(
+    r"results/(?:{datasets})/[A-Za-z0-9_]+/seed[0-9]+/(?:(?:{shared})|(?:{variants})/(?:student_[0-9]+|auxkd))/model\.pt".format(
+        datasets="|".join(map(re.escape, config["datasets"])),
+        shared="|".join(SHARED_STAGES),
+        variants="|".join(map(re.escape, config["variants"])),
+    )
+)
+
+
 def check_stage_options():
     """What the schema cannot say, for every network the config trains (e.g. a crop larger than its resize, a
     start-weights file that is not there): the checks of `fgkd train` itself, run while planning rather than after
@@ -329,6 +370,13 @@ def check_stage_options():
                 options = TrainConfig(**train_options(where, stage, variant))
                 options.check_values()
                 made_later = tuple(p for p in options.weight_files().values() if Path(p).parts[:1] == ("results",))
+                for path in made_later:
+                    if not MADE_HERE.fullmatch(path):
+                        raise FgkdError(
+                            f"{path}: under results/, but no job of this workflow makes it (a model.pt of a data set "
+                            "of this config: results/<data set>/<backbone>/seed<S>/<stage>/model.pt); give the path "
+                            "of such a model, or of a file outside results/"
+                        )
                 options.check_files(made_later=made_later)
                 made_here.update(made_later)
             except FgkdError as err:
@@ -364,6 +412,21 @@ def train_flags(wildcards, stage, variant=None):
 
 
 remove_stale_locks()
+
+
+def own_copies():
+    """After a run with --cache, whatever its targets: no link into the cache is left under data/ and results/ (a
+    link that no `fgkd verify` job has replaced yet, e.g. of a model.pt given as the target), so that writing onto a
+    results file never writes into the cache."""
+    if workflow.workflow_settings.cache is None:
+        return
+    from fgkd.verify import own_copy
+
+    for folder in ("data", "results"):
+        for root, folders, files in os.walk(folder):
+            for name in folders + files:
+                if os.path.islink(os.path.join(root, name)):
+                    own_copy(os.path.join(root, name))
 
 
 # Inputs and flags of the rules (workflow/rules/*.smk).

@@ -36,6 +36,7 @@ rule prepare:
     params:
         format=lambda wc: config["datasets"][wc.dataset]["format"],
         resize=lambda wc: config["datasets"][wc.dataset]["resize"],
+        fgkd=FGKD_VERSION,  # the cache's key: prepare decodes images in fgkd's own way
     shell:
         "fgkd prepare {params.format} --root {input:q} --out {output:q} --resize {params.resize}"
         " --workers {threads} > {log:q} 2>&1"

@@ -19,6 +19,7 @@ rule train_shared:
         earlier=lambda wc: ([f"{SEED_DIR}/teacher/model.pt".format(**wc)] if wc.shared == "auxkd_single" else []),
         earlier_verified=lambda wc: ([f"{SEED_DIR}/teacher/verified.json".format(**wc)] if wc.shared == "auxkd_single" else []),
         start=lambda wc: start_files(wc, wc.shared),
+        start_verified=lambda wc: start_verified(wc, wc.shared),
     output:
         model=f"{SEED_DIR}/{{shared}}/model.pt",
         history=f"{SEED_DIR}/{{shared}}/history.parquet",
@@ -48,6 +49,7 @@ rule train_variant:
         earlier=variant_earlier,
         earlier_verified=lambda wc: verified(variant_earlier(wc)),
         start=lambda wc: start_files(wc, wc.stage, wc.variant),
+        start_verified=lambda wc: start_verified(wc, wc.stage, wc.variant),
     output:
         model=f"{VARIANT_DIR}/{{stage}}/model.pt",
         history=f"{VARIANT_DIR}/{{stage}}/history.parquet",
@@ -83,6 +85,7 @@ rule verify_shared:
         history=f"{SEED_DIR}/{{shared}}/history.parquet",
         earlier=lambda wc: ([f"{SEED_DIR}/teacher/model.pt".format(**wc)] if wc.shared == "auxkd_single" else []),
         earlier_verified=lambda wc: ([f"{SEED_DIR}/teacher/verified.json".format(**wc)] if wc.shared == "auxkd_single" else []),
+        start=lambda wc: start_files(wc, wc.shared),
     output:
         f"{SEED_DIR}/{{shared}}/verified.json",
     log:
@@ -93,9 +96,10 @@ rule verify_shared:
     params:
         hash=lambda wc: expected_hash(wc.dataset, wc.backbone, wc.seed, wc.shared),
         earlier=earlier_flags,
+        start=lambda wc: start_flag(wc, wc.shared),
     shell:
         "fgkd verify --data {input.data:q} --model {input.model:q} --stage {wildcards.shared} --config-hash"
-        " {params.hash} {params.earlier} --out {output:q} > {log:q} 2>&1"
+        " {params.hash} {params.earlier} {params.start} --out {output:q} > {log:q} 2>&1"
 
 
 rule verify_variant:
@@ -106,6 +110,7 @@ rule verify_variant:
         history=f"{VARIANT_DIR}/{{stage}}/history.parquet",
         earlier=variant_earlier,
         earlier_verified=lambda wc: verified(variant_earlier(wc)),
+        start=lambda wc: start_files(wc, wc.stage, wc.variant),
     output:
         f"{VARIANT_DIR}/{{stage}}/verified.json",
     log:
@@ -116,6 +121,7 @@ rule verify_variant:
     params:
         hash=lambda wc: expected_hash(wc.dataset, wc.backbone, wc.seed, wc.stage, wc.variant),
         earlier=earlier_flags,
+        start=lambda wc: start_flag(wc, wc.stage, wc.variant),
     shell:
         "fgkd verify --data {input.data:q} --model {input.model:q} --stage {wildcards.stage} --config-hash"
-        " {params.hash} {params.earlier} --out {output:q} > {log:q} 2>&1"
+        " {params.hash} {params.earlier} {params.start} --out {output:q} > {log:q} 2>&1"
