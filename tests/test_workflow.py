@@ -423,7 +423,8 @@ def test_the_fair_configs_pretrained_regimes_start_every_network_from_a_teacher_
     project = project_copy(tmp_path / "project")
     args = ["--cores", "2", "--dry-run", "--printshellcmds", "--configfile", "config/fair.yaml"]
     first = run(["snakemake", "pretrain", *args], project).stdout
-    assert job_counts(first) == {"synth": 3, "prepare": 1, "train_shared": 1, "pretrain": 1}
+    assert job_counts(first) == {"synth": 3, "prepare": 1, "verify_data": 1, "train_shared": 1, "verify_shared": 1,
+                                 "pretrain": 1}
     (synth,) = [w for w in shell_commands(first, "synth") if "data/raw/pretraining" in w]
     excluded = [synth[i + 1] for i, word in enumerate(synth) if word == "--exclude-classes-of"]
     assert excluded == ["data/raw/parts_any", "data/raw/parts_all"]
@@ -450,15 +451,6 @@ def test_command_line_config_overrides_keys_of_the_default_experiment(tmp_path):
     assert {t["head"] for t in trains} == {"gap"}  # the rest of config/config.yaml still applies
 
 
-@pytest.mark.parametrize("overrides,expected", [
-    # Snakemake reads a list or a mapping as YAML of strings only (['1'], {'epochs': '5'}): the schema refused them.
-    (["seeds=[1]"], {"seed": {"1"}}),
-    (["train={epochs: 5, lr: 1e-3}"], {"epochs": {"5"}, "lr": {"0.001"}, "head": {"gap"}}),  # merged into train
-    (["seeds=[1, 2]", "train={channels_last: on, sync_batchnorm: false}", "train_processes=null"],
-     {"seed": {"1", "2"}, "channels_last": {"on"}, "sync_batchnorm": {False}}),
-    (["variants={or: {orth_weight: 0.5}}"], {"orth_weight": {"0.5"}}),
-    (["train={epochs: 010, batch_size: 1_6}"], {"epochs": {"10"}, "batch_size": {"16"}}),  # decimal, not YAML 1.1
-])
 def test_whole_numbers_written_as_floats_are_integers(tmp_path):
     """JSON Schema takes 2.0 for an integer: `students: 2.0` failed in range() with a traceback, `seeds: [0.0]` looked
     for a folder seed0.0, `epochs: 1.0` reached `fgkd train --epochs 1.0`, which refused it after the data was
@@ -474,6 +466,15 @@ def test_whole_numbers_written_as_floats_are_integers(tmp_path):
     assert "seed0.0" not in result.stdout
 
 
+@pytest.mark.parametrize("overrides,expected", [
+    # Snakemake reads a list or a mapping as YAML of strings only (['1'], {'epochs': '5'}): the schema refused them.
+    (["seeds=[1]"], {"seed": {"1"}}),
+    (["train={epochs: 5, lr: 1e-3}"], {"epochs": {"5"}, "lr": {"0.001"}, "head": {"gap"}}),  # merged into train
+    (["seeds=[1, 2]", "train={channels_last: on, sync_batchnorm: false}", "train_processes=null"],
+     {"seed": {"1", "2"}, "channels_last": {"on"}, "sync_batchnorm": {False}}),
+    (["variants={or: {orth_weight: 0.5}}"], {"orth_weight": {"0.5"}}),
+    (["train={epochs: 010, batch_size: 1_6}"], {"epochs": {"10"}, "batch_size": {"16"}}),  # decimal, not YAML 1.1
+])
 def test_the_documented_config_override_forms_reach_the_commands(tmp_path, overrides, expected):
     project = project_copy(tmp_path / "project", default_config="config.yaml")
     result = run(["snakemake", "--cores", "1", "all", "--dry-run", "--printshellcmds", "--config", *overrides],
