@@ -87,8 +87,10 @@ def schema_types(schema):
     return kinds, schema
 
 
-WORDS = {"boolean": {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False},
-         "null": {"null": None, "~": None, "": None}}
+WORDS = {
+    "boolean": {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False},
+    "null": {"null": None, "~": None, "": None},
+}
 
 
 def spelled(text, kinds):
@@ -152,7 +154,11 @@ for _where, _options in _option_sets:
             config_error(
                 f"{_where}.{_key}: the experiment grid sets every run's {_key} (`{_grid}: [{', '.join(map(str, config[_grid]))}]`) and names "
                 f"its folder after it; list the {_grid} to run under `{_grid}:` and leave {_key} out here"
-                + ("; only the aux-KD stages (stages.auxkd, ...) may train another backbone" if _key == "backbone" else "")
+                + (
+                    "; only the aux-KD stages (stages.auxkd, ...) may train another backbone"
+                    if _key == "backbone"
+                    else ""
+                )
             )
 
 STUDENTS = [f"student_{k}" for k in range(1, config["students"] + 1)]

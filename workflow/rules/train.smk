@@ -17,7 +17,9 @@ rule train_shared:
         data="data/prepared/{dataset}",
         data_verified=data_verified,
         earlier=lambda wc: ([f"{SEED_DIR}/teacher/model.pt".format(**wc)] if wc.shared == "auxkd_single" else []),
-        earlier_verified=lambda wc: ([f"{SEED_DIR}/teacher/verified.json".format(**wc)] if wc.shared == "auxkd_single" else []),
+        earlier_verified=lambda wc: (
+            [f"{SEED_DIR}/teacher/verified.json".format(**wc)] if wc.shared == "auxkd_single" else []
+        ),
         start=lambda wc: start_files(wc, wc.shared),
         start_verified=lambda wc: start_verified(wc, wc.shared),
     output:
@@ -84,7 +86,9 @@ rule verify_shared:
         model=f"{SEED_DIR}/{{shared}}/model.pt",
         history=f"{SEED_DIR}/{{shared}}/history.parquet",
         earlier=lambda wc: ([f"{SEED_DIR}/teacher/model.pt".format(**wc)] if wc.shared == "auxkd_single" else []),
-        earlier_verified=lambda wc: ([f"{SEED_DIR}/teacher/verified.json".format(**wc)] if wc.shared == "auxkd_single" else []),
+        earlier_verified=lambda wc: (
+            [f"{SEED_DIR}/teacher/verified.json".format(**wc)] if wc.shared == "auxkd_single" else []
+        ),
         start=lambda wc: start_files(wc, wc.shared),
     output:
         f"{SEED_DIR}/{{shared}}/verified.json",
