@@ -447,6 +447,11 @@ def earlier_flags(wildcards, input):
     return " ".join(f"--earlier {shlex.quote(m)}" for m in input.earlier)
 
 
+def shared_earlier(wc):
+    """The aux-KD baseline of single-teacher KD learns from the teacher; the other shared stages from nothing."""
+    return [f"{seed_dir(wc.dataset, wc.backbone, wc.seed)}/teacher/model.pt"] if wc.shared == "auxkd_single" else []
+
+
 def variant_earlier(wc):
     """Student k learns against the teacher and students 1..k-1; the aux-KD student imitates all."""
     members = [f"{d}/model.pt" for d in member_dirs(wc.dataset, wc.backbone, wc.seed, wc.variant)]

@@ -16,10 +16,8 @@ rule train_shared:
     input:
         data="data/prepared/{dataset}",
         data_verified=data_verified,
-        earlier=lambda wc: ([f"{SEED_DIR}/teacher/model.pt".format(**wc)] if wc.shared == "auxkd_single" else []),
-        earlier_verified=lambda wc: (
-            [f"{SEED_DIR}/teacher/verified.json".format(**wc)] if wc.shared == "auxkd_single" else []
-        ),
+        earlier=shared_earlier,
+        earlier_verified=lambda wc: verified(shared_earlier(wc)),
         start=lambda wc: start_files(wc, wc.shared),
         start_verified=lambda wc: start_verified(wc, wc.shared),
     output:
@@ -85,10 +83,8 @@ rule verify_shared:
         data_verified=data_verified,
         model=f"{SEED_DIR}/{{shared}}/model.pt",
         history=f"{SEED_DIR}/{{shared}}/history.parquet",
-        earlier=lambda wc: ([f"{SEED_DIR}/teacher/model.pt".format(**wc)] if wc.shared == "auxkd_single" else []),
-        earlier_verified=lambda wc: (
-            [f"{SEED_DIR}/teacher/verified.json".format(**wc)] if wc.shared == "auxkd_single" else []
-        ),
+        earlier=shared_earlier,
+        earlier_verified=lambda wc: verified(shared_earlier(wc)),
         start=lambda wc: start_files(wc, wc.shared),
     output:
         f"{SEED_DIR}/{{shared}}/verified.json",
