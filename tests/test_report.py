@@ -488,7 +488,7 @@ def test_publish_results_refuses_tables_of_two_runs(tmp_path, mix, culprit):
 def test_reports_of_another_combine_rule_and_config_are_not_published_together(results, tmp_path):
     """The issue's case end to end: the ablation report of one run, then the main report of a run with
     ensemble.combine probs (another config digest)."""
-    root = results[0]
+    root = results_without_occlusion(results, tmp_path)
     reports = tmp_path / "reports"
     write_ensembles(root, "logits", variants=("or", "lambda0"))
     assert run_report(root, reports / "ablations", "logits", "--ablations", "--config-digest", "aaaa",
