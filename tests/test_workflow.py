@@ -229,9 +229,9 @@ def test_dvc_outs_are_exactly_what_snakemake_all_produces(tmp_path):
 
 def test_dvc_repro_and_an_experiment_with_its_metrics_and_plots(tmp_path):
     """`dvc repro` runs the pipeline and a second one has Snakemake find nothing to do; in a git clone, `dvc exp run
-    -S` changes a config key, reruns what it touches, and `dvc exp show` / `metrics diff` / `plots diff` compare it
-    with the baseline; after `dvc exp apply main`, `dvc repro` retrains to match main again (before: DVC called the
-    other experiment's models and metrics up to date)."""
+    -S` changes a config key (student 2's epochs: it and what reads it rerun, nothing else), and `dvc exp show` /
+    `metrics diff` / `plots diff` compare it with the baseline; after `dvc exp apply main`, `dvc repro` retrains to
+    match main again (before: DVC called the other experiment's models and metrics up to date)."""
     project = project_copy(tmp_path / "project")
     shutil.copy2(REPO / ".gitignore", project / ".gitignore")
     git = ["git", "-c", "user.name=fgkd", "-c", "user.email=fgkd@localhost"]
@@ -248,30 +248,34 @@ def test_dvc_repro_and_an_experiment_with_its_metrics_and_plots(tmp_path):
     assert "val_acc" in run(["dvc", "plots", "show", "--json"], project).stdout
     run([*git, "add", "dvc.lock"], project)
     run([*git, "commit", "-qm", "baseline"], project)
-    teacher = project / "results/synthetic/resnet10/seed0/teacher/history.parquet"
-    assert len(pd.read_parquet(teacher)) == 1
+    student = project / "results/synthetic/resnet10/seed0/or/student_2/history.parquet"
+    teacher = project / "results/synthetic/resnet10/seed0/teacher/model.pt"
+    assert len(pd.read_parquet(student)) == 1
+    teacher_made = teacher.stat().st_mtime_ns
 
-    run(["dvc", "exp", "run", "-n", "twoepochs", "-S", "config/config.yaml:train.epochs=2"], project)
-    assert len(pd.read_parquet(teacher)) == 2  # retrained with the experiment's setting
+    run(["dvc", "exp", "run", "-n", "twoepochs", "-S", "config/config.yaml:+stages.student_2.epochs=2"], project)
+    assert len(pd.read_parquet(student)) == 2  # retrained with the experiment's setting
+    assert teacher.stat().st_mtime_ns == teacher_made  # what the change does not touch is kept
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     rows = {row["name"] or row["rev"]: row for entry in shown
             for row in [entry, *[e for exp in entry.get("experiments") or [] for e in exp["revs"]]]}
     assert "twoepochs" in rows, list(rows)
-    for name, epochs in (("main", 1), ("twoepochs", 2)):
+    for name, epochs in (("main", None), ("twoepochs", 2)):
         data = rows[name]["data"]
-        assert data["params"]["config/config.yaml"]["data"]["train"]["epochs"] == epochs
+        params = data["params"]["config/config.yaml"]["data"]
+        assert params.get("stages", {}).get("student_2", {}).get("epochs") == epochs
         metrics = data["metrics"]["results/reports/metrics.json"]["data"]
         assert {"synthetic/resnet10"} == set(metrics) and "teacher" in metrics["synthetic/resnet10"], name
     diff = json.loads(run(["dvc", "metrics", "diff", "main", "twoepochs", "--all", "--json"], project).stdout)
-    assert "synthetic/resnet10.teacher" in diff["results/reports/metrics.json"]
+    assert "synthetic/resnet10.student_2" in diff["results/reports/metrics.json"]
     plots = json.loads(run(["dvc", "plots", "diff", "main", "twoepochs", "--json"], project).stdout)
     revisions = {v["rev"] for p in plots["data"]["results/reports/curves.csv"] for v in p["content"]["data"]["values"]}
     assert revisions == {"main", "twoepochs"}
 
     run(["dvc", "exp", "apply", "main"], project)
-    assert yaml.safe_load((project / "config/config.yaml").read_text())["train"]["epochs"] == 1
+    assert "stages" not in yaml.safe_load((project / "config/config.yaml").read_text())
     run(["dvc", "repro"], project)
-    assert len(pd.read_parquet(teacher)) == 1  # retrained to main's setting
+    assert len(pd.read_parquet(student)) == 1  # retrained to main's setting
     assert (project / "results/reports/metrics.json").read_bytes() == baseline  # main's numbers, to the last digit
 
 
