@@ -19,7 +19,8 @@ from PIL import Image
 
 from .atomic import atomic_path
 from .attention import attention_heat, blend
-from .data.dataset import ImageSizes, centre_crop_box, decode_rgb, fgvc_transform
+from .data.dataset import centre_crop_box, decode_rgb, fgvc_transform
+from .data.recipes import ImageSizes
 from .data.images import DECODE_ERRORS
 from .errors import DataError, FgkdError, brief
 from .losses import attention_energy

@@ -109,7 +109,7 @@ class TrainConfig:
         """Every option finite and in range, then the choices (their registries import torch: see check_values)."""
         self.check_values()
         self.check_files()
-        from .data.dataset import PREPROCESSING
+        from .data.recipes import PREPROCESSING
         from .methods.orthogonal import ORTHOGONAL_LOSSES
         from .models import BACKBONES, HEADS
 

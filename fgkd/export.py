@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from .atomic import atomic_path, refuse_to_overwrite_inputs, require_utf8_name
-from .data.dataset import PREPROCESSING
+from .data.recipes import PREPROCESSING
 from .ensemble import read_logits
 from .errors import FgkdError
 from .metrics import topk_accuracy

@@ -13,16 +13,20 @@ import math
 import os
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from .data.dataset import PREPROCESSING, ImageSizes
+from .data.recipes import PREPROCESSING, ImageSizes
 from .errors import FgkdError, brief, some
-from .models import FGVCNet
+
+if TYPE_CHECKING:
+    from .models import FGVCNet
 
 MODEL_FORMAT = 1
 # The metadata a network is built from, and what else every reader relies on (by type). Keys that an earlier fgkd
 # did not write (preprocessing, class_names, dataset, best_val_acc, arithmetic, data_digest, earlier,
-# history_sha256) are optional and read with .get.
+# history_sha256, content_sha256) are optional and read with .get.
 BUILD_KEYS = {"backbone": str, "num_classes": int, "head": str, "head_hidden": int, "attention_stride": int,
               "aux_heads": int}
 REQUIRED_KEYS = {**BUILD_KEYS, "stage": str, "config_hash": str, "resize": int, "crop": int, "best_epoch": int,
@@ -143,6 +147,8 @@ def load_model(path: str | Path, num_classes: int | None = None, device: torch.d
     """A trained network and its metadata; refuses files of another format or class count, and weights that do not
     fit the network the metadata describes. ``main_only``: without the auxiliary heads of an aux-KD student (what a
     deployment runs)."""
+    from .models import FGVCNet  # torchvision: not for the commands that only read a model.pt (fgkd verify)
+
     path = Path(path)
     saved = read_model_file(path)
     meta = saved["metadata"]
@@ -215,6 +221,19 @@ def shared_input_sizes(paths: list[str | Path], metas: list[dict]) -> ImageSizes
             raise FgkdError(f"{path}: trained on {describe_inputs(input_sizes(meta))}, {paths[0]} on "
                             f"{describe_inputs(first)}; give models trained on the same inputs")
     return first
+
+
+def content_digest(saved: dict) -> str:
+    """sha256 of a model.pt's metadata (but this digest) and of every tensor of its weights (name, type, shape, bytes):
+    recorded by `fgkd train` as metadata content_sha256, so that `fgkd verify` proves a file whole and unchanged
+    without building its network."""
+    meta = {key: value for key, value in saved["metadata"].items() if key != "content_sha256"}
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for key in WEIGHTS.values():
+        for name, tensor in sorted(saved[key].items()):
+            digest.update(f"\n{key}/{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def file_digest(path: str | Path) -> str:

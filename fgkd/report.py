@@ -24,7 +24,8 @@ import torch  # noqa: E402
 from . import __version__, arithmetic  # noqa: E402
 from .atomic import atomic_path, write_parquet  # noqa: E402
 from .attention import attention_heat, blend  # noqa: E402
-from .data.dataset import PREPROCESSING, load_split  # noqa: E402
+from .data.dataset import load_split  # noqa: E402
+from .data.recipes import PREPROCESSING  # noqa: E402
 from .ensemble import ensemble, read_logits  # noqa: E402
 from .errors import FgkdError, brief  # noqa: E402
 from .losses import attention_energy, normalise_attention  # noqa: E402

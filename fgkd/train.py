@@ -29,13 +29,15 @@ from tqdm import tqdm
 from . import arithmetic, distributed
 from .atomic import atomic_path, refuse_to_overwrite_inputs, require_utf8_name, write_parquet
 from .config import TrainConfig, config_hash
-from .data.dataset import ImageSizes, derived_seed, load_split, make_loader, make_train_loader
+from .data.dataset import derived_seed, load_split, make_loader, make_train_loader
+from .data.recipes import ImageSizes
 from .data.manifest import class_names, data_digest, read_manifest
 from .distributed import Processes
 from .errors import DataError, FgkdError, some
 from .metrics import topk_hits
 from .methods import METHODS, FrozenNetworks
-from .modelfile import MODEL_FORMAT, describe_inputs, file_digest, input_sizes, load_model, non_finite_weights
+from .modelfile import (MODEL_FORMAT, content_digest, describe_inputs, file_digest, input_sizes, load_model,
+                        non_finite_weights)
 from .models import FGVCNet, imagenet_weights_file
 
 log = logging.getLogger("fgkd")
@@ -346,9 +348,11 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
         history.insert(0, "stage", name)
         write_parquet(history, out / "history.parquet")
         metadata["history_sha256"] = file_digest(out / "history.parquet")
+        saved = {"format": MODEL_FORMAT, "metadata": metadata, "state_dict": state["best_state"],
+                 "last_state_dict": _plain_state(model)}
+        metadata["content_sha256"] = content_digest(saved)
         with atomic_path(out / "model.pt") as tmp:
-            torch.save({"format": MODEL_FORMAT, "metadata": metadata, "state_dict": state["best_state"],
-                        "last_state_dict": _plain_state(model)}, tmp)
+            torch.save(saved, tmp)
         checkpoint_path.unlink(missing_ok=True)
     return out / "model.pt"
 

@@ -6,7 +6,8 @@ student as its teacher. The workflow therefore checks each data set and network 
 
 - a prepared data set: its images and manifest are the ones `fgkd prepare` recorded (``prepared.json``);
 - a network: its model.pt is a whole model of the stage and configuration the job expects (the config hash the
-  workflow computes from the config), trained on this very data, from these very earlier networks, and its
+  workflow computes from the config), its metadata and weights unchanged since `fgkd train` wrote them (their
+  sha256, recorded in the file), trained on this very data, from these very earlier networks, and its
   history.parquet is the one written with it.
 
 Then links are replaced by copies of what they point to, so that nothing written into results/ or data/ reaches the
@@ -23,7 +24,7 @@ from pathlib import Path
 from .atomic import atomic_path
 from .data.manifest import RECORD, data_digest
 from .errors import FgkdError
-from .modelfile import file_digest, load_model
+from .modelfile import content_digest, file_digest, read_model_file
 
 
 def _cache_entry(path: Path) -> list[Path]:
@@ -92,15 +93,20 @@ def check_model(path: str | Path, stage: str, config_hash: str, data: str | Path
     path = Path(path)
     history = path.parent / "history.parquet"
     pair = [path, history]
-    _, meta = load_model(path)
+    saved = read_model_file(path)
+    meta = saved["metadata"]
     found = (meta["stage"], meta["config_hash"])
     if found != (stage, config_hash):
         raise _refused(path, f"the model of {found[0]} with config hash {found[1]}, where this job expects "
                              f"{stage} with config hash {config_hash}", pair)
-    missing = [key for key in ("data_digest", "earlier", "history_sha256", "start") if key not in meta]
+    missing = [key for key in ("data_digest", "earlier", "history_sha256", "start", "content_sha256")
+               if key not in meta]
     if missing:
         raise _refused(path, f"written by an earlier fgkd (no {', '.join(missing)} in its metadata), so it cannot "
                              "show what it was trained on", pair)
+    if content_digest(saved) != meta["content_sha256"]:
+        raise _refused(path, f"its metadata or weights changed since `fgkd train` wrote it (content sha256 "
+                             f"{content_digest(saved)}, written {meta['content_sha256']})", pair)
     digest = check_data(data)
     if meta["data_digest"] != digest:
         raise _refused(path, f"trained on data of digest {meta['data_digest']}, {data} has {digest}", pair)

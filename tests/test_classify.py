@@ -17,7 +17,8 @@ from PIL import Image
 
 from fgkd.classify import FORMATTERS
 from fgkd.cli import main
-from fgkd.data.dataset import PREPROCESSING, ImageSizes, centre_crop_box, fgvc_transform
+from fgkd.data.dataset import centre_crop_box, fgvc_transform
+from fgkd.data.recipes import PREPROCESSING, ImageSizes
 from fgkd.data.manifest import read_manifest
 from fgkd.metrics import COMBINES, ensemble_scores
 from fgkd.train import train

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from conftest import TINY
-from fgkd.data.dataset import ImageSizes, load_split, make_loader, make_train_loader
+from fgkd.data.dataset import load_split, make_loader, make_train_loader
+from fgkd.data.recipes import ImageSizes
 from fgkd.distributed import sync_batchnorm
 from fgkd.ensemble import predict
 from fgkd.methods import METHODS, FrozenNetworks

@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from fgkd.data.dataset import ImageSizes, load_split, make_loader, make_train_loader, split_train_val
+from fgkd.data.dataset import load_split, make_loader, make_train_loader, split_train_val
+from fgkd.data.recipes import ImageSizes
 from fgkd.data.manifest import read_manifest
 from fgkd.errors import DataError
 

@@ -11,7 +11,8 @@ from torchvision import transforms as v1
 from torchvision.transforms import v2
 
 from fgkd.cli import main
-from fgkd.data.dataset import IMAGENET_MEAN, IMAGENET_STD, ImageSizes, load_split
+from fgkd.data.dataset import load_split
+from fgkd.data.recipes import IMAGENET_MEAN, IMAGENET_STD, ImageSizes
 from fgkd.data.manifest import read_manifest
 from fgkd.data.prepare import prepare
 from fgkd.errors import FgkdError

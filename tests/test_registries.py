@@ -46,7 +46,7 @@ def test_schema_backbones_are_the_model_registrys():
 
 
 def test_schema_preprocessing_and_heads_are_fgkds():
-    from fgkd.data.dataset import PREPROCESSING
+    from fgkd.data.recipes import PREPROCESSING
     from fgkd.models import HEADS
 
     assert TRAIN_OPTIONS["preprocessing"]["enum"] == list(PREPROCESSING)

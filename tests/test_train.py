@@ -12,7 +12,8 @@ import torch
 from click.testing import CliRunner
 
 from fgkd.cli import main
-from fgkd.data.dataset import ImageSizes, load_split
+from fgkd.data.dataset import load_split
+from fgkd.data.recipes import ImageSizes
 from fgkd.data.prepare import prepare
 from fgkd.data.synth import generate
 from fgkd.ensemble import ensemble, predict
@@ -348,7 +349,8 @@ def test_validation_accuracy_counts_ties_against_the_prediction(data):
     with the share of class 0)."""
     import torch
 
-    from fgkd.data.dataset import ImageSizes, load_split
+    from fgkd.data.dataset import load_split
+    from fgkd.data.recipes import ImageSizes
     from fgkd.distributed import Processes
     from fgkd.models import FGVCNet
     from fgkd.train import _val_accuracy

@@ -76,6 +76,33 @@ def test_other_earlier_or_start_files_and_a_replaced_history_are_refused(run, tm
     assert not out.exists()
 
 
+def _nudge_a_weight(saved):
+    name = next(iter(saved["state_dict"]))
+    saved["state_dict"][name] = saved["state_dict"][name] + 1e-3
+
+
+def _drop_a_weight(saved):
+    saved["last_state_dict"].pop(next(iter(saved["last_state_dict"])))
+
+
+def _another_best_epoch(saved):
+    saved["metadata"]["best_val_acc"] = 1.0
+
+
+@pytest.mark.parametrize("change", [_nudge_a_weight, _drop_a_weight, _another_best_epoch])
+def test_a_model_changed_after_training_is_refused(run, tmp_path, change):
+    """A model.pt that still loads and names the right job, but whose weights or metadata are not what `fgkd train`
+    wrote (an edited or mixed-up cache entry): its content sha256 no longer matches."""
+    data, teacher, student, meta = run
+    copy = shutil.copytree(student.parent, tmp_path / "student_1")
+    saved = torch.load(copy / "model.pt", weights_only=True)
+    change(saved)
+    torch.save(saved, copy / "model.pt")
+    one_line_error(verify(*model_args(run, **{"--model": copy / "model.pt"}), "--out", tmp_path / "v.json"),
+                   f"{copy / 'model.pt'}: its metadata or weights changed since `fgkd train` wrote it", "delete")
+    assert not (tmp_path / "v.json").exists()
+
+
 @pytest.fixture
 def data_copy(run, tmp_path):
     return shutil.copytree(run[0], tmp_path / "data")
