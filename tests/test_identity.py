@@ -1,0 +1,91 @@
+"""A run's identity (config_hash), its data's (data_digest) and a file's (file_digest): what resume, `fgkd verify`
+and the cache compare. Each option that changes what a run computes changes its hash; the speed options do not."""
+
+import dataclasses
+import shutil
+
+import pandas as pd
+import pytest
+
+from fgkd.config import NOT_IDENTITY, TrainConfig, config_hash
+from fgkd.data.manifest import MANIFEST, data_digest
+from fgkd.modelfile import file_digest
+
+pytestmark = pytest.mark.unit
+
+BASE = TrainConfig()
+
+
+def other_value(field: dataclasses.Field):
+    value = getattr(BASE, field.name)
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1 if field.name != "val_fraction" else 0.5
+    return value + "x"
+
+
+@pytest.mark.parametrize("field", [f for f in dataclasses.fields(TrainConfig) if f.name not in NOT_IDENTITY],
+                         ids=lambda f: f.name)
+def test_every_option_that_changes_the_numbers_changes_the_hash(field):
+    changed = dataclasses.replace(BASE, **{field.name: other_value(field)})
+    assert config_hash(changed, "teacher", []) != config_hash(BASE, "teacher", [])
+
+
+@pytest.mark.parametrize("name", NOT_IDENTITY)
+def test_speed_options_keep_the_hash(name):
+    field = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    changed = dataclasses.replace(BASE, **{name: other_value(field)})
+    assert config_hash(changed, "teacher", []) == config_hash(BASE, "teacher", [])
+
+
+def test_stage_processes_and_earlier_models_are_part_of_the_hash():
+    base = config_hash(BASE, "student_1", ["a"], 1)
+    assert len(base) == 16 and int(base, 16) >= 0
+    assert base == config_hash(BASE, "student_1", ["a"], 1)
+    others = {config_hash(BASE, "student_2", ["a"], 1), config_hash(BASE, "student_1", ["b"], 1),
+              config_hash(BASE, "student_1", ["a", "a"], 1), config_hash(BASE, "student_1", ["a"], 2)}
+    assert base not in others and len(others) == 4
+
+
+def test_a_number_of_another_type_is_the_same_run():
+    """A config's `orth_weight: 1` and the command line's 1.0; `epochs: 10.0` from YAML and 10."""
+    assert config_hash(dataclasses.replace(BASE, orth_weight=1), "s", []) == \
+        config_hash(dataclasses.replace(BASE, orth_weight=1.0), "s", [])
+    assert config_hash(dataclasses.replace(BASE, epochs=10.0), "s", []) == config_hash(BASE, "s", [])
+
+
+def test_data_digest_covers_every_image_byte_and_every_manifest_row(tiny_data, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(tiny_data, copy)
+    digest = data_digest(copy)
+    assert len(digest) == 16 and digest == data_digest(tiny_data)
+    frame = pd.read_parquet(copy / MANIFEST)
+    image = copy / frame["path"].iloc[-1]
+    original = image.read_bytes()
+    image.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    assert data_digest(copy) != digest
+    image.write_bytes(original)
+    assert data_digest(copy) == digest
+    last = frame.index[-1]
+    first_class = frame.loc[frame.label == 0, "class_name"].iloc[0]
+    changes = {"split": {"split": "test" if frame.loc[last, "split"] == "train" else "train"},
+               "label": {"label": 0, "class_name": first_class}, "image_id": {"image_id": 10_000}}
+    frame.assign(class_name=frame["class_name"] + "_renamed").to_parquet(copy / MANIFEST)
+    assert data_digest(copy) != digest, "class_name"
+    for column, change in changes.items():
+        changed = frame.copy()
+        for key, value in change.items():
+            changed.loc[last, key] = value
+        changed.to_parquet(copy / MANIFEST)
+        assert data_digest(copy) != digest, column
+    frame.iloc[:-1].to_parquet(copy / MANIFEST)  # one image fewer
+    assert data_digest(copy) != digest
+
+
+def test_file_digest_is_the_files_sha256(tmp_path):
+    import hashlib
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"weights")
+    assert file_digest(path) == hashlib.sha256(b"weights").hexdigest()[:16]
