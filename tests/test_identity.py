@@ -89,3 +89,30 @@ def test_file_digest_is_the_files_sha256(tmp_path):
     path = tmp_path / "model.pt"
     path.write_bytes(b"weights")
     assert file_digest(path) == hashlib.sha256(b"weights").hexdigest()[:16]
+
+
+def test_content_digest_covers_metadata_and_every_weight_but_not_itself():
+    import torch
+
+    from fgkd.modelfile import content_digest
+
+    def saved(**changes):
+        weights = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.tensor([1, 2])}
+        file = {"metadata": {"stage": "teacher", "best_epoch": 1}, "state_dict": dict(weights),
+                "last_state_dict": dict(weights)}
+        for key, value in changes.items():
+            file[key] = {**file[key], **value}
+        return file
+
+    digest = content_digest(saved())
+    assert len(digest) == 16 and digest == content_digest(saved(metadata={"content_sha256": "x"}))
+    others = [saved(metadata={"best_epoch": 2}), saved(metadata={"extra": None}),
+              saved(state_dict={"a": torch.arange(6, dtype=torch.float32).reshape(3, 2)}),  # same bytes, other shape
+              saved(state_dict={"a": torch.arange(6, dtype=torch.float64).reshape(2, 3)}),
+              saved(last_state_dict={"b": torch.tensor([1, 3])}), saved(last_state_dict={"c": torch.tensor([1, 2])}),
+              saved(state_dict={"b": torch.tensor([1, 2]).expand(2, 2)[0]})]  # the same values: the same digest
+    digests = [content_digest(file) for file in others]
+    assert digests[-1] == digest and digest not in digests[:-1] and len(set(digests[:-1])) == len(digests) - 1
+    swapped = saved()
+    swapped["state_dict"], swapped["last_state_dict"] = swapped["last_state_dict"], {"a": swapped["state_dict"]["a"]}
+    assert content_digest(swapped) != digest

@@ -87,12 +87,18 @@ def student_of(variant: str, weight: float) -> OrthogonalStudent:
     return OrthogonalStudent(student, FrozenNetworks([teacher]), variant, weight).train()
 
 
-def test_at_is_a_fixed_lambda_times_the_attention_transfer_penalty_against_every_earlier_map():
-    method = student_of("at", 0.7)
+def run_student(variant, weight):
+    """A student's step on a batch, and the teacher's attention features of that batch."""
+    method = student_of(variant, weight)
     images, labels = batch()
     out = method(images, labels)
     with torch.no_grad():
         earlier = method.earlier.networks[0].attention_only(images)
+    return method, out, labels, earlier
+
+
+def test_at_is_a_fixed_lambda_times_the_attention_transfer_penalty_against_every_earlier_map():
+    method, out, labels, earlier = run_student("at", 0.7)
     size = method.model.attention_features.shape[-2:]
     raw = orthogonal_loss(spatial_attention(method.model.attention_features, size), [spatial_attention(earlier, size)])
     torch.testing.assert_close(out.extras["orth_raw"], raw.detach())
@@ -101,11 +107,7 @@ def test_at_is_a_fixed_lambda_times_the_attention_transfer_penalty_against_every
 
 
 def test_or_is_the_official_loss_of_the_students_features_against_the_earlier_networks():
-    method = student_of("or", 0.1)
-    images, labels = batch()
-    out = method(images, labels)
-    with torch.no_grad():
-        earlier = method.earlier.networks[0].attention_only(images)
+    method, out, _, earlier = run_student("or", 0.1)
     torch.testing.assert_close(out.extras["orth_raw"], or_loss(method.model.attention_features, [earlier]).detach())
 
 
