@@ -41,7 +41,6 @@ class Ensemble:
     paths: list[Path]
     networks: list[FGVCNet]
     sizes: ImageSizes
-    num_classes: int
     class_names: list[str] | None  # None: every model.pt was written by an fgkd that did not save them
     device: torch.device
 
@@ -80,8 +79,7 @@ def load_ensemble(model_paths: list[str | Path], device: str = "auto") -> Ensemb
             differ = next(i for i, (a, b) in enumerate(zip(names, named[0][1])) if a != b)
             raise FgkdError(f"{path}: class {differ} is {names[differ]!r}, in {named[0][0]} {named[0][1][differ]!r}; "
                             "give models trained on the same data set")
-    return Ensemble(paths, [model for model, _ in loaded], sizes, metas[0]["num_classes"],
-                    named[0][1] if named else None, target)
+    return Ensemble(paths, [model for model, _ in loaded], sizes, named[0][1] if named else None, target)
 
 
 def image_files(targets: list[str | Path]) -> list[Path]:

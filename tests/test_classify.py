@@ -144,6 +144,13 @@ def test_the_crop_box_is_where_the_test_transforms_crop_comes_from(preprocessing
     np.testing.assert_allclose(seen_y, [top + row / 2, bottom - row / 2], atol=max(1.5, row))
 
 
+@pytest.mark.parametrize("preprocessing", sorted(PREPROCESSING))
+@pytest.mark.parametrize("width, height", [(1, 1), (1, 60), (60, 1), (2, 3)])
+def test_the_crop_box_of_a_tiny_image_is_inside_it_and_at_least_a_pixel(preprocessing, width, height):
+    left, top, right, bottom = centre_crop_box(ImageSizes(24, 16, preprocessing), width, height)
+    assert 0 <= left < right <= width and 0 <= top < bottom <= height
+
+
 @pytest.fixture(scope="module")
 def odd_names_model(tiny_data, tmp_path_factory):
     """A teacher of a copy of tiny_data whose class names hold commas, quotes, semicolons and a line break."""

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fgkd.losses import (kd_loss, or_loss, or_loss_from_maps, or_reference_maps, orthogonal_loss, spatial_attention,
-                         standardise)
+from fgkd.losses import (at_loss_from_energies, kd_loss, or_loss, or_loss_from_maps, or_reference_maps,
+                         orthogonal_loss, spatial_attention, standardise)
 from fgkd.methods import FrozenNetworks, OrthogonalStudent
 from fgkd.models import FGVCNet
 
@@ -34,6 +34,24 @@ def test_orthogonal_loss_identical_maps_give_the_maximum_disjoint_give_zero():
     assert orthogonal_loss(spatial_attention(left), [spatial_attention(right)]).item() == 0.0
     others = [spatial_attention(torch.randn(4, 8, 6, 6)) for _ in range(3)]
     assert 0 < orthogonal_loss(q, others).item() < 3
+
+
+def test_orthogonal_loss_is_the_batch_mean_of_the_summed_squared_overlaps():
+    student = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    earlier = [torch.tensor([[0.6, 0.8], [0.6, 0.8]]), torch.tensor([[0.0, 1.0], [1.0, 0.0]])]
+    # image 1: 0.6^2 + 0^2; image 2: 1^2 + 0.6^2
+    assert orthogonal_loss(student, earlier).item() == pytest.approx((0.36 + 1.36) / 2)
+
+
+def test_at_compares_earlier_maps_of_another_resolution_at_the_students():
+    """An earlier network of another attention_stride (the orstride4 ablation): its energy map is resized
+    bilinearly to the student's grid before normalising."""
+    torch.manual_seed(0)
+    student = torch.randn(2, 4, 8, 8)
+    energy = torch.rand(2, 4, 4)
+    resized = F.interpolate(energy.unsqueeze(1), size=(8, 8), mode="bilinear", align_corners=False).squeeze(1)
+    expected = orthogonal_loss(spatial_attention(student), [F.normalize(resized.flatten(1), dim=1)])
+    torch.testing.assert_close(at_loss_from_energies(student, [energy]), expected)
 
 
 def official_or_loss(fs, ft):
