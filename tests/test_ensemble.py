@@ -142,3 +142,51 @@ def test_a_nan_score_is_never_a_hit_and_softmax_does_not_underflow_into_ties():
     b = np.array([[0, -60, -110, -200, -200, -200, -200]], dtype=np.float32)
     probs = combine_scores([a, b], "probs")
     assert topk_accuracy(probs, np.array([2]), 3) == 1.0  # class 2 is third by the mean of softmax
+
+
+def test_softmax_of_rows_far_apart_is_each_rows_own():
+    """Each row is shifted by its own maximum: large logits do not overflow, and a row far below another does not
+    underflow to 0 / 0."""
+    from fgkd.metrics import softmax
+
+    logits = np.array([[1000.0, 1001.0], [0.0, 1.0], [-1000.0, -999.0]], dtype=np.float32)
+    expected = np.exp([0.0, 1.0]) / np.exp([0.0, 1.0]).sum()
+    np.testing.assert_allclose(softmax(logits), np.tile(expected, (3, 1)), rtol=1e-12)
+
+
+def test_six_members_are_scored_in_every_subset_and_seven_in_prefixes_only(tmp_path):
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, 20)
+    files = [write_logits(tmp_path / f"m{i}.parquet", rng.standard_normal((20, 3)).astype(np.float32), labels)
+             for i in range(7)]
+    names = [f"n{i}" for i in range(7)]
+    assert len(ensemble(files[:6], names[:6])) == 2**6 - 1
+    assert len(ensemble(files, names)) == 7
+
+
+@pytest.mark.parametrize("differs", ["labels", "image_ids"])
+def test_a_member_of_other_images_or_labels_is_named_among_three(tmp_path, differs):
+    """The second of three members differs in its labels alone, or its image ids alone: refused, naming it."""
+    rng = np.random.default_rng(3)
+    labels = np.arange(12) % 4
+    files = [write_logits(tmp_path / f"m{i}" / "logits.parquet", rng.standard_normal((12, 4)).astype(np.float32),
+                          labels) for i in range(3)]
+    frame = pd.read_parquet(files[1])
+    if differs == "labels":
+        frame["label"] = (frame["label"] + 1) % 4
+    else:
+        frame["image_id"] = frame["image_id"] + 100
+    frame.to_parquet(files[1])
+    with pytest.raises(FgkdError, match=f"^{files[1]}: its images or labels differ"):
+        ensemble(files, ["a", "b", "c"])
+
+
+def test_names_not_one_per_file_and_a_file_without_labels_are_refused(tmp_path):
+    rng = np.random.default_rng(4)
+    files = [write_logits(tmp_path / f"m{i}.parquet", rng.standard_normal((8, 4)).astype(np.float32),
+                          np.arange(8) % 4) for i in range(2)]
+    with pytest.raises(FgkdError, match="one name per logits file"):
+        ensemble(files, ["a"])
+    pd.read_parquet(files[1]).drop(columns="label").to_parquet(files[1])
+    with pytest.raises(FgkdError, match="not a logits file"):
+        ensemble(files, ["a", "b"])

@@ -116,3 +116,28 @@ def test_content_digest_covers_metadata_and_every_weight_but_not_itself():
     swapped = saved()
     swapped["state_dict"], swapped["last_state_dict"] = swapped["last_state_dict"], {"a": swapped["state_dict"]["a"]}
     assert content_digest(swapped) != digest
+
+
+def test_the_hash_of_a_run_is_what_earlier_fgkd_versions_computed():
+    """A changed payload (a key renamed, another order) would silently make every finished model and checkpoint of
+    every user a stranger to its own config: retrained, resumes refused. Changing it on purpose: update these."""
+    assert config_hash(BASE, "teacher", []) == config_hash(BASE, "teacher", [], 1) == "2cd2a29f6324d6ba"
+    assert config_hash(BASE, "student_1", ["abc"], 2) == "879d1bd920057505"
+
+
+def test_data_digest_ignores_how_the_manifest_rows_are_indexed(tiny_data, tmp_path):
+    copy = shutil.copytree(tiny_data, tmp_path / "data")
+    frame = pd.read_parquet(copy / MANIFEST)
+    frame.set_axis(frame.index + 100).to_parquet(copy / MANIFEST)  # the same rows, stored with another index
+    assert data_digest(copy) == data_digest(tiny_data)
+
+
+def test_content_digest_does_not_depend_on_the_order_of_metadata_keys():
+    import torch
+
+    from fgkd.modelfile import content_digest
+
+    weights = {"a": torch.ones(2)}
+    ordered = {"metadata": {"stage": "teacher", "best_epoch": 1}, "state_dict": weights, "last_state_dict": weights}
+    reordered = {**ordered, "metadata": {"best_epoch": 1, "stage": "teacher"}}
+    assert content_digest(ordered) == content_digest(reordered)

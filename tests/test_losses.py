@@ -199,3 +199,26 @@ def test_one_step_with_p_0_1_moves_only_the_layers_up_to_the_attention_map_away_
     differs = {k for k in after[0.0] if not torch.equal(after[0.0][k], after[0.1][k])}
     assert differs and all(k.startswith(("trunk.conv1", "trunk.bn1", "trunk.layer1", "trunk.layer2")) for k in differs)
     assert {"trunk.conv1.weight", "trunk.layer2.0.conv2.weight"} <= differs
+
+
+def test_standardise_of_a_two_position_map_uses_the_unbiased_std():
+    """Two positions, the fewest a map may have: (x - mean) / std with the sample std (n - 1), as the official code."""
+    z = standardise(torch.tensor([[[1.0, 3.0]]]))
+    torch.testing.assert_close(z, torch.tensor([[[-1.0, 1.0]]]) / math.sqrt(2))
+
+
+def test_an_all_zero_map_and_a_large_map_constant_up_to_rounding_standardise_to_zero():
+    """A dead ReLU map (zeros: no spread, no magnitude) and a map of about 1000 whose values differ by float32
+    rounding alone: constancy is judged relative to each map's own magnitude."""
+    large = torch.full((1, 4, 4), 1000.0)
+    large[0, 0, 0] = torch.nextafter(torch.tensor(1000.0), torch.tensor(2000.0))
+    for maps in (torch.zeros(1, 3, 3), large):
+        assert torch.equal(standardise(maps), torch.zeros_like(maps))
+
+
+def test_each_map_of_a_batch_is_judged_constant_by_its_own_magnitude():
+    """A small map that varies is standardised as alone, beside a large one in the same batch."""
+    small = torch.tensor([[1e-3, 2e-3], [3e-3, 4e-3]])
+    batch = torch.stack([small, torch.full((2, 2), 1e4) + torch.arange(4.0).view(2, 2)])
+    torch.testing.assert_close(standardise(batch)[0], standardise(small.unsqueeze(0))[0])
+    assert standardise(batch)[0].abs().min() > 0.3

@@ -119,3 +119,24 @@ def test_weight_0_or_no_earlier_network_is_plain_cross_entropy(variant):
         out = method(images, labels)
         assert set(out.losses) == {"ce"}
         torch.testing.assert_close(out.losses["ce"], F.cross_entropy(out.logits, labels))
+
+
+def test_the_teachers_loss_is_cross_entropy_named_ce():
+    """The names are the history's columns and what the reports read."""
+    model = FGVCNet("resnet10", 4, "gap", 8, attention_stride=8)
+    images, labels = batch()
+    out = CrossEntropy(model)(images, labels)
+    assert list(out.losses) == ["ce"]
+    torch.testing.assert_close(out.losses["ce"], F.cross_entropy(out.logits, labels))
+
+
+def test_earlier_networks_stay_frozen_in_eval_mode_when_the_student_trains():
+    method = student_of("or", 0.1)
+    teacher = method.earlier.networks[0]
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    method.train()
+    images, labels = batch()
+    sum(method(images, labels).losses.values()).backward()
+    assert not teacher.training and not any(m.training for m in teacher.modules())
+    assert not any(p.requires_grad for p in method.earlier.parameters())
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # BN statistics too

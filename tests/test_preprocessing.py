@@ -51,11 +51,11 @@ def decoded(path, recipe: str):
 
 @pytest.mark.parametrize("recipe,reference,exact", [("official", official, False), ("imagenet", imagenet, True)])
 @pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("resize,crop", [(40, 32), (16, 12)])  # up and down: downscaling is antialiased
 def test_each_recipe_gives_what_its_reference_transforms_give_on_real_non_square_images(photos, recipe, reference,
-                                                                                        exact, split):
+                                                                                        exact, split, resize, crop):
     """Same seed, same crop and flip: the random draws are the reference's too. `official` to float rounding (ToTensor
     divides, fgkd multiplies), `imagenet` to the bit (byte-identical to fgkd before the choice)."""
-    resize, crop = 40, 32
     dataset = load_split(photos, split, ImageSizes(resize, crop, recipe))
     frame = read_manifest(photos)
     paths = frame[frame.split == split]["path"].tolist()

@@ -14,7 +14,7 @@ class AuxKD(nn.Module):
     With one teacher this is single-teacher KD through one auxiliary head.
     """
 
-    def __init__(self, model: nn.Module, teachers: FrozenNetworks, temperature: float = 4.0, alpha: float = 0.5):
+    def __init__(self, model: nn.Module, teachers: FrozenNetworks, temperature: float, alpha: float):
         super().__init__()
         self.model, self.teachers, self.temperature, self.alpha = model, teachers, temperature, alpha
 

@@ -35,7 +35,7 @@ class OrthogonalStudent(nn.Module):
     """Student k: cross-entropy plus a penalty for attending where the frozen earlier networks attend
     (``variant``: a name in ORTHOGONAL_LOSSES, weighted by ``weight``)."""
 
-    def __init__(self, model: nn.Module, earlier: FrozenNetworks, variant: str = "or", weight: float = 0.1):
+    def __init__(self, model: nn.Module, earlier: FrozenNetworks, variant: str, weight: float):
         super().__init__()
         self.model, self.earlier, self.variant, self.weight = model, earlier, variant, weight
 
