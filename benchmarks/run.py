@@ -28,7 +28,8 @@ import torch.nn.functional as F
 import yaml
 
 from fgkd.config import cli_flags
-from fgkd.data.dataset import ImageSizes, load_split, make_train_loader
+from fgkd.data.dataset import load_split, make_train_loader
+from fgkd.data.recipes import ImageSizes
 from fgkd.data.prepare import prepare
 from fgkd.data.synth import SynthParams, generate
 from fgkd.distributed import Processes

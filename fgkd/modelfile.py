@@ -12,7 +12,6 @@ import json
 import math
 import os
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import torch
@@ -93,15 +92,26 @@ def read_model_file(path: str | Path) -> dict:
         raise _damaged(path, problem)
     for key in WEIGHTS.values():
         weights = saved.get(key)
-        if not (isinstance(weights, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+        if not (isinstance(weights, dict) and all(isinstance(k, str) and _plain_tensor(v)
                                                   for k, v in weights.items())):
-            raise _damaged(path, f"its {key} is not a set of named tensors")
+            raise _damaged(path, f"its {key} is not a set of named dense tensors")
     return saved
+
+
+def _plain_tensor(value) -> bool:
+    """A tensor as `fgkd train` saves one: dense, with its values in memory (not sparse, meta, quantized or a
+    conjugate view, whose bytes content_digest could not read as they are)."""
+    return (isinstance(value, torch.Tensor) and value.layout == torch.strided and not value.is_meta
+            and not value.is_quantized and not value.is_conj())
 
 
 def _metadata_problem(meta: dict) -> str | None:
     """What is wrong with a model.pt's metadata, if anything: what `fgkd train` writes, in type and meaning (a crop
     larger than the resize, a class list of another length or a best epoch outside the run would be used as is)."""
+    try:
+        json.dumps(meta, sort_keys=True)
+    except (TypeError, ValueError):
+        return "metadata holds values other than text, numbers, lists and text-keyed tables"
     for key, kind in REQUIRED_KEYS.items():
         if key not in meta:
             return f"no metadata key {key!r} (every model.pt of `fgkd train` has one)"
@@ -232,7 +242,7 @@ def content_digest(saved: dict) -> str:
     for key in WEIGHTS.values():
         for name, tensor in sorted(saved[key].items()):
             digest.update(f"\n{key}/{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()[:16]
 
 

@@ -30,8 +30,8 @@ from . import arithmetic, distributed
 from .atomic import atomic_path, refuse_to_overwrite_inputs, require_utf8_name, write_parquet
 from .config import TrainConfig, config_hash
 from .data.dataset import derived_seed, load_split, make_loader, make_train_loader
-from .data.recipes import ImageSizes
 from .data.manifest import class_names, data_digest, read_manifest
+from .data.recipes import ImageSizes
 from .distributed import Processes
 from .errors import DataError, FgkdError, some
 from .metrics import topk_hits

@@ -103,10 +103,11 @@ def check_model(path: str | Path, stage: str, config_hash: str, data: str | Path
                if key not in meta]
     if missing:
         raise _refused(path, f"written by an earlier fgkd (no {', '.join(missing)} in its metadata), so it cannot "
-                             "show what it was trained on", pair)
-    if content_digest(saved) != meta["content_sha256"]:
+                             "show what it was trained on and that it is unchanged", pair)
+    content = content_digest(saved)
+    if content != meta["content_sha256"]:
         raise _refused(path, f"its metadata or weights changed since `fgkd train` wrote it (content sha256 "
-                             f"{content_digest(saved)}, written {meta['content_sha256']})", pair)
+                             f"{content}, written {meta['content_sha256']})", pair)
     digest = check_data(data)
     if meta["data_digest"] != digest:
         raise _refused(path, f"trained on data of digest {meta['data_digest']}, {data} has {digest}", pair)

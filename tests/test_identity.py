@@ -141,3 +141,16 @@ def test_content_digest_does_not_depend_on_the_order_of_metadata_keys():
     ordered = {"metadata": {"stage": "teacher", "best_epoch": 1}, "state_dict": weights, "last_state_dict": weights}
     reordered = {**ordered, "metadata": {"best_epoch": 1, "stage": "teacher"}}
     assert content_digest(ordered) == content_digest(reordered)
+
+
+def test_content_digest_is_what_the_models_of_this_format_record():
+    """Every trained model.pt records its content digest: a changed formula would have `fgkd verify` refuse them all
+    as changed since training. Changing it on purpose: a new model format, and update this."""
+    import torch
+
+    from fgkd.modelfile import content_digest
+
+    weights = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.tensor([1, 2])}
+    saved = {"metadata": {"stage": "teacher", "best_val_acc": float("nan")}, "state_dict": weights,
+             "last_state_dict": weights}
+    assert content_digest(saved) == "d6628b7262d7d755"

@@ -46,6 +46,10 @@ def wrong_type(saved):
     saved["metadata"]["num_classes"] = "4"
 
 
+def sparse_weight(saved):
+    saved["state_dict"]["trunk.conv1.weight"] = saved["state_dict"]["trunk.conv1.weight"].to_sparse()
+
+
 def meaning(key, value):
     """A metadata value of the right type and the wrong meaning (each was used as it was: a crop of 100 px, classes
     named after the letters of a string)."""
@@ -76,6 +80,9 @@ DAMAGES = [
     (meaning("best_val_acc", 2.0), "metadata best_val_acc is 2.0, not a share between 0 and 1"),
     (meaning("aux_heads", -1), "metadata aux_heads is -1, below 0"),
     (meaning("epochs", True), "metadata epochs is True, not of type int"),
+    (sparse_weight, "its state_dict is not a set of named dense tensors"),
+    (meaning("start", {"source": "file", "file": "w.pt", "sha256": b"\x00"}),
+     "metadata holds values other than text, numbers, lists and text-keyed tables"),
 ]
 
 

@@ -85,11 +85,11 @@ def _drop_a_weight(saved):
     saved["last_state_dict"].pop(next(iter(saved["last_state_dict"])))
 
 
-def _another_best_epoch(saved):
+def _another_validation_accuracy(saved):
     saved["metadata"]["best_val_acc"] = 1.0
 
 
-@pytest.mark.parametrize("change", [_nudge_a_weight, _drop_a_weight, _another_best_epoch])
+@pytest.mark.parametrize("change", [_nudge_a_weight, _drop_a_weight, _another_validation_accuracy])
 def test_a_model_changed_after_training_is_refused(run, tmp_path, change):
     """A model.pt that still loads and names the right job, but whose weights or metadata are not what `fgkd train`
     wrote (an edited or mixed-up cache entry): its content sha256 no longer matches."""
