@@ -2,18 +2,31 @@
 and the cache compare. Each option that changes what a run computes changes its hash; the speed options do not."""
 
 import dataclasses
+import hashlib
 import shutil
 
 import pandas as pd
 import pytest
+import torch
 
 from fgkd.config import NOT_IDENTITY, TrainConfig, config_hash
 from fgkd.data.manifest import MANIFEST, data_digest
-from fgkd.modelfile import file_digest
+from fgkd.modelfile import content_digest, file_digest
 
 pytestmark = pytest.mark.unit
 
 BASE = TrainConfig()
+
+
+def model_file(metadata=None, **changes):
+    """The parts of a model.pt that content_digest reads: small weights, the same best and last unless ``changes``
+    (a table of tensors per part) replace some."""
+    weights = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.tensor([1, 2])}
+    file = {"metadata": metadata or {"stage": "teacher", "best_epoch": 1}, "state_dict": dict(weights),
+            "last_state_dict": dict(weights)}
+    for key, value in changes.items():
+        file[key] = {**file[key], **value}
+    return file
 
 
 def other_value(field: dataclasses.Field):
@@ -84,36 +97,24 @@ def test_data_digest_covers_every_image_byte_and_every_manifest_row(tiny_data, t
 
 
 def test_file_digest_is_the_files_sha256(tmp_path):
-    import hashlib
-
     path = tmp_path / "model.pt"
     path.write_bytes(b"weights")
     assert file_digest(path) == hashlib.sha256(b"weights").hexdigest()[:16]
 
 
 def test_content_digest_covers_metadata_and_every_weight_but_not_itself():
-    import torch
-
-    from fgkd.modelfile import content_digest
-
-    def saved(**changes):
-        weights = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.tensor([1, 2])}
-        file = {"metadata": {"stage": "teacher", "best_epoch": 1}, "state_dict": dict(weights),
-                "last_state_dict": dict(weights)}
-        for key, value in changes.items():
-            file[key] = {**file[key], **value}
-        return file
-
-    digest = content_digest(saved())
-    assert len(digest) == 16 and digest == content_digest(saved(metadata={"content_sha256": "x"}))
-    others = [saved(metadata={"best_epoch": 2}), saved(metadata={"extra": None}),
-              saved(state_dict={"a": torch.arange(6, dtype=torch.float32).reshape(3, 2)}),  # same bytes, other shape
-              saved(state_dict={"a": torch.arange(6, dtype=torch.float64).reshape(2, 3)}),
-              saved(last_state_dict={"b": torch.tensor([1, 3])}), saved(last_state_dict={"c": torch.tensor([1, 2])}),
-              saved(state_dict={"b": torch.tensor([1, 2]).expand(2, 2)[0]})]  # the same values: the same digest
+    meta = {"stage": "teacher", "best_epoch": 1}
+    digest = content_digest(model_file())
+    assert len(digest) == 16 and digest == content_digest(model_file({**meta, "content_sha256": "x"}))
+    others = [model_file({**meta, "best_epoch": 2}), model_file({**meta, "extra": None}),
+              model_file(state_dict={"a": torch.arange(6, dtype=torch.float32).reshape(3, 2)}),  # same bytes
+              model_file(state_dict={"a": torch.arange(6, dtype=torch.float64).reshape(2, 3)}),
+              model_file(last_state_dict={"b": torch.tensor([1, 3])}),
+              model_file(last_state_dict={"c": torch.tensor([1, 2])}),
+              model_file(state_dict={"b": torch.tensor([1, 2]).expand(2, 2)[0]})]  # the same values: the same digest
     digests = [content_digest(file) for file in others]
     assert digests[-1] == digest and digest not in digests[:-1] and len(set(digests[:-1])) == len(digests) - 1
-    swapped = saved()
+    swapped = model_file()
     swapped["state_dict"], swapped["last_state_dict"] = swapped["last_state_dict"], {"a": swapped["state_dict"]["a"]}
     assert content_digest(swapped) != digest
 
@@ -133,24 +134,11 @@ def test_data_digest_ignores_how_the_manifest_rows_are_indexed(tiny_data, tmp_pa
 
 
 def test_content_digest_does_not_depend_on_the_order_of_metadata_keys():
-    import torch
-
-    from fgkd.modelfile import content_digest
-
-    weights = {"a": torch.ones(2)}
-    ordered = {"metadata": {"stage": "teacher", "best_epoch": 1}, "state_dict": weights, "last_state_dict": weights}
-    reordered = {**ordered, "metadata": {"best_epoch": 1, "stage": "teacher"}}
-    assert content_digest(ordered) == content_digest(reordered)
+    ordered = model_file({"stage": "teacher", "best_epoch": 1})
+    assert content_digest(ordered) == content_digest(model_file({"best_epoch": 1, "stage": "teacher"}))
 
 
 def test_content_digest_is_what_the_models_of_this_format_record():
     """Every trained model.pt records its content digest: a changed formula would have `fgkd verify` refuse them all
     as changed since training. Changing it on purpose: a new model format, and update this."""
-    import torch
-
-    from fgkd.modelfile import content_digest
-
-    weights = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.tensor([1, 2])}
-    saved = {"metadata": {"stage": "teacher", "best_val_acc": float("nan")}, "state_dict": weights,
-             "last_state_dict": weights}
-    assert content_digest(saved) == "d6628b7262d7d755"
+    assert content_digest(model_file({"stage": "teacher", "best_val_acc": float("nan")})) == "d6628b7262d7d755"
