@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 
 import click
 
@@ -341,20 +340,16 @@ def part_occlusion(raw, data, models, out, combine):
     click.echo(frame.pivot(index="condition", columns="network", values="top1").round(3).to_string())
 
 
-@main.command("publish-results")
+@main.command("publish-results", hidden=True)
 @click.option("--reports", default="results/reports", show_default=True, type=click.Path(file_okay=False))
-@click.option("--readme", default="README.md", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--figures", type=click.Path(file_okay=False),
-              help="Where the figures go  [default: docs/results, or docs/results/BLOCK, beside the README]")
-@click.option("--block", help="Fill the README's block <!-- results:BLOCK:start --> ... instead of the default "
-                              "experiment's (the results of another config, e.g. --block fair).")
+@click.option("--page", required=True, type=click.Path(dir_okay=False),
+              help="The results page to write, e.g. docs/results/synthetic.md; its figures go into the folder of "
+                   "its name beside it (docs/results/synthetic/).")
+@click.option("--title", help="The page's title  [default: Results: PAGE NAME]")
 @_friendly
-def publish_results(reports, readme, figures, block):
-    """Fill the README's Results section from the reports (after `snakemake --cores all ablations`)."""
+def publish_results(reports, page, title):
+    """Write a results page of the documentation from the reports (after `snakemake --cores all ablations`)."""
     from .report import publish
 
-    if block is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", block):
-        raise FgkdError(f"--block {block!r}: use letters, digits, - and _ (it names a README comment and a folder)")
-    figures = figures or os.path.join(os.path.dirname(readme), "docs", "results", *([block] if block else []))
-    publish(reports, readme, figures, block)
-    click.echo(f"updated {readme} and {figures}")
+    publish(reports, page, title)
+    click.echo(f"wrote {page} and its figures")

@@ -14,7 +14,7 @@ from PIL import Image
 
 from fgkd.cli import main
 from fgkd.ensemble import ensemble
-from fgkd.report import COMPARISON_COLUMNS, comparison_table, provenance, summary_table
+from fgkd.report import COMPARISON_COLUMNS, GENERATED_MARK, comparison_table, provenance, summary_table
 from artifacts import one_line_error, ranked_hits, save_model, write_logits
 
 pytestmark = pytest.mark.unit
@@ -414,35 +414,36 @@ def _reports(root, title, digest="c0ffee", top1=0.5):
     return root
 
 
-def test_publish_results_fills_a_named_block_and_leaves_the_default_one(tmp_path):
-    readme = tmp_path / "README.md"
-    default = "<!-- results:start -->\nDEFAULT RESULTS\n<!-- results:end -->"
-    readme.write_text(f"# x\n\n{default}\n\nthe study:\n<!-- results:fair:start -->\nSTALE\n<!-- results:fair:end -->\nend\n")
-    publish = ["publish-results", "--readme", str(readme), "--block", "fair"]
+def test_publish_results_writes_the_page_whole_with_its_figures_beside_it(tmp_path):
+    page = tmp_path / "docs" / "results" / "fair.md"
+    other = tmp_path / "docs" / "results" / "synthetic.md"
+    other.parent.mkdir(parents=True)
+    other.write_text("the default experiment's page\n")
+    publish = ["publish-results", "--page", str(page), "--title", "Results: the fair test"]
     for title in ("first", "second"):
         result = CliRunner().invoke(main, [*publish, "--reports", str(_reports(tmp_path / title, title))])
         assert result.exit_code == 0, result.output
-    text = readme.read_text()
-    assert default in text and "STALE" not in text and "first" not in text and text.endswith("\nend\n")
-    assert "second main table" in text and "#### Variants\n\nsecond ablation table" in text
-    assert "<!-- results:fair:start -->\nMade from: commit abc, config digest c0ffee, fgkd " in text
-    assert "Made from: x" not in text  # each summary's own line gives way to the block's one
-    assert "![training_curves](docs/results/fair/training_curves.png)" in text
+    text = page.read_text()
+    assert text.startswith(f"# Results: the fair test\n\n{GENERATED_MARK}\n\nMade from: commit abc, config digest "
+                           "c0ffee, fgkd ")
+    assert "first" not in text and "second main table" in text and "## Variants\n\nsecond ablation table" in text
+    assert "Made from: x" not in text  # each summary's own line gives way to the page's one
+    assert "![training_curves](fair/training_curves.png)" in text
     assert (tmp_path / "docs/results/fair/training_curves.png").is_file()
-    assert not (tmp_path / "docs/results/training_curves.png").exists()  # the default block's figures untouched
+    assert other.read_text() == "the default experiment's page\n"  # another page untouched
+    assert not (tmp_path / "docs/results/training_curves.png").exists()
 
 
-@pytest.mark.parametrize("block,culprit", [("other", "no single <!-- results:other:start -->"),
-                                           ("../x", "--block '../x': use letters")])
-def test_publish_results_into_a_missing_or_odd_block_is_one_line_and_changes_nothing(tmp_path, block, culprit):
-    readme = tmp_path / "README.md"
-    readme.write_text("# x\n<!-- results:start -->\nDEFAULT\n<!-- results:end -->\n")
-    result = CliRunner().invoke(main, ["publish-results", "--readme", str(readme), "--block", block,
+@pytest.mark.parametrize("page,culprit", [("notes.md", "not a page written by publish-results"),
+                                          ("page.txt", "not a Markdown file")])
+def test_publish_results_never_overwrites_a_page_it_did_not_write(tmp_path, page, culprit):
+    target = tmp_path / page
+    target.write_text("# My own notes\n")
+    result = CliRunner().invoke(main, ["publish-results", "--page", str(target),
                                        "--reports", str(_reports(tmp_path / "r", "new"))])
-    assert result.exit_code == 1 and result.output.startswith("Error: ") and culprit in result.output, result.output
-    assert len(result.output.splitlines()) == 1
-    assert readme.read_text() == "# x\n<!-- results:start -->\nDEFAULT\n<!-- results:end -->\n"
-    assert not (tmp_path / "docs").exists()
+    one_line_error(result, culprit)
+    assert target.read_text() == "# My own notes\n"
+    assert not (tmp_path / target.stem).exists()
 
 
 def _mixed_digest(reports):
@@ -476,13 +477,12 @@ def _empty_summary(reports):
 def test_publish_results_refuses_tables_of_two_runs(tmp_path, mix, culprit):
     """Before: after `ablations`, an `all` under another config was published beside the older run's ablation
     tables."""
-    readme = tmp_path / "README.md"
-    readme.write_text("# x\n<!-- results:start -->\nOLD\n<!-- results:end -->\n")
+    page = tmp_path / "docs" / "page.md"
     reports = _reports(tmp_path / "reports", "new")
     mix(reports)
-    result = CliRunner().invoke(main, ["publish-results", "--readme", str(readme), "--reports", str(reports)])
+    result = CliRunner().invoke(main, ["publish-results", "--page", str(page), "--reports", str(reports)])
     one_line_error(result, culprit)
-    assert "OLD" in readme.read_text() and not (tmp_path / "docs").exists()
+    assert not (tmp_path / "docs").exists()
 
 
 def test_reports_of_another_combine_rule_and_config_are_not_published_together(results, tmp_path):
@@ -495,36 +495,13 @@ def test_reports_of_another_combine_rule_and_config_are_not_published_together(r
                       variants="or,lambda0").exit_code == 0
     write_ensembles(root, "probs")
     assert run_report(root, reports, "probs", "--config-digest", "bbbb").exit_code == 0
-    readme = tmp_path / "README.md"
-    readme.write_text("<!-- results:start -->\nOLD\n<!-- results:end -->\n")
-    result = CliRunner().invoke(main, ["publish-results", "--readme", str(readme), "--reports", str(reports)])
+    page = tmp_path / "page.md"
+    page.write_text(f"# Results\n\n{GENERATED_MARK}\n\nOLD\n")
+    result = CliRunner().invoke(main, ["publish-results", "--page", str(page), "--reports", str(reports)])
     one_line_error(result, "made from other config digests (bbbb and aaaa)")
-    assert readme.read_text() == "<!-- results:start -->\nOLD\n<!-- results:end -->\n"
+    assert page.read_text() == f"# Results\n\n{GENERATED_MARK}\n\nOLD\n"
     write_ensembles(root, "logits")
     assert run_report(root, reports, "logits", "--config-digest", "aaaa").exit_code == 0  # one run: published
-    result = CliRunner().invoke(main, ["publish-results", "--readme", str(readme), "--reports", str(reports)])
+    result = CliRunner().invoke(main, ["publish-results", "--page", str(page), "--reports", str(reports)])
     assert result.exit_code == 0, result.output
-    assert "config digest aaaa" in readme.read_text()
-
-
-def test_publish_results_figures_outside_the_readmes_folder_is_one_line_and_copies_nothing(tmp_path):
-    readme = tmp_path / "checkout" / "README.md"
-    readme.parent.mkdir()
-    readme.write_text("<!-- results:start -->\nOLD\n<!-- results:end -->\n")
-    outside = tmp_path / "elsewhere"
-    result = CliRunner().invoke(main, ["publish-results", "--readme", str(readme), "--figures", str(outside),
-                                       "--reports", str(_reports(tmp_path / "reports", "new"))])
-    one_line_error(result, f"--figures {outside}: outside {readme.parent}")
-    assert not outside.exists() and "OLD" in readme.read_text()
-
-
-def test_interleaved_markers_are_one_line_and_the_readme_unchanged(tmp_path):
-    readme = tmp_path / "README.md"
-    text = ("<!-- results:start -->\nA\n<!-- results:fair:start -->\nB\n<!-- results:end -->\nC\n"
-            "<!-- results:fair:end -->\n")
-    readme.write_text(text)
-    for block in ([], ["--block", "fair"]):
-        result = CliRunner().invoke(main, ["publish-results", "--readme", str(readme), *block, "--reports",
-                                           str(_reports(tmp_path / f"reports{len(block)}", "new"))])
-        one_line_error(result, "another block's marker stands between")
-    assert readme.read_text() == text
+    assert "config digest aaaa" in page.read_text() and "OLD" not in page.read_text()
