@@ -380,7 +380,7 @@ def schema_default(*keys):
     return functools.reduce(lambda node, key: node["properties"][key], keys, SCHEMA)["default"]
 
 
-@pytest.mark.parametrize("shipped", ["config.yaml", "tiny.yaml", "paper.yaml"])
+@pytest.mark.parametrize("shipped", ["config.yaml", "tiny.yaml", "paper.yaml", "cub-small.yaml"])
 def test_every_shipped_configs_commands_carry_exactly_its_options_and_the_schema_defaults(tmp_path, shipped):
     """A --configfile is the whole experiment: nothing of config/config.yaml (head: gap, workers, the synthetic
     set, its variants) leaks into the paper's commands, and keys a config leaves out take the schema's defaults."""
