@@ -1,6 +1,6 @@
 """What decides a run's floating-point results besides its config, data and seed, recorded in model.pt.
 
-Measured here: on CPU, 1 against 2 threads, and oneDNN's kernels capped at AVX2 (ONEDNN_MAX_CPU_ISA) against
+On CPU, 1 against 2 threads, and oneDNN's kernels capped at AVX2 (ONEDNN_MAX_CPU_ISA) against
 the machine's own (AMX/AVX512), each give other trained weights; so may another CPU. On CUDA: the GPU, and
 whether TF32 is allowed (torch's default lets cuDNN convolutions use it even with amp off). And the torch build.
 """
