@@ -110,7 +110,6 @@ def test_every_repository_file_named_exists():
 # Snakemake commands that cannot be planned as shown, and where they are tested instead.
 NOT_PLANNED = {
     "--report": "needs a finished run: test_workflow builds the report",
-    "--touch": "follows a dvc pull: test_workflow's DVC tests",
 }
 
 
@@ -157,3 +156,17 @@ def test_a_broken_command_in_the_docs_would_fail(project, tmp_path):
     result = run_with(["snakemake", "--cores", "all", "all", "--config", "students=0", "--dry-run", "--quiet",
                        "rules"], project, {})
     assert result.returncode != 0 and "students" in result.stdout + result.stderr
+
+
+def test_every_dvc_command_and_unplanned_snakemake_command_shown_is_run_by_a_test():
+    """What cannot be planned here is run by test_workflow: each `dvc` subcommand shown, and the Snakemake flags
+    of NOT_PLANNED."""
+    tests = (REPO / "tests" / "test_workflow.py").read_text()
+    shown = [words(c) for _, c in shown_commands() if c.startswith("dvc ")]
+    assert len(shown) >= 8
+    for argv in shown:
+        called = ", ".join(f'"{word}"' for word in argv[:3] if not word.startswith(("-", "<", "'", "config/", "data/")))
+        called = called if argv[1] != "exp" else ", ".join(f'"{word}"' for word in argv[:3])
+        assert called in tests, f"{' '.join(argv)}: no test runs {called}"
+    for flag in NOT_PLANNED:
+        assert f'"{flag}"' in tests, flag
