@@ -7,10 +7,26 @@ import os
 
 import click
 
-from .data.sources import LOADERS
+from .config import DEVICE_HELP, DEVICES, registry_names
 from .errors import FgkdError, one_line
 from .metrics import COMBINES
-from .stages import METHOD_STAGES
+
+
+class RegistryChoice(click.Choice):
+    """The names of a registry (module, attribute) as a click.Choice, read from it whenever they are needed: the
+    registries of the networks import torch, which `fgkd --help` and the torch-free commands do without."""
+
+    def __init__(self, module: str, attribute: str):
+        self.registry = (module, attribute)
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple:
+        return registry_names(*self.registry)
+
+
+COMBINE = RegistryChoice("fgkd.metrics", "COMBINES")
+DEVICE_METAVAR = "[" + "|".join(DEVICES) + "]"
 
 
 def _friendly(command):
@@ -29,7 +45,18 @@ def _friendly(command):
 @click.group()
 @click.version_option(package_name="fgkd")
 def main():
-    """Fine-grained classification by knowledge distillation."""
+    """Fine-grained classification by knowledge distillation.
+
+    The usual entry point is the Snakemake workflow: each command below is one step of its pipeline, which runs them
+    for every data set, backbone and seed. Run a command by hand to redo or inspect one step.
+
+    \b
+      snakemake --cores all all        # on this machine (config/config.yaml)
+      snakemake --profile slurm all    # on a SLURM cluster, each step a job
+
+    Documentation: README.md, config/README.md (every config key) and the guide in docs/ (`mkdocs serve` to read
+    it, `mkdocs build` to build the site).
+    """
 
 
 @main.command()
@@ -57,14 +84,14 @@ def synth(out, classes, images_per_class, size, seed, occlusion, test_fraction, 
 
 
 @main.command()
-@click.argument("dataset", type=click.Choice(list(LOADERS)))
+@click.argument("dataset", type=RegistryChoice("fgkd.data.sources", "LOADERS"))
 @click.option("--root", required=True, type=click.Path(), help="The data set's folder or official archive.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for manifest.parquet and images/.")
 @click.option("--resize", default=512, show_default=True, help="Short side of the stored copies (never upscaled).")
 @click.option("--workers", default=None, type=int, help="Decoding processes (default: CPU count, at most 8).")
 @_friendly
 def prepare(dataset, root, out, resize, workers):
-    """Check a raw data set and write its manifest and resized images."""
+    """Check a raw data set of the layout given first and write its manifest and resized images."""
     from .data.prepare import prepare as run_prepare
 
     manifest = run_prepare(dataset, root, out, resize=resize, workers=workers)
@@ -72,29 +99,38 @@ def prepare(dataset, root, out, resize, workers):
 
 
 def _config_options(command):
-    """One --option per TrainConfig field, with the field's default and type."""
+    """One --option per TrainConfig field, with the field's default and type, or its registry's choices."""
     import dataclasses
 
-    from .config import CONFIG_HELP, TrainConfig, option_flag
+    from .config import CHOICES, CONFIG_HELP, TYPES, WEIGHT_KEYWORDS, TrainConfig, option_flag
 
+    metavars = {**{key: "[" + "|".join((*words, "FILE")) + "]" for key, words in WEIGHT_KEYWORDS.items()},
+                "device": DEVICE_METAVAR}
     for field in reversed(dataclasses.fields(TrainConfig)):
         flag = option_flag(field.name)
         if field.type == "bool":
             flag = f"{flag}/--no-{flag[2:]}"
-        kind = {"int": int, "float": float, "str": str, "bool": bool}[field.type]
+        kind = RegistryChoice(*CHOICES[field.name]) if field.name in CHOICES else TYPES[field.type]
         command = click.option(flag, field.name, type=kind, default=field.default, show_default=True,
-                               help=CONFIG_HELP.get(field.name))(command)
+                               metavar=metavars.get(field.name), help=CONFIG_HELP[field.name])(command)
     return command
 
 
+def _device_option(command):
+    return click.option("--device", default="auto", show_default=True, metavar=DEVICE_METAVAR,
+                        help=f"{DEVICE_HELP}.")(command)
+
+
 @main.command()
-@click.option("--stage", required=True, type=click.Choice(METHOD_STAGES))
+@click.option("--stage", required=True, type=RegistryChoice("fgkd.stages", "METHOD_STAGES"),
+              help="What to train: teacher (cross-entropy), student (orthogonal student k, with --index k) or auxkd "
+                   "(the aux-KD student of the --earlier networks).")
 @click.option("--index", type=int, default=None, help="Student number k (students only).")
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="A prepared data set.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for model.pt and history.parquet.")
 @click.option("--earlier", multiple=True, type=click.Path(), help="Frozen model.pt files, teacher first (repeat).")
 @click.option("--name", default=None, help="Run name (default: teacher, student_k or auxkd); seeds the run.")
-@click.option("--progress/--no-progress", default=True, help="Per-epoch progress bar.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Per-epoch progress bar.")
 @click.option("--processes", default=1, show_default=True, type=click.IntRange(min=1),
               help="Data-parallel processes on this node, one per GPU (started through torchrun); "
                    "--batch-size is per process.")
@@ -123,13 +159,15 @@ def train(stage, index, data, out, earlier, name, progress, processes, **config)
 @click.option("--model", "model_path", required=True, type=click.Path(), help="A model.pt from `fgkd train`.")
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="A prepared data set.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The logits Parquet file to write.")
-@click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True,
+@click.option("--which", type=RegistryChoice("fgkd.modelfile", "WEIGHTS"), default="best", show_default=True,
               help="Weights of the best validation epoch, or of the last epoch.")
 @click.option("--out-last", type=click.Path(dir_okay=False),
               help="Also write the last epoch's logits here (with --which best), in the same process.")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0))
-@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Test images per forward pass.")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
+              help="DataLoader worker processes.")
+@_device_option
 @_friendly
 def predict(model_path, data, out, which, out_last, batch_size, workers, device):
     """Write the test-split logits of a trained model."""
@@ -142,7 +180,7 @@ def predict(model_path, data, out, which, out_last, batch_size, workers, device)
 @main.command()
 @click.argument("logits", nargs=-1, required=True, type=click.Path())
 @click.option("--names", help="Comma-separated member names (default: the folder name of each file).")
-@click.option("--combine", type=click.Choice(list(COMBINES)), default="logits", show_default=True,
+@click.option("--combine", type=COMBINE, default="logits", show_default=True,
               help="; ".join(f"{name}: {rule.text}" for name, rule in COMBINES.items()) + ".")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The ensemble Parquet file to write.")
 @_friendly
@@ -167,14 +205,14 @@ def ensemble(logits, names, combine, out):
               help="A model.pt from `fgkd train`; repeat it for their ensemble.")
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1),
               help="Classes shown per image (at most the model's classes).")
-@click.option("--combine", type=click.Choice(list(COMBINES)), default="logits", show_default=True,
+@click.option("--combine", type=COMBINE, default="logits", show_default=True,
               help="How an ensemble combines its networks (as `fgkd ensemble --combine`).")
 @click.option("--overlay", type=click.Path(file_okay=False),
               help="Folder for one PNG per image (its name + .png): the image with the attention map on the part the "
                    "network sees; for an ensemble, the mean of the networks' maps.")
-@click.option("--format", "output_format", type=click.Choice(["table", "csv", "json"]), default="table",
+@click.option("--format", "output_format", type=RegistryChoice("fgkd.classify", "FORMATTERS"), default="table",
               show_default=True, help="A readable table, CSV with a header, or a JSON list of images.")
-@click.option("--device", default="auto", show_default=True)
+@_device_option
 @_friendly
 def classify(targets, models, top_k, combine, overlay, output_format, device):
     """Top classes with their probabilities for images, and for every image file in a folder (sorted).
@@ -205,7 +243,7 @@ def classify(targets, models, top_k, combine, overlay, output_format, device):
 
 @main.command()
 @click.option("--model", "model_path", required=True, type=click.Path(), help="A model.pt from `fgkd train`.")
-@click.option("--format", "export_format", required=True, type=click.Choice(["torchscript", "onnx"]),
+@click.option("--format", "export_format", required=True, type=RegistryChoice("fgkd.export", "WRITERS"),
               help="TorchScript (torch.jit.load) or ONNX (onnxruntime and other runtimes).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="The file to write; its model card goes beside it, as the same name + .json.")
@@ -277,7 +315,7 @@ def _log_to_stderr(main_process: bool = True):
 @click.option("--figure", required=True, type=click.Path(dir_okay=False), help="Attention-map grid PNG to write.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
               help="Test images per forward pass (memory grows with it, not with the image count).")
-@click.option("--device", default="auto", show_default=True)
+@_device_option
 @_friendly
 def attention(models, data, images, overlap, figure, batch_size, device):
     """Attention maps of several networks over the same test images, and their mean pairwise overlap."""
@@ -299,17 +337,19 @@ def _parse_runs(ctx, param, runs):
 
 
 @main.command()
-@click.option("--results", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--results", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The workflow's results folder, holding DATASET/BACKBONE/seedN of each --run.")
 @click.option("--run", "runs", multiple=True, required=True, callback=_parse_runs,
               help="dataset/backbone/seed, e.g. synthetic/resnet10/0 (repeat).")
 @click.option("--variants", required=True, help="Comma-separated variants; the first is the method.")
 @click.option("--students", required=True, type=click.IntRange(min=1), help="Number of students K.")
-@click.option("--combine", type=click.Choice(list(COMBINES)), default="logits", show_default=True,
+@click.option("--combine", type=COMBINE, default="logits", show_default=True,
               help="How ensembles are combined; must match the ensemble.parquet files (fgkd ensemble --combine).")
 @click.option("--ablations", is_flag=True, help="Write the ablation report (variants, aux-KD baselines, parts).")
 @click.option("--config-digest", help="The workflow config's digest, recorded in provenance.json (the workflow "
                                       "passes it; publish-results requires it).")
-@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for the tables, summary.md, figures and metrics.")
 @_friendly
 def report(results, runs, variants, students, combine, ablations, config_digest, out):
     """Collect all results into Parquet tables, summary.md, figures and DVC metrics."""
@@ -329,7 +369,7 @@ def report(results, runs, variants, students, combine, ablations, config_digest,
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Its prepared copy.")
 @click.option("--model", "models", multiple=True, required=True, type=click.Path(), help="model.pt files (repeat).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The Parquet file to write.")
-@click.option("--combine", type=click.Choice(list(COMBINES)), default="logits", show_default=True,
+@click.option("--combine", type=COMBINE, default="logits", show_default=True,
               help="How the ensemble row combines the networks (as `fgkd ensemble --combine`).")
 @_friendly
 def part_occlusion(raw, data, models, out, combine):
@@ -341,7 +381,8 @@ def part_occlusion(raw, data, models, out, combine):
 
 
 @main.command("publish-results", hidden=True)
-@click.option("--reports", default="results/reports", show_default=True, type=click.Path(file_okay=False))
+@click.option("--reports", default="results/reports", show_default=True, type=click.Path(file_okay=False),
+              help="The report folder `fgkd report` wrote (its ablations/ beside).")
 @click.option("--page", required=True, type=click.Path(dir_okay=False),
               help="The results page to write, e.g. docs/results/synthetic.md; its figures go into the folder of "
                    "its name beside it (docs/results/synthetic/).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 import math
 from dataclasses import dataclass
@@ -12,12 +13,15 @@ from pathlib import Path
 
 from .errors import FgkdError
 
+# What `device` takes (cuda:N: the GPU of index N); torch parses it, so the list is for people.
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+DEVICE_HELP = "auto (a GPU when there is one), cpu, cuda, or cuda:N for GPU N"
 
 CONFIG_HELP = {
-    "backbone": "torchvision backbone (see fgkd.models.BACKBONES)",
+    "backbone": "torchvision backbone (resnet10: a small ResNet without pretrained weights)",
     "pretrained": "the trunk's start weights: none (random), imagenet (torchvision's IMAGENET1K_V1 weights, as "
-                  "the official code's pretrained=True, cached in TORCH_HOME), or the path of a torchvision state dict of the backbone's classifier (for clusters "
-                  "without internet; its classifier head is dropped)",
+                  "the official code's pretrained=True, cached in TORCH_HOME), or the path of a torchvision state "
+                  "dict of the backbone's classifier (for clusters without internet; its classifier head is dropped)",
     "init_from": "none, or a fgkd model.pt to start from (transfer): its trunk, and its main head when the classes "
                  "and head fit",
     "head": "official (max-pool, BN, Linear(head_hidden), BN, ELU, Linear) or gap (avg-pool, Linear)",
@@ -36,19 +40,37 @@ CONFIG_HELP = {
     "val_fraction": "share of train held out to pick the best epoch; 0 keeps the last epoch",
     "seed": "each stage derives its own seed from it and its stage",
     "workers": "DataLoader worker processes",
-    "orth": "orthogonal loss of the students, a name in fgkd.methods.orthogonal.ORTHOGONAL_LOSSES (or: the official "
-            "one, at: attention transfer)",
+    "orth": "orthogonal loss of the students (or: the official one, at: attention transfer)",
     "orth_weight": "p of the adaptive OR weight (OR term = p x CE), or the fixed lambda of AT; 0 = plain CE",
     "attention_stride": "output stride of the attention feature map: 32 is the last, 16/8/4 earlier and larger",
     "kd_temperature": "temperature T of the aux-KD losses",
     "kd_alpha": "weight of KD against CE on each auxiliary head",
     "amp": "auto (bf16 autocast on CUDA), bf16, off",
     "channels_last": "auto (on CUDA), on, off",
-    "device": "auto, cpu, cuda, cuda:1, ... (under torchrun, auto = each process its own GPU)",
+    "device": f"{DEVICE_HELP} (under torchrun, auto = each process its own GPU)",
     "sync_batchnorm": "under torchrun: batch-norm statistics over all processes' images (N processes then train "
                       "like one with N x batch_size)",
     "compile": "torch.compile the trained network: off, on",
 }
+
+
+# The options whose value is one of a fixed set, each with the registry that implements it (module, attribute: a dict
+# whose keys or a tuple whose items are the names). Read when asked, as most of them import torch: `fgkd train` offers
+# them as choices, TrainConfig.check enforces them, and the schema's enums are tested against them.
+CHOICES = {
+    "backbone": ("fgkd.models", "BACKBONES"),
+    "head": ("fgkd.models", "HEADS"),
+    "preprocessing": ("fgkd.data.recipes", "PREPROCESSING"),
+    "orth": ("fgkd.methods.orthogonal", "ORTHOGONAL_LOSSES"),
+    "attention_stride": ("fgkd.models", "ATTENTION_STRIDES"),
+    "amp": ("fgkd.train", "AMP_MODES"),
+    "channels_last": ("fgkd.train", "CHANNELS_LAST_MODES"),
+    "compile": ("fgkd.train", "COMPILE_MODES"),
+}
+
+def registry_names(module: str, attribute: str) -> tuple:
+    """The names a registry offers, read from it now."""
+    return tuple(getattr(importlib.import_module(module), attribute))
 
 
 def option_flag(name: str) -> str:
@@ -109,18 +131,10 @@ class TrainConfig:
         """Every option finite and in range, then the choices (their registries import torch: see check_values)."""
         self.check_values()
         self.check_files()
-        from .data.recipes import PREPROCESSING
-        from .methods.orthogonal import ORTHOGONAL_LOSSES
-        from .models import BACKBONES, HEADS
-
-        choices = {"backbone": tuple(BACKBONES), "head": HEADS, "orth": tuple(ORTHOGONAL_LOSSES),
-                   "preprocessing": tuple(PREPROCESSING),
-                   "amp": ("auto", "bf16", "off"),
-                   "channels_last": ("auto", "on", "off"),
-                   "compile": ("off", "on")}
-        for key, allowed in choices.items():
+        for key, registry in CHOICES.items():
+            allowed = registry_names(*registry)
             if getattr(self, key) not in allowed:
-                raise FgkdError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
+                raise FgkdError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(map(str, allowed))}")
 
     def check_values(self) -> None:
         """The checks that need no torch: the workflow runs them on every stage's options before any job."""

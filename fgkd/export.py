@@ -22,7 +22,6 @@ from .metrics import topk_accuracy
 from .models import FGVCNet
 from .modelfile import file_digest, input_sizes, load_model
 
-FORMATS = ("torchscript", "onnx")
 INPUT, OUTPUT = "images", "logits"  # the exported graph's input and output names
 TOLERANCE = 1e-4  # largest difference to the network's logits, relative to the largest logit (at least 1)
 ONNX_OPSET = 20  # fixed, so that a newer torch writes the same kind of file (20: torch 2.14's default)
@@ -36,8 +35,8 @@ def card_path(out: str | Path) -> Path:
 def export(model_path: str | Path, export_format: str, out: str | Path) -> tuple[Path, Path]:
     """Write the network of ``model_path`` (best-on-validation weights, main head) to ``out`` in ``export_format``,
     and its model card; returns both paths."""
-    if export_format not in FORMATS:
-        raise FgkdError(f"format {export_format!r} is not one of {', '.join(FORMATS)}")
+    if export_format not in WRITERS:
+        raise FgkdError(f"format {export_format!r} is not one of {', '.join(WRITERS)}")
     out, card = Path(out), card_path(out)
     for target in (out, card):
         require_utf8_name(target)
@@ -82,7 +81,7 @@ def _onnx(network: FGVCNet, example: torch.Tensor, target: Path) -> np.ndarray:
     return session.run([OUTPUT], {INPUT: example.numpy()})[0]
 
 
-WRITERS = {"torchscript": _torchscript, "onnx": _onnx}
+WRITERS = {"torchscript": _torchscript, "onnx": _onnx}  # the choices of `fgkd export --format`
 
 
 def model_card(model_path: str | Path, meta: dict, network: FGVCNet, export_format: str, out: Path) -> dict:

@@ -52,6 +52,8 @@ BACKBONES = {
     "densenet161": Backbone("densenet", 2208, _densenet_strides()),
 }
 HEADS = ("official", "gap")
+# The attention strides every backbone offers (TrainConfig.attention_stride).
+ATTENTION_STRIDES = tuple(sorted(set.intersection(*(set(spec.stride_modules) for spec in BACKBONES.values()))))
 
 
 def _check_backbone(name: str) -> Backbone:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from . import arithmetic, distributed
 from .atomic import atomic_path, refuse_to_overwrite_inputs, require_utf8_name, write_parquet
-from .config import TrainConfig, config_hash
+from .config import DEVICES, TrainConfig, config_hash
 from .data.dataset import derived_seed, load_split, make_loader, make_train_loader
 from .data.manifest import class_names, data_digest, read_manifest
 from .data.recipes import ImageSizes
@@ -56,7 +56,7 @@ def select_device(config: TrainConfig, processes: Processes = Processes()) -> to
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
-        raise FgkdError(f"device {config.device!r} is not one of auto, cpu, cuda, cuda:N")
+        raise FgkdError(f"device {config.device!r} is not one of {', '.join(DEVICES)}")
     if device.type == "cuda" and device.index is None:
         # An index, as torch.cuda.set_device, the nccl process group and DDP's device_ids need one (plain "cuda"
         # failed under torchrun with set_device's ValueError); under torchrun each process its own GPU, as auto.
@@ -131,6 +131,12 @@ def is_best(val_acc: float, best_val: float, has_validation: bool) -> bool:
 def _cosine(base: float, epoch: int, epochs: int) -> float:
     """The official schedule: lr/2 * (cos(pi * epoch / epochs) + 1), set once per epoch."""
     return base / 2 * (math.cos(math.pi * epoch / epochs) + 1)
+
+
+# The values of the options that switch a speed-up (TrainConfig.amp, channels_last, compile), as implemented below.
+AMP_MODES = ("auto", "bf16", "off")  # auto: bf16 autocast on CUDA
+CHANNELS_LAST_MODES = ("auto", "on", "off")  # auto: on CUDA
+COMPILE_MODES = ("off", "on")
 
 
 def _autocast(device: torch.device, config: TrainConfig):

@@ -15,7 +15,6 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from fgkd.classify import FORMATTERS
 from fgkd.cli import main
 from fgkd.data.dataset import centre_crop_box, fgvc_transform
 from fgkd.data.recipes import PREPROCESSING, ImageSizes
@@ -234,11 +233,6 @@ def test_bad_models_and_targets_are_one_line_naming_the_culprit(tiny_teacher, od
     result = run("classify", "--model", tiny_teacher, "--model", other, target, "--overlay", overlay)
     one_line_error(result, *culprits)
     assert result.stdout == "" and not overlay.exists()
-
-
-def test_format_choices_are_the_formatters():
-    option = next(p for p in main.commands["classify"].params if p.name == "output_format")
-    assert list(option.type.choices) == list(FORMATTERS)
 
 
 def test_the_attention_figure_draws_with_the_shared_overlay(tiny_teacher, tiny_data, tmp_path):

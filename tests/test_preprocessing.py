@@ -145,7 +145,7 @@ def test_an_earlier_network_of_other_inputs_is_refused_in_one_line(tiny_data, tm
 def test_an_unknown_preprocessing_is_one_line(tiny_data, tmp_path):
     result = CliRunner().invoke(main, ["train", "--stage", "teacher", "--data", str(tiny_data), "--out",
                                        str(tmp_path / "t"), "--backbone", "resnet10", "--preprocessing", "squash"])
-    one_line_error(result, "preprocessing: 'squash' is not one of imagenet, official")
+    one_line_error(result, "'--preprocessing'", "'squash' is not one of 'imagenet', 'official'", exit_code=2)
     assert not (tmp_path / "t").exists()
 
 

@@ -1,14 +1,18 @@
 """Each choice list lives once in fgkd (next to what implements it); the config schema, a YAML file, repeats the
-lists as enums, and these tests fail as soon as the two sides differ. Also: the one config-to-flags conversion
-round-trips through `fgkd train`'s own option parser."""
+lists as enums, and these tests fail as soon as the two sides differ. The command line reads its choices from the
+same registries. Also: the one config-to-flags conversion round-trips through `fgkd train`'s own option parser."""
 
 import dataclasses
+import importlib
+import subprocess
+import sys
 from pathlib import Path
 
+import click
 import pytest
 import yaml
 
-from fgkd.config import TrainConfig, cli_flags
+from fgkd.config import CHOICES, DEVICES, WEIGHT_KEYWORDS, TrainConfig, cli_flags
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[1]
@@ -45,12 +49,24 @@ def test_schema_backbones_are_the_model_registrys():
     assert all(sorted(names) == sorted(BACKBONES) for names in lists)
 
 
-def test_schema_preprocessing_and_heads_are_fgkds():
-    from fgkd.data.recipes import PREPROCESSING
-    from fgkd.models import HEADS
+def registry(module, attribute):
+    return getattr(importlib.import_module(module), attribute)
 
-    assert TRAIN_OPTIONS["preprocessing"]["enum"] == list(PREPROCESSING)
-    assert TRAIN_OPTIONS["head"]["enum"] == list(HEADS)
+
+def test_every_schema_enum_of_train_is_a_registry():
+    """An option of `train` that the schema limits to a list is one of TrainConfig's choices, and the lists agree."""
+    assert {key for key, node in TRAIN_OPTIONS.items() if "enum" in node} == set(CHOICES)
+    for key, (module, attribute) in CHOICES.items():
+        assert sorted(TRAIN_OPTIONS[key]["enum"]) == sorted(registry(module, attribute)), key
+
+
+def test_a_value_outside_a_registry_fails_the_check():
+    from fgkd.errors import FgkdError
+
+    for key, (module, attribute) in CHOICES.items():
+        assert getattr(TrainConfig(), key) in registry(module, attribute)
+        with pytest.raises(FgkdError, match=f"^{key}: 'nonesuch' is not one of "):
+            TrainConfig(**{key: "nonesuch"}).check()
 
 
 def test_schema_combine_rules_are_the_metrics_registrys():
@@ -66,24 +82,106 @@ def test_schema_formats_are_the_adapters():
     assert dataset["properties"]["format"]["enum"] == list(LOADERS)
 
 
-def test_the_cli_offers_the_registries_choices():
-    """`fgkd prepare`, `ensemble`, `classify`, `report` and `part-occlusion` take their choices from the registries."""
+# Every parameter of the command line whose value comes from a fixed set: (command, parameter) -> its registry.
+CLI_CHOICES = {
+    ("prepare", "dataset"): ("fgkd.data.sources", "LOADERS"),
+    ("train", "stage"): ("fgkd.stages", "METHOD_STAGES"),
+    ("train", "backbone"): ("fgkd.models", "BACKBONES"),
+    ("train", "head"): ("fgkd.models", "HEADS"),
+    ("train", "attention_stride"): ("fgkd.models", "ATTENTION_STRIDES"),
+    ("train", "preprocessing"): ("fgkd.data.recipes", "PREPROCESSING"),
+    ("train", "orth"): ("fgkd.methods.orthogonal", "ORTHOGONAL_LOSSES"),
+    ("train", "amp"): ("fgkd.train", "AMP_MODES"),
+    ("train", "channels_last"): ("fgkd.train", "CHANNELS_LAST_MODES"),
+    ("train", "compile"): ("fgkd.train", "COMPILE_MODES"),
+    ("predict", "which"): ("fgkd.modelfile", "WEIGHTS"),
+    ("ensemble", "combine"): ("fgkd.metrics", "COMBINES"),
+    ("classify", "combine"): ("fgkd.metrics", "COMBINES"),
+    ("classify", "output_format"): ("fgkd.classify", "FORMATTERS"),
+    ("export", "export_format"): ("fgkd.export", "WRITERS"),
+    ("report", "combine"): ("fgkd.metrics", "COMBINES"),
+    ("part-occlusion", "combine"): ("fgkd.metrics", "COMBINES"),
+}
+
+
+def cli_parameter(command, name):
     from fgkd.cli import main
-    from fgkd.data.sources import LOADERS
-    from fgkd.metrics import COMBINES
 
-    def choices(command, name):
-        return next(p.type.choices for p in main.commands[command].params if p.name == name)
-
-    assert list(choices("prepare", "dataset")) == list(LOADERS)
-    for command in ("ensemble", "classify", "report", "part-occlusion"):
-        assert list(choices(command, "combine")) == list(COMBINES)
+    return next(p for p in main.commands[command].params if p.name == name)
 
 
-def test_schema_orthogonal_losses_are_the_methods():
-    from fgkd.methods.orthogonal import ORTHOGONAL_LOSSES
+def test_the_cli_choices_are_exactly_these():
+    """A new choice is added to CLI_CHOICES (and so tested below); none of these became free text."""
+    from fgkd.cli import main
 
-    assert TRAIN_OPTIONS["orth"]["enum"] == list(ORTHOGONAL_LOSSES)
+    found = {(name, p.name) for name, command in main.commands.items() for p in command.params
+             if isinstance(p.type, click.Choice)}
+    assert found == set(CLI_CHOICES)
+
+
+@pytest.mark.parametrize("command, name", CLI_CHOICES)
+def test_the_cli_reads_its_choices_from_the_registry(command, name, monkeypatch):
+    """The choices are the registry's, and follow it when it grows: not a copy of it."""
+    module, attribute = CLI_CHOICES[command, name]
+    names = registry(module, attribute)
+    choice = cli_parameter(command, name).type
+    assert list(choice.choices) == list(names)
+    grown = {**names, "added": None} if isinstance(names, dict) else (*names, "added")
+    monkeypatch.setattr(importlib.import_module(module), attribute, grown)
+    assert list(choice.choices) == list(grown)
+
+
+def test_the_cli_lists_the_words_of_open_options():
+    """--pretrained and --init-from also take a file, --device also cuda:N: their help lists the fixed words."""
+    from fgkd.cli import main
+
+    context = click.Context(main)
+    for key, words in WEIGHT_KEYWORDS.items():
+        assert cli_parameter("train", key).make_metavar(context) == "[" + "|".join(words) + "|FILE]"
+    for command in ("train", "predict", "classify", "attention"):
+        assert cli_parameter(command, "device").make_metavar(context) == "[" + "|".join(DEVICES) + "]"
+
+
+def test_every_cli_option_has_help_and_shows_its_default():
+    from fgkd.cli import main
+
+    for name, command in main.commands.items():
+        context = click.Context(command)
+        for option in command.params:
+            if isinstance(option, click.Option):
+                assert option.help, (name, option.name)
+                default = option.get_default(context)  # None, False (a flag) or click's "unset": nothing to show
+                given = isinstance(default, (int, float, str)) and default is not False
+                assert option.show_default or not given, (name, option.name)
+
+
+def test_fgkd_help_names_the_workflow_and_the_documentation():
+    from click.testing import CliRunner
+
+    from fgkd.cli import main
+
+    text = " ".join(CliRunner().invoke(main, ["--help"]).output.split())
+    for words in ("snakemake --cores all all", "snakemake --profile slurm all", "one step of its pipeline",
+                  "README.md", "docs/", "mkdocs serve", "mkdocs build"):
+        assert words in text, words
+
+
+def test_a_bad_choice_is_clicks_one_line_error(tmp_path):
+    from click.testing import CliRunner
+
+    from artifacts import one_line_error
+    from fgkd.cli import main
+
+    result = CliRunner().invoke(main, ["train", "--stage", "teacher", "--data", str(tmp_path), "--out",
+                                       str(tmp_path / "out"), "--backbone", "resnet9"])
+    one_line_error(result, "'--backbone'", "'resnet9' is not one of 'resnet10', ", exit_code=2)
+
+
+def test_the_help_of_the_torch_free_commands_does_not_import_torch():
+    """The registries of the networks import torch (seconds): they are read only by the commands that use them."""
+    script = ("import sys\nfrom fgkd.cli import main\nfor args in (['--help'], ['prepare', '--help'], "
+              "['ensemble', '--help']):\n    main(args, standalone_mode=False)\nassert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
 
 
 def test_every_train_stage_has_its_method():
