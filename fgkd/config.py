@@ -68,6 +68,7 @@ CHOICES = {
     "compile": ("fgkd.train", "COMPILE_MODES"),
 }
 
+
 def registry_names(module: str, attribute: str) -> tuple:
     """The names a registry offers, read from it now."""
     return tuple(getattr(importlib.import_module(module), attribute))
