@@ -56,8 +56,9 @@ def exported(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def photos(tiny_data, tmp_path_factory):
-    """A test-split JPEG of each class as prepared, and three of them as a user's photos: wide (JPEG) and tall (PNG),
-    whose centre crops fall on half pixels, and one stored turned with an EXIF orientation (JPEG)."""
+    """A test-split JPEG of each class as prepared, and three of them as a user's photos: wide (JPEG; resized to a
+    36 px short side, its long side is 66.96 px, truncated to 66), tall (PNG; its 63 px long side centre-crops from a
+    half pixel, 15.5, rounded to 16), and one stored turned with an EXIF orientation (JPEG)."""
     folder = tmp_path_factory.mktemp("photos")
     frame = read_manifest(tiny_data)
     sources = [tiny_data / p for p in frame[frame["split"] == "test"].drop_duplicates("label")["path"]]
