@@ -31,6 +31,18 @@ def write_image(path: Path, width: int, height: int, seed: int, mode: str = "RGB
     Image.fromarray(pixels).convert(mode).save(path, format="JPEG", quality=95)
 
 
+# EXIF orientation -> how the camera stored an upright picture (the inverse of what a viewer applies).
+STORED = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270,
+          2: Image.Transpose.FLIP_LEFT_RIGHT, 5: Image.Transpose.TRANSPOSE}
+
+
+def write_oriented(path, rgb: np.ndarray, orientation: int, format: str = "PNG") -> None:
+    """An upright RGB picture stored turned, with the EXIF orientation that shows it upright."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(rgb).transpose(STORED[orientation]).save(path, format=format, exif=exif)
+
+
 def make_cub(raw: Path, classes: int = 3, per_class: int = 4) -> list[dict]:
     root = raw / "CUB_200_2011"
     names = [f"{c + 1:03d}.Bird_{chr(65 + c)}" for c in range(classes)]

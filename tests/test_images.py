@@ -14,11 +14,7 @@ from fgkd.data.dataset import decode_rgb
 from fgkd.data.images import open_rgb
 from fgkd.data.manifest import read_manifest
 from fgkd.data.prepare import prepare
-from fixtures import make_cub
-
-# EXIF orientation -> how the camera stored an upright picture (the inverse of what a viewer applies).
-STORED = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270,
-          2: Image.Transpose.FLIP_LEFT_RIGHT, 5: Image.Transpose.TRANSPOSE}
+from fixtures import STORED, make_cub, write_oriented
 
 
 def grey_picture(seed: int = 0, height: int = 40, width: int = 56) -> np.ndarray:
@@ -37,13 +33,6 @@ def write_odd(path, grey: np.ndarray, kind: str) -> None:
         Image.fromarray(grey.astype(np.int32) * 1000 - 7).save(path, format="TIFF")
     else:
         Image.fromarray(grey.astype(np.float32) / 255).save(path, format="TIFF")
-
-
-def write_oriented(path, rgb: np.ndarray, orientation: int, format: str = "PNG") -> None:
-    """An upright RGB picture stored turned, with the EXIF orientation that shows it upright."""
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    Image.fromarray(rgb).transpose(STORED[orientation]).save(path, format=format, exif=exif)
 
 
 ODD = ["png16", "tif32", "float"]
