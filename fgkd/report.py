@@ -1,4 +1,4 @@
-"""Attention maps of the trained networks, and the reports: Parquet tables, summary.md, figures.
+"""Attention maps of the trained networks, and the reports: Parquet tables, summary.md (and .html), figures.
 
 Results live in results/{dataset}/{backbone}/seed{seed}/: the teacher and the aux-KD baselines
 (auxkd_ce, auxkd_single) there, each variant's students, aux-KD student, ensemble and attention
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import html
 import itertools
 import json
 import subprocess
@@ -20,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from markdown_it import MarkdownIt  # noqa: E402
 
 from . import __version__, arithmetic  # noqa: E402
 from .atomic import atomic_path, write_parquet  # noqa: E402
@@ -395,12 +397,11 @@ def report(results: str | Path, runs: list[tuple[str, str, int]], variant: str, 
     write_parquet(histories, out / "history.parquet")
     write_parquet(paired, out / "comparisons.parquet")
     methods = ["teacher", *[f"student_{k}" for k in range(1, students + 1)], "ensemble", "auxkd"]
-    _write_text(out / "summary.md", "\n".join(
-        ["# fgkd results", "", provenance_line(facts), "",
-         f"Variant `{variant}`; ensemble = teacher + {students} students ({COMBINES[combine].text}). "
-         f"{arithmetic_line(metrics)}", "",
-         *summary_table(metrics, methods, variant), "", "## Paired comparisons", "",
-         *comparison_table(paired)]) + "\n")
+    _write_summary(out, ["# fgkd results", "", provenance_line(facts), "",
+                         f"Variant `{variant}`; ensemble = teacher + {students} students ({COMBINES[combine].text}). "
+                         f"{arithmetic_line(metrics)}", "",
+                         *summary_table(metrics, methods, variant), "", "## Paired comparisons", "",
+                         *comparison_table(paired)])
     best = metrics[metrics["selection"] == "best"]
     summary = best.groupby(["dataset", "backbone", "method"], sort=False)["top1"].mean()
     _write_text(out / "metrics.json", json.dumps(
@@ -473,13 +474,29 @@ def ablation_report(results: str | Path, runs: list[tuple[str, str, int]], varia
                       "|---|" + "---|" * len(table.columns)]
             lines += [f"| {c} | " + " | ".join(f"{v:.1f}" for v in row) + " |" for c, row in table.iterrows()]
             lines.append("")
-    _write_text(out / "summary.md", "\n".join(lines) + "\n")
+    _write_summary(out, lines)
     _write_text(out / PROVENANCE, json.dumps(facts, indent=1) + "\n")
 
 
 def _write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+SUMMARY_STYLE = ("body { font-family: sans-serif; font-size: 14px; margin: 1em; } table { border-collapse: collapse; "
+                 "margin: 0.5em 0 1.5em; } th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: left; } "
+                 "th { background: #eee; } code { background: #f4f4f4; }")
+
+
+def _write_summary(out: Path, lines: list[str]) -> None:
+    """summary.md, and summary.html: the same Markdown as a web page, which Snakemake's HTML report (`snakemake
+    --report`) shows with its tables (a CSV file there is only a download)."""
+    text = "\n".join(lines) + "\n"
+    _write_text(out / "summary.md", text)
+    body = MarkdownIt("js-default").render(text)  # raw HTML in the text is escaped, tables are on
+    _write_text(out / "summary.html", f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>'
+                f'{html.escape(lines[0].lstrip("# "))}</title><style>{SUMMARY_STYLE}</style></head>\n'
+                f'<body>\n{body}</body></html>\n')
 
 
 def _training_curves(curves: pd.DataFrame, target: Path) -> None:

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import shutil
+from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ from PIL import Image
 
 from fgkd.cli import main
 from fgkd.ensemble import ensemble
+from fgkd.metrics import COMBINES
 from fgkd.report import COMPARISON_COLUMNS, GENERATED_MARK, comparison_table, provenance, summary_table
 from artifacts import one_line_error, ranked_hits, save_model, write_logits
 
@@ -310,6 +312,42 @@ def results_without_occlusion(results, tmp_path):
     return root
 
 
+def markdown_rows(text):
+    """The cells of each row of the Markdown tables in ``text`` (header rows too, separator rows not), their bold and
+    code marks dropped."""
+    return [[cell.strip().replace("**", "").replace("`", "") for cell in line.strip().strip("|").split("|")]
+            for line in text.splitlines() if line.startswith("|") and not line.startswith("|---")]
+
+
+class TableCells(HTMLParser):
+    """The text of each cell of each table row of an HTML page, in ``rows``."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self.cell = [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self.cell = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.rows[-1].append(self.cell.strip())
+            self.cell = None
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell += data
+
+
+def html_rows(page):
+    parser = TableCells()
+    parser.feed(page)
+    return parser.rows
+
+
 @pytest.mark.parametrize("combine", ["logits", "probs"])
 def test_comparisons_equal_an_independent_paired_computation(results, tmp_path, combine):
     _, labels, logits, _ = results
@@ -347,10 +385,15 @@ def test_comparisons_equal_an_independent_paired_computation(results, tmp_path, 
         half = T_975_ONE_DF * abs(both[0] - both[1]) / math.sqrt(2) / math.sqrt(2)
         assert (row.ci_low, row.ci_high) == (pytest.approx(both.mean() - half), pytest.approx(both.mean() + half))
     assert table["only_a"].sum() > 0 and table["only_b"].sum() > 0  # both directions occur: the test can tell them
-    for summary, title in ((tmp_path / "reports" / "summary.md", "## Paired comparisons"),
-                           (tmp_path / "ablations" / "summary.md", "## Paired comparisons: ensembles and aux KD")):
-        text = summary.read_text()
+    for folder, title in ((tmp_path / "reports", "## Paired comparisons"),
+                          (tmp_path / "ablations", "## Paired comparisons: ensembles and aux KD")):
+        text = (folder / "summary.md").read_text()
         assert title in text and "| synthetic | resnet10 | ensemble (or) | teacher |" in text
+        # summary.html (what `snakemake --report` shows): every table row of summary.md, cell for cell
+        page = (folder / "summary.html").read_text()
+        assert html_rows(page) == markdown_rows(text) and len(markdown_rows(text)) >= 4
+        assert ["synthetic", "resnet10", "ensemble (or)", "teacher"] in [row[:4] for row in html_rows(page)]
+        assert COMBINES[combine].text in page
     # per seed: the shared teacher once, 2 students of each variant plain; auxkd, auxkd_ce and auxkd_single aux
     assert (tmp_path / "ablations" / "summary.md").read_text().splitlines()[4] == (
         f"Trained with: {ARITHMETIC['plain'][1]} (10 networks); {ARITHMETIC['aux'][1]} (6 networks).")

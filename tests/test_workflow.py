@@ -3,6 +3,7 @@
 Each test works in a copy of the project whose config/config.yaml is the tiny smoke-test config.
 """
 
+import base64
 import dataclasses
 import functools
 import json
@@ -19,6 +20,7 @@ import pytest
 import torch
 import yaml
 
+from fgkd.metrics import COMBINES
 from fgkd.train import TrainConfig
 from fixtures import wait_for_file
 
@@ -296,11 +298,39 @@ def test_raw_data_round_trips_through_dvc(tmp_path):
     assert after == before
 
 
-def test_html_report_has_the_figures(finished):
-    run(["snakemake", "--report", "results/report.html"], finished)
-    html = (finished / "results" / "report.html").read_text(errors="replace")
-    for figure in ("training_curves.png", "ensemble_members.png", "attention_synthetic_resnet10.png"):
-        assert figure in html
+def report_contents(page: str) -> tuple[dict[str, tuple[str, bytes]], str]:
+    """({path: (caption, file)} of the results a self-contained `snakemake --report` page embeds, its workflow
+    description): both are JSON in its scripts, each file a base64 data URI."""
+    results = json.loads(re.search(r'<script id="results">\s*var results = (.*?);\s*</script>', page, re.S).group(1))
+    description = json.loads(re.search(r"var workflow_desc = (.*?);\n", page).group(1))
+    return {path: (" ".join(item["caption"].split()), base64.b64decode(item["data_uri"].split(";base64,", 1)[1]))
+            for path, item in results.items()}, description
+
+
+@pytest.mark.parametrize("combine", ["logits", "probs"])
+def test_html_report_has_the_figures_the_tables_and_the_configured_combine_rule(finished, combine):
+    """The report of `ablations`: the figures and both reports' summary.html (summary.md's tables); every caption that
+    speaks of the ensemble names the combine rule of the config it is made with (here the tables' own rule or the
+    other: the captions follow the config)."""
+    report = f"results/report_{combine}.html"
+    run(["snakemake", "--report", report, "ablations", "--config", f"ensemble={{combine: {combine}}}"], finished)
+    items, description = report_contents((finished / report).read_text())
+    tables = ["results/reports/summary.html", "results/reports/ablations/summary.html"]
+    figures = [f"results/reports/figures/{name}.png"
+               for name in ("training_curves", "ensemble_members", "attention_synthetic_resnet10")]
+    assert set(items) == {*tables, *figures}
+    for path in [*tables, *figures]:
+        assert items[path][1] == (finished / path).read_bytes()
+    main, ablations = (items[path][1].decode() for path in tables)
+    assert "<td>synthetic</td>\n<td>resnet10</td>" in main and "<td>ensemble (or)</td>\n<td>teacher</td>" in main
+    assert "<td>resnet10</td>\n<td>lambda0</td>" in ablations
+    assert "<td>ensemble (or)</td>\n<td>ensemble (lambda0)</td>" in ablations
+    captions = [caption for caption, _ in items.values() if "ensemble" in caption]
+    assert len(captions) == 3  # the ensemble figure and the two tables
+    others = [rule.text for name, rule in COMBINES.items() if name != combine]
+    for caption in captions:
+        assert COMBINES[combine].text in caption and not any(text in caption for text in others), caption
+    assert f"ensemble.combine: {combine}" in description
 
 
 def test_paper_config_plans_three_datasets_by_two_backbones(tmp_path):

@@ -27,6 +27,7 @@ from fgkd.config import (
 )  # torch-free: the options of `fgkd train`, their checks and a run's identity
 from fgkd.data.synth import check_identity_parts
 from fgkd.errors import FgkdError
+from fgkd.metrics import COMBINES
 from fgkd.stale_lock import remove_stale_locks
 
 
@@ -268,6 +269,7 @@ REPORTS = [
     "results/reports/history.parquet",
     "results/reports/comparisons.parquet",
     "results/reports/summary.md",
+    "results/reports/summary.html",
     "results/reports/metrics.json",
     "results/reports/curves.csv",
     "results/reports/provenance.json",
@@ -280,6 +282,7 @@ ABLATION_REPORTS = [
     "results/reports/ablations/part_occlusion.parquet",
     "results/reports/ablations/comparisons.parquet",
     "results/reports/ablations/summary.md",
+    "results/reports/ablations/summary.html",
     "results/reports/ablations/provenance.json",
 ]
 
@@ -471,11 +474,18 @@ def model_flags(wildcards, input):
     return " ".join(f"--model {shlex.quote(m)}" for m in input.models)
 
 
-def report_figure(path):
-    """Mark a figure for `snakemake --report`, with the caption of its kind."""
-    kind = Path(path).stem
-    kind = "attention" if kind.startswith("attention") else kind
-    return report(path, caption=f"../report/{kind}.rst", category="Figures")
+def report_item(path):
+    """A report file, marked for `snakemake --report` with the caption of its kind if the HTML report shows it: the
+    figures, and summary.html (the tables of summary.md) of the main and the ablation report."""
+    name = Path(path).name
+    if name.endswith(".png"):
+        kind = "attention" if name.startswith("attention") else Path(name).stem
+        return report(path, caption=f"../report/{kind}.rst", category="Figures")
+    if name == "summary.html":
+        ablations = Path(path).parent.name == "ablations"
+        caption = "../report/ablations.rst" if ablations else "../report/summary.rst"
+        return report(path, caption=caption, category="Tables", labels={"report": "ablations" if ablations else "main"})
+    return path
 
 
 MODEL_FILES = (
@@ -502,3 +512,4 @@ def run_files(variants, names, aux=()):
 CONFIG_DIGEST = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 RUN_FLAGS = " ".join(f"--run {shlex.quote(f'{d}/{b}/{s}')}" for d, b, s in RUNS)
 COMBINE = config["ensemble"]["combine"]
+COMBINE_TEXT = COMBINES[COMBINE].text  # the rule in words, for the captions of `snakemake --report` (params.combine)

@@ -1,4 +1,4 @@
-# Everything into results/reports: Parquet tables, summary.md, figures, DVC metrics and plots;
+# Everything into results/reports: Parquet tables, summary.md and .html, figures, DVC metrics and plots;
 # the ablation study into results/reports/ablations.
 
 
@@ -6,11 +6,13 @@ rule report:
     input:
         run_files([METHOD], ["ensemble.parquet", "attention.parquet", "attention.png"]),
     output:
-        [report_figure(p) if p.endswith(".png") else p for p in REPORTS],
+        [report_item(p) for p in REPORTS],
     log:
         "logs/report.log",
     conda:
         "../envs/fgkd.yaml"
+    params:
+        combine=COMBINE_TEXT,
     shell:
         f"fgkd report --results results {RUN_FLAGS} --variants {METHOD} --students {config['students']}"
         f" --combine {COMBINE} --config-digest {CONFIG_DIGEST} --out results/reports > {{log:q}} 2>&1"
@@ -30,11 +32,13 @@ rule report_ablations:
             for v in STUDIED_VARIANTS
         ],
     output:
-        ABLATION_REPORTS,
+        [report_item(p) for p in ABLATION_REPORTS],
     log:
         "logs/report_ablations.log",
     conda:
         "../envs/fgkd.yaml"
+    params:
+        combine=COMBINE_TEXT,
     shell:
         f"fgkd report --ablations --results results {RUN_FLAGS} --variants {','.join(STUDIED_VARIANTS)}"
         f" --students {config['students']} --combine {COMBINE} --config-digest {CONFIG_DIGEST}"
