@@ -11,6 +11,8 @@ rule report:
         "logs/report.log",
     conda:
         "../envs/fgkd.yaml"
+    resources:
+        **job_resources("other"),
     shell:
         f"fgkd report --results results {RUN_FLAGS} --variants {METHOD} --students {config['students']}"
         f" --combine {COMBINE} --config-digest {CONFIG_DIGEST} --out results/reports > {{log:q}} 2>&1"
@@ -35,6 +37,8 @@ rule report_ablations:
         "logs/report_ablations.log",
     conda:
         "../envs/fgkd.yaml"
+    resources:
+        **job_resources("other"),
     shell:
         f"fgkd report --ablations --results results {RUN_FLAGS} --variants {','.join(STUDIED_VARIANTS)}"
         f" --students {config['students']} --combine {COMBINE} --config-digest {CONFIG_DIGEST}"
