@@ -213,9 +213,43 @@ for _stage in config["stages"]:
         config_error(f"stages.{_stage}: there are only {config['students']} students (students: {config['students']})")
 
 # Training jobs ask for gpus_per_job GPUs and run that many data-parallel processes (train_processes
-# overrides it: several CPU processes on a CPU cluster); evaluation jobs need one GPU at most.
+# overrides it: several CPU processes on a CPU cluster); evaluation jobs need one GPU at most, none if
+# resources.evaluate.gpus is 0.
 TRAIN_PROCESSES = config["train_processes"] or max(1, config["gpus_per_job"])
-EVAL_GPUS = min(1, config["gpus_per_job"])
+_evaluate_gpus = config["resources"]["evaluate"]["gpus"]
+EVAL_GPUS = min(1, config["gpus_per_job"]) if _evaluate_gpus is None else _evaluate_gpus
+
+# What each kind of job asks SLURM for (config key resources). Partition, account, constraint, qos and extra sbatch
+# options go into a job's resources only where the config sets them: else the profile's default-resources apply.
+SLURM_CHOICES = ("slurm_partition", "slurm_account", "constraint", "qos")
+PREEMPTION_SIGNAL = "--signal=USR1@120"  # also slurm/config.yaml's default slurm_extra: training checkpoints on it
+
+
+def sbatch_extra(kind, extra):
+    """A kind's own sbatch options, after the time-limit signal unless they give their own --signal (a kind's
+    slurm_extra replaces the profile's). Options the SLURM plugin sets itself, which it would refuse at the first
+    submission, are refused here, before any job."""
+    from snakemake_executor_plugin_slurm.validation import get_forbidden_slurm_options
+
+    for pattern, option in get_forbidden_slurm_options().items():
+        if re.search(pattern, extra):
+            config_error(
+                f"resources.{kind}.slurm_extra: {extra!r} sets the {option}, which the SLURM plugin sets itself: "
+                f"use runtime, mem_mb, {', '.join(SLURM_CHOICES)} under resources.{kind} (GPUs: gpus_per_job, "
+                "resources.evaluate.gpus)"
+            )
+    return extra if "--signal" in extra else f"{PREEMPTION_SIGNAL} {extra}"
+
+
+def job_resources(kind, gpus=None):
+    """What a job of this kind asks for: runtime, memory, its GPUs if it uses any, and what else the config sets."""
+    spec = config["resources"][kind]
+    resources = {"mem_mb": spec["mem_mb"], "runtime": spec["runtime"], **({} if gpus is None else {"gpu": gpus})}
+    resources.update({key: spec[key] for key in SLURM_CHOICES if key in spec})
+    if "slurm_extra" in spec:
+        resources["slurm_extra"] = sbatch_extra(kind, spec["slurm_extra"])
+    return resources
+
 
 RUNS = [(d, b, s) for d in config["run_datasets"] for b in config["backbones"] for s in config["seeds"]]
 PAIRS = [(d, b) for d in config["run_datasets"] for b in config["backbones"]]
@@ -509,7 +543,10 @@ def run_files(variants, names, aux=()):
 
 
 # What the reports record as the config they were made under (fgkd publish-results refuses tables of two configs).
-CONFIG_DIGEST = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+# Not the SLURM resources: where and how long the jobs ran is no part of what they computed.
+CONFIG_DIGEST = hashlib.sha256(
+    json.dumps({k: v for k, v in config.items() if k != "resources"}, sort_keys=True, default=str).encode()
+).hexdigest()[:16]
 RUN_FLAGS = " ".join(f"--run {shlex.quote(f'{d}/{b}/{s}')}" for d, b, s in RUNS)
 COMBINE = config["ensemble"]["combine"]
 COMBINE_TEXT = COMBINES[COMBINE].text  # the rule in words, for the captions of `snakemake --report` (params.combine)

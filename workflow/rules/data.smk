@@ -10,6 +10,8 @@ rule synth:
         "logs/synth/{dataset}.log",
     conda:
         "../envs/fgkd.yaml"
+    resources:
+        **job_resources("other"),
     params:
         flags=lambda wc: shlex.join(
             cli_flags({k: v for k, v in config["datasets"][wc.dataset]["synth"].items() if k != "exclude_classes_of"})
@@ -31,8 +33,7 @@ rule prepare:
         "../envs/fgkd.yaml"
     threads: 4
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **job_resources("prepare"),
     params:
         format=lambda wc: config["datasets"][wc.dataset]["format"],
         resize=lambda wc: config["datasets"][wc.dataset]["resize"],

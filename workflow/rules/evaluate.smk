@@ -16,9 +16,7 @@ rule predict:
         "../envs/fgkd.yaml"
     threads: 2
     resources:
-        gpu=EVAL_GPUS,
-        mem_mb=8000,
-        runtime=60,
+        **job_resources("evaluate", gpus=EVAL_GPUS),
     params:
         batch_size=config["predict"]["batch_size"],
     shell:
@@ -35,6 +33,8 @@ rule ensemble:
         "logs/ensemble/{dataset}/{backbone}/seed{seed}/{variant}.log",
     conda:
         "../envs/fgkd.yaml"
+    resources:
+        **job_resources("other"),
     params:
         names=",".join(MEMBERS),
         combine=config["ensemble"]["combine"],
@@ -55,9 +55,7 @@ rule attention:
     conda:
         "../envs/fgkd.yaml"
     resources:
-        gpu=EVAL_GPUS,
-        mem_mb=8000,
-        runtime=60,
+        **job_resources("evaluate", gpus=EVAL_GPUS),
     params:
         images=config["attention"]["images"],
         batch_size=config["predict"]["batch_size"],
@@ -80,8 +78,7 @@ rule part_occlusion:
     conda:
         "../envs/fgkd.yaml"
     resources:
-        mem_mb=8000,
-        runtime=60,
+        **job_resources("evaluate"),  # on the CPU
     params:
         models=model_flags,
         combine=config["ensemble"]["combine"],

@@ -11,6 +11,8 @@ rule report:
         "logs/report.log",
     conda:
         "../envs/fgkd.yaml"
+    resources:
+        **job_resources("other"),
     params:
         combine=COMBINE_TEXT,
     shell:
@@ -37,6 +39,8 @@ rule report_ablations:
         "logs/report_ablations.log",
     conda:
         "../envs/fgkd.yaml"
+    resources:
+        **job_resources("other"),
     params:
         combine=COMBINE_TEXT,
     shell:

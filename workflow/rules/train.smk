@@ -7,7 +7,7 @@
 # Every network, trained here or restored, is then checked by `fgkd verify` (rules verify_shared, verify_variant)
 # before any other job reads it.
 
-TRAIN_RESOURCES = dict(gpu=config["gpus_per_job"], mem_mb=16000, runtime=24 * 60)
+TRAIN_RESOURCES = job_resources("train", gpus=config["gpus_per_job"])
 # Each process feeds itself with its loader workers.
 TRAIN_THREADS = max(2, TRAIN_PROCESSES * max(1, config["train"].get("workers", 0)))
 
