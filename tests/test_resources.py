@@ -21,9 +21,9 @@ GPU_RULES = {"train_shared", "train_variant", "predict", "attention"}
 # The schema's defaults of each kind, pinned: changing one changes what every cluster running fgkd is asked for.
 DEFAULTS = {"other": {"mem_mb": "2000", "runtime": "30"}, "prepare": {"mem_mb": "4000", "runtime": "60"},
             "train": {"mem_mb": "16000", "runtime": "1440"}, "evaluate": {"mem_mb": "8000", "runtime": "60"}}
-SLURM_KEYS = ("slurm_partition", "slurm_account", "constraint", "qos", "slurm_extra", "gpu")
+SLURM_KEYS = ("cpus_per_task", "slurm_partition", "slurm_account", "constraint", "qos", "slurm_extra", "gpu")
 CONFIGURED = {
-    "train": {"runtime": 2880, "mem_mb": 64000, "slurm_partition": "gpu", "slurm_account": "mylab",
+    "train": {"runtime": 2880, "mem_mb": 64000, "cpus_per_task": 8, "slurm_partition": "gpu", "slurm_account": "mylab",
               "constraint": "a100", "qos": "long"},
     "evaluate": {"runtime": 90, "mem_mb": 12000, "gpus": 0, "slurm_partition": "cpu", "slurm_account": "mylab",
                  "slurm_extra": "--mail-type=FAIL"},
@@ -65,7 +65,8 @@ def project(tmp_path):
 def test_the_default_config_plans_each_kinds_defaults(project):
     for rule, resources in plan(project):
         gpu = {"gpu": "1"} if rule in GPU_RULES else {}
-        assert slurm_choices(resources) == {**DEFAULTS[KINDS[rule]], "slurm_extra": SIGNAL, **gpu}, rule
+        assert slurm_choices(resources) == {**DEFAULTS[KINDS[rule]], "cpus_per_task": "1", "slurm_extra": SIGNAL,
+                                            **gpu}, rule
 
 
 def test_the_configs_resources_reach_every_job_of_their_kind(project):
@@ -78,7 +79,8 @@ def test_the_configs_resources_reach_every_job_of_their_kind(project):
     for rule, resources in jobs:
         kind = KINDS[rule]
         gpu = {"gpu": {"train": "1", "evaluate": "0"}[kind]} if rule in GPU_RULES else {}
-        assert slurm_choices(resources) == {"slurm_extra": SIGNAL, **DEFAULTS[kind], **expected.get(kind, {}), **gpu}, rule
+        assert slurm_choices(resources) == {"cpus_per_task": "1", "slurm_extra": SIGNAL, **DEFAULTS[kind],
+                                            **expected.get(kind, {}), **gpu}, rule
 
 
 def test_the_reports_config_digest_leaves_the_resources_out(project):
@@ -126,12 +128,14 @@ def test_a_kinds_own_signal_replaces_the_default_one(project):
     ({"train": {"runtime": 0}}, "resources.train.runtime: 0 is less than the minimum of 1"),
     ({"evaluate": {"mem_mb": -8000}}, "resources.evaluate.mem_mb: -8000 is less than the minimum of 1"),
     ({"training": {"runtime": 60}}, "resources: unknown key training (allowed: prepare, train, evaluate, other)"),
-    ({"train": {"gpus": 4}}, "resources.train: unknown key gpus (allowed: runtime, mem_mb, slurm_partition,"),
+    ({"train": {"gpus": 4}},
+     "resources.train: unknown key gpus (allowed: runtime, mem_mb, cpus_per_task, slurm_partition,"),
     ({"evaluate": {"gpus": 2}}, "resources.evaluate.gpus: 2 is greater than the maximum of 1"),
     ({"other": {"slurm_partition": ""}}, "resources.other.slurm_partition: '' should be non-empty"),
     ({"train": {"slurm_extra": "--partition=gpu --mail-type=END"}},
      "resources.train.slurm_extra: '--partition=gpu --mail-type=END' sets the partition, which the SLURM plugin sets "
-     "itself: use runtime, mem_mb, slurm_partition, slurm_account, constraint, qos under resources.train"),
+     "itself: use runtime, mem_mb, cpus_per_task, slurm_partition, slurm_account, constraint, qos under "
+     "resources.train"),
 ])
 def test_resource_errors_are_one_line_before_any_job(project, resources, first_line):
     result = run(["snakemake", "--profile", "slurm", "all", *write_config(project, resources)], project, check=False)
@@ -179,7 +183,8 @@ def test_the_slurm_plugin_puts_them_on_the_sbatch_command_line(project, tmp_path
     assert set(submitted) == {"train_variant", "predict"}, result.stderr[-3000:]
     train, predict = submitted["train_variant"], submitted["predict"]
     assert options(train, "-p", "-A", "-t", "--mem", "-C") == ["gpu", "mylab", "2880", "64000", "a100"]
-    assert {"--qos=long", "--gpus=1", SIGNAL} <= set(train)
+    assert {"--qos=long", "--gpus=1", "--cpus-per-task=8", SIGNAL} <= set(train)
+    assert "--cpus-per-task=1" in predict  # the profile's, for a kind that sets none
     assert options(predict, "-p", "-A", "-t", "--mem") == ["cpu", "mylab", "90", "12000"]
     assert {SIGNAL, "--mail-type=FAIL"} <= set(predict) and not [w for w in predict if w.startswith("--gpus")]
 

@@ -221,7 +221,7 @@ EVAL_GPUS = min(1, config["gpus_per_job"]) if _evaluate_gpus is None else _evalu
 
 # What each kind of job asks SLURM for (config key resources). Partition, account, constraint, qos and extra sbatch
 # options go into a job's resources only where the config sets them: else the profile's default-resources apply.
-SLURM_CHOICES = ("slurm_partition", "slurm_account", "constraint", "qos")
+SLURM_CHOICES = ("cpus_per_task", "slurm_partition", "slurm_account", "constraint", "qos")
 PREEMPTION_SIGNAL = "--signal=USR1@120"  # also slurm/config.yaml's default slurm_extra: training checkpoints on it
 
 
