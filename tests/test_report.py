@@ -548,3 +548,46 @@ def test_reports_of_another_combine_rule_and_config_are_not_published_together(r
     result = CliRunner().invoke(main, ["publish-results", "--page", str(page), "--reports", str(reports)])
     assert result.exit_code == 0, result.output
     assert "config digest aaaa" in page.read_text() and "OLD" not in page.read_text()
+
+
+def _publish(reports, page, *extra):
+    return CliRunner().invoke(main, ["publish-results", "--reports", str(reports), "--page", str(page), *extra])
+
+
+@pytest.mark.parametrize("title", ["A\n# B", "caf\udce9", " "])
+def test_publish_results_refuses_a_title_that_is_not_one_printable_line(tmp_path, title):
+    """A newline would make headings of its own in the page; a surrogate (non-UTF-8 bytes from the shell) cannot be
+    written; an empty title is no heading."""
+    one_line_error(_publish(_reports(tmp_path / "reports", "t"), tmp_path / "docs" / "page.md", "--title", title),
+                   "--title")
+    assert not (tmp_path / "docs").exists()
+
+
+def test_publish_results_names_a_summary_that_is_not_utf8_and_writes_nothing(tmp_path):
+    reports = _reports(tmp_path / "reports", "t")
+    (reports / "ablations" / "summary.md").write_bytes(b"# fgkd ablations\n\n\xff table\n")
+    one_line_error(_publish(reports, tmp_path / "docs" / "page.md"), "ablations/summary.md: cannot be read as UTF-8")
+    assert not (tmp_path / "docs").exists()
+
+
+def test_publish_results_refuses_a_figures_folder_of_other_files_and_a_linked_page(tmp_path):
+    reports = _reports(tmp_path / "reports", "t")
+    guides = tmp_path / "docs" / "guides"
+    guides.mkdir(parents=True)
+    (guides / "slurm.md").write_text("a guide\n")
+    one_line_error(_publish(reports, tmp_path / "docs" / "guides.md"), f"{guides}: holds more than")
+    assert sorted(p.name for p in guides.iterdir()) == ["slurm.md"] and not (tmp_path / "docs/guides.md").exists()
+    assert _publish(reports, tmp_path / "docs" / "real.md").exit_code == 0
+    (tmp_path / "docs" / "link.md").symlink_to(tmp_path / "docs" / "real.md")
+    one_line_error(_publish(reports, tmp_path / "docs" / "link.md"), "a symbolic link")
+
+
+def test_publish_results_replaces_the_figures_of_the_page_it_rewrites(tmp_path):
+    page = tmp_path / "docs" / "page.md"
+    first = _reports(tmp_path / "first", "first")
+    Image.new("RGB", (4, 4)).save(first / "figures" / "attention_old_resnet10.png")
+    assert _publish(first, page).exit_code == 0
+    assert (tmp_path / "docs/page/attention_old_resnet10.png").is_file()
+    assert _publish(_reports(tmp_path / "second", "second"), page).exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "docs/page").iterdir()) == ["training_curves.png"]
+    assert "attention_old" not in page.read_text()
