@@ -1,4 +1,4 @@
-"""The losses of the method, as plain functions (formulas in the README's Method section)."""
+"""The losses of the method, as plain functions (formulas in docs/reference/method.md)."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -19,25 +20,51 @@ from test_paper import paper_project
 from test_workflow import BIN, REPO
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
-FENCE = re.compile(r"^```(?:bash|sh)?\n(.*?)^```", re.S | re.M)
+# A fenced block (``` or ~~~, indented in a list or an admonition too) and its language; shell blocks are checked.
+FENCE = re.compile(r"^([ \t]*)(```|~~~)[ \t]*([\w-]*)[^\n]*\n(.*?)^[ \t]*\2[ \t]*$", re.S | re.M)
+SHELL = {"", "bash", "sh", "shell", "console"}
 # Paths a reader's run makes (results, data, logs, deploy folders) or that stand for the reader's own files.
 MADE_BY_A_RUN = ("results/", "data/", "logs/", "deploy/", "runs/", "photos/", "overlays/", "weights/", "docs/results/<")
+TOP_LEVEL_FILES = r"Snakefile|dvc\.yaml|mkdocs\.yml|pyproject\.toml|CITATION\.cff|requirements\.lock|LICENSE"
+REPOSITORY_PATH = re.compile(rf"^(?:(?:config|workflow|fgkd|tests|scripts|slurm|benchmarks|docs)/\S*|{TOP_LEVEL_FILES})$")
 
 
-def shown_commands() -> list[tuple[Path, str]]:
-    """Every command line of the pages' shell blocks: continuation lines joined, comments and prompts removed."""
+def shell_blocks(text: str) -> list[str]:
+    return [textwrap_dedent(block, indent) for indent, _, language, block in FENCE.findall(text) if language in SHELL]
+
+
+def textwrap_dedent(block: str, indent: str) -> str:
+    return "\n".join(line[len(indent):] if line.startswith(indent) else line for line in block.splitlines())
+
+
+def shown_commands() -> list[tuple[Path, list[str]]]:
+    """The words of every command of the pages' shell blocks, and of inline code that starts with `fgkd `:
+    continuation lines joined, comments, `$ ` prompts and `VAR=value` prefixes removed, the block's own shell
+    variables filled in, one command per part of `&&`, `||`, `|` and `;`."""
     commands = []
     for page in PAGES:
-        for block in FENCE.findall(page.read_text()):
-            for line in block.replace("\\\n", " ").splitlines():
-                line = re.sub(r"\s#\s.*$", "", line).strip()
-                if line and not line.startswith("#"):
-                    commands.extend((page, part.strip()) for part in re.split(r"&&|;", line) if part.strip())
+        text = page.read_text()
+        lines = [line for block in shell_blocks(text) for line in block.replace("\\\n", " ").splitlines()]
+        lines += [span for span in re.findall(r"`([^`\n]+)`", FENCE.sub("", text)) if span.startswith("fgkd ")]
+        variables = {}
+        for line in lines:
+            line = re.sub(r"(^|\s)#(\s.*)?$", "", line).strip()
+            for part in re.split(r"&&|\|\||\||;", line):
+                argv = shlex.split(re.sub(r"^\$\s+", "", part.strip()))
+                while argv and re.fullmatch(r"[A-Za-z_]\w*=.*", argv[0]):
+                    name, value = argv.pop(0).split("=", 1)
+                    variables[name] = value
+                filled = []
+                for word in argv:  # a variable holding several words ($C) gives them all
+                    value = re.sub(r"\$\{?([A-Za-z_]\w*)\}?", lambda m: variables.get(m.group(1), "X"), word)
+                    filled.extend(shlex.split(value) if value != word and " " in value else [value])
+                if filled:
+                    commands.append((page, filled))
     return commands
 
 
-def words(command: str) -> list[str]:
-    return shlex.split(command.replace("$R", "R").replace("$D", "D").replace("$C", ""))
+def commands_of(*programs: str) -> list[tuple[Path, list[str]]]:
+    return [(page, argv) for page, argv in shown_commands() if argv[0] in programs]
 
 
 def test_the_site_builds_strictly(tmp_path):
@@ -57,9 +84,22 @@ def test_the_readme_is_a_front_page():
     assert len(text.splitlines()) <= 200
     assert text.index("Evidence so far") < text.index("## Install and run")
     assert "scripts/run " in text and "scripts/test " in text
-    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
-        if not target.startswith("http"):
-            assert (REPO / target).exists(), f"README links to {target}, which does not exist"
+    links = re.findall(r"\]\(([^)\s]+)\)", text) + re.findall(r"^\[[^\]]+\]:\s*(\S+)", text, re.M)
+    links += re.findall(r"<a [^>]*href=\"([^\"]+)\"", text)
+    assert len(links) >= 15
+    for link in links:
+        target, _, anchor = link.partition("#")
+        if link.startswith("http") or not target:
+            continue
+        assert (REPO / target).exists(), f"README links to {target}, which does not exist"
+        if anchor:
+            assert anchor in heading_slugs(REPO / target), f"README links to {link}: no such heading"
+
+
+def heading_slugs(page: Path) -> set[str]:
+    """The anchors mkdocs gives a page's headings (python-markdown's toc slugify)."""
+    headings = re.findall(r"^#+\s+(.+?)\s*$", FENCE.sub("", page.read_text()), re.M)
+    return {re.sub(r"[-\s]+", "-", re.sub(r"[^\w\s-]", "", h).strip().lower()) for h in headings}
 
 
 def test_the_citation_names_this_version():
@@ -74,34 +114,50 @@ def _subcommands() -> dict[str, click.Command]:
 
 
 def test_every_fgkd_command_shown_exists_with_its_flags():
+    shown = commands_of("fgkd", ".venv/bin/fgkd")
+    assert len(shown) >= 15
+    check_fgkd_commands(shown)
+
+
+def check_fgkd_commands(shown: list[tuple[Path, list[str]]]) -> None:
+    """Each subcommand exists, each option is one of its own, each value of a choice is among the choices."""
     commands = _subcommands()
-    shown = [(page, words(c)) for page, c in shown_commands() if c.startswith(("fgkd ", ".venv/bin/fgkd "))]
-    assert len(shown) >= 10
     for page, argv in shown:
+        if argv[1:] in (["--help"], ["--version"]):
+            continue
         name = argv[1]
         assert name in commands, f"{page.name}: fgkd {name} does not exist"
-        flags = {opt for param in commands[name].params for opt in (*param.opts, *param.secondary_opts)}
-        for word in argv[2:]:
-            flag = word.split("=", 1)[0]
-            if flag.startswith("--"):
-                assert flag in flags, f"{page.name}: fgkd {name} has no option {flag}"
+        options = {opt: param for param in commands[name].params for opt in (*param.opts, *param.secondary_opts)}
+        options["--help"] = click.Option(["--help"], is_flag=True)
+        for at, word in enumerate(argv[2:], start=2):
+            flag, _, value = word.partition("=")
+            if not flag.startswith("-") or flag == "-":
+                continue
+            assert flag in options, f"{page.name}: fgkd {name} has no option {flag}"
+            param = options[flag]
+            if isinstance(param.type, click.Choice) and not getattr(param, "is_flag", False):
+                value = value or (argv[at + 1] if at + 1 < len(argv) else None)  # prose may name the flag alone
+                assert value is None or value in map(str, param.type.choices), f"{page.name}: fgkd {name} {flag} {value}: not a choice"
 
 
 def test_every_script_shown_exists():
-    shown = {words(c)[0] for _, c in shown_commands() if c.startswith(("scripts/", ".venv/bin/"))}
+    shown = {argv[0] for _, argv in shown_commands() if argv[0].startswith(("scripts/", ".venv/bin/"))}
     assert {"scripts/run", "scripts/test", "scripts/benchmark"} <= shown
     for script in shown:
         assert (REPO / script).is_file() or (REPO / ".venv" / "bin" / Path(script).name).is_file(), script
 
 
 def test_every_repository_file_named_exists():
-    """A backquoted path into the repository's own folders names a file or folder that is there (globs match)."""
+    """A backquoted path into the repository's own folders, a top-level file, or such a path in a command, names a
+    file or folder that is there (globs match)."""
     named = set()
     for page in PAGES:
-        for path in re.findall(r"`((?:config|workflow|fgkd|tests|scripts|slurm|benchmarks|docs)/[^`\s]*)`",
-                               page.read_text()):
-            if not path.startswith(MADE_BY_A_RUN) and not re.search(r"[{<]", path):
-                named.add(path.rstrip("/.,"))
+        candidates = re.findall(r"`([^`\s]+)`", page.read_text())
+        candidates += [word for p, argv in shown_commands() if p == page for word in argv]
+        for path in candidates:
+            path = path.split(":")[0].rstrip("/.,")
+            if REPOSITORY_PATH.match(path) and not path.startswith(MADE_BY_A_RUN) and not re.search(r"[{<]", path):
+                named.add(path)
     assert len(named) >= 30
     missing = [path for path in sorted(named) if not list(REPO.glob(path))]
     assert not missing, f"named in the docs, not in the repository: {missing}"
@@ -123,8 +179,8 @@ def project(tmp_path_factory):
 
 
 def snakemake_commands() -> list[str]:
-    shown = {c for _, c in shown_commands() if c.startswith("snakemake ")}
-    return sorted(c for c in shown if not any(flag in c for flag in NOT_PLANNED))
+    shown = {shlex.join(argv) for _, argv in commands_of("snakemake")}
+    return sorted(c for c in shown if not set(shlex.split(c)) & set(NOT_PLANNED))
 
 
 def test_the_snakemake_commands_shown_are_many_and_cover_every_entry_point():
@@ -138,7 +194,7 @@ def test_every_snakemake_command_shown_plans(project, command, tmp_path):
     """Planned in a project with the raw data in place: the config (with its overrides) validates and the DAG
     builds."""
     env_cache = {"SNAKEMAKE_OUTPUT_CACHE": str(tmp_path / "cache")} if "--cache" in command else {}
-    argv = [*words(command), "--dry-run", "--quiet", "rules"]
+    argv = [*shlex.split(command), "--dry-run", "--quiet", "rules"]
     result = run_with(argv, project, env_cache)
     assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
 
@@ -162,7 +218,7 @@ def test_every_dvc_command_and_unplanned_snakemake_command_shown_is_run_by_a_tes
     """What cannot be planned here is run by test_workflow: each `dvc` subcommand shown, and the Snakemake flags
     of NOT_PLANNED."""
     tests = (REPO / "tests" / "test_workflow.py").read_text()
-    shown = [words(c) for _, c in shown_commands() if c.startswith("dvc ")]
+    shown = [argv for _, argv in commands_of("dvc")]
     assert len(shown) >= 8
     for argv in shown:
         called = ", ".join(f'"{word}"' for word in argv[:3] if not word.startswith(("-", "<", "'", "config/", "data/")))
@@ -170,3 +226,22 @@ def test_every_dvc_command_and_unplanned_snakemake_command_shown_is_run_by_a_tes
         assert called in tests, f"{' '.join(argv)}: no test runs {called}"
     for flag in NOT_PLANNED:
         assert f'"{flag}"' in tests, flag
+
+
+def test_the_extraction_reads_every_form_a_page_shows_a_command_in(tmp_path, monkeypatch):
+    """Fences after a text block, console and tilde fences, fences indented in a list, `$ ` prompts, VAR=value
+    prefixes, a block's own variables, pipes and `||`, and inline `fgkd ...`: each command is read."""
+    page = tmp_path / "page.md"
+    page.write_text("```text\nsome output\n```\n\nThen:\n\n```bash\nfgkd train --epcohs 3\n```\n\n"
+                    "```console\n$ fgkd predict --wich best\n```\n\n~~~sh\nPYTHONPATH=. fgkd export --formt onnx\n~~~\n\n"
+                    "1. Run:\n\n    ```bash\n    C=\"--backbone resnet9 --lr 1\"\n    fgkd train $C || snakemake -n all\n"
+                    "    ```\n\nInline: `fgkd classify --topk 3`.\n")
+    monkeypatch.setattr(sys.modules[__name__], "PAGES", [page])
+    assert [argv for _, argv in shown_commands()] == [
+        ["fgkd", "train", "--epcohs", "3"], ["fgkd", "predict", "--wich", "best"],
+        ["fgkd", "export", "--formt", "onnx"], ["fgkd", "train", "--backbone", "resnet9", "--lr", "1"],
+        ["snakemake", "-n", "all"], ["fgkd", "classify", "--topk", "3"]]
+    with pytest.raises(AssertionError, match="has no option --epcohs"):
+        check_fgkd_commands(commands_of("fgkd"))
+    with pytest.raises(AssertionError, match="--backbone resnet9: not a choice"):
+        check_fgkd_commands([(page, ["fgkd", "train", "--backbone", "resnet9"])])

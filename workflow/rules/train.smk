@@ -3,7 +3,7 @@
 # With train_processes (default: gpus_per_job) above 1, each job trains data-parallel: `fgkd train
 # --processes N` starts N processes through torchrun inside the job, one per GPU.
 # `cache: True`: with `--cache` and SNAKEMAKE_OUTPUT_CACHE, a network trained by another workflow with the same
-# command, options, data and start weights is restored instead of trained (README: sharing between experiments).
+# command, options, data and start weights is restored instead of trained (docs/guides/cache.md).
 # Every network, trained here or restored, is then checked by `fgkd verify` (rules verify_shared, verify_variant)
 # before any other job reads it.
 
