@@ -95,4 +95,4 @@ def test_the_papers_networks_trained_through_slurm_carry_its_options(paper_throu
     assert len(models) == 1 + 3 + 1 + 1, [str(m) for m in models]
     config = merged_config(project)
     for model in models:
-        assert_trained_with_the_papers_options(project, config, model)
+        assert_trained_with_the_papers_options(project, config, model, config["students"])
