@@ -229,18 +229,23 @@ def test_dvc_outs_are_exactly_what_snakemake_all_produces(tmp_path):
     assert stage["cmd"] == "snakemake --cores all all"
 
 
-def test_dvc_repro_and_an_experiment_with_its_metrics_and_plots(tmp_path):
-    """`dvc repro` runs the pipeline and a second one has Snakemake find nothing to do; in a git clone, `dvc exp run
-    -S` changes a config key (student 2's epochs: it and what reads it rerun, nothing else), and `dvc exp show` /
+def test_dvc_repro_and_an_experiment_with_its_metrics_and_plots(finished, tmp_path):
+    """`dvc repro` runs the pipeline (here its last job: the networks, data and Snakemake's records are the finished
+    run's, reports left out) and a second one has Snakemake find nothing to do; in a git clone, `dvc exp run -S`
+    changes a config key (the aux-KD student's epochs: it and what reads it rerun, nothing else), and `dvc exp show` /
     `metrics diff` / `plots diff` compare it with the baseline; after `dvc exp apply main`, `dvc repro` retrains to
     match main again (before: DVC called the other experiment's models and metrics up to date)."""
     project = project_copy(tmp_path / "project")
+    for name in ("data", "results", "logs", ".snakemake"):  # the run from scratch is `finished`'s; not again here
+        shutil.copytree(finished / name, project / name, symlinks=True)
+    shutil.rmtree(project / "results" / "reports")
     shutil.copy2(REPO / ".gitignore", project / ".gitignore")
     git = ["git", "-c", "user.name=fgkd", "-c", "user.email=fgkd@localhost"]
     run(["git", "init", "-q", "-b", "main"], project)
     run([*git, "add", "-A"], project)
     run([*git, "commit", "-qm", "project"], project)
-    run(["dvc", "repro"], project)
+    first = run(["dvc", "repro"], project)
+    assert set(re.findall(r"^(?:local)?rule (\w+):$", first.stdout + first.stderr, re.M)) == {"report", "all"}
     assert (project / "results/reports/metrics.parquet").exists()
     baseline = (project / "results/reports/metrics.json").read_bytes()
     second = run(["dvc", "repro"], project)
@@ -250,14 +255,15 @@ def test_dvc_repro_and_an_experiment_with_its_metrics_and_plots(tmp_path):
     assert "val_acc" in run(["dvc", "plots", "show", "--json"], project).stdout
     run([*git, "add", "dvc.lock"], project)
     run([*git, "commit", "-qm", "baseline"], project)
-    student = project / "results/synthetic/resnet10/seed0/or/student_2/history.parquet"
-    teacher = project / "results/synthetic/resnet10/seed0/teacher/model.pt"
+    # The key: the aux-KD student's epochs (the last network, so the fewest jobs rerun).
+    student = project / "results/synthetic/resnet10/seed0/or/auxkd/history.parquet"
+    kept = [project / f"results/synthetic/resnet10/seed0/{network}/model.pt" for network in ("teacher", "or/student_2")]
     assert len(pd.read_parquet(student)) == 1
-    teacher_made = teacher.stat().st_mtime_ns
+    made = [model.stat().st_mtime_ns for model in kept]
 
-    run(["dvc", "exp", "run", "-n", "twoepochs", "-S", "config/config.yaml:+stages.student_2.epochs=2"], project)
+    run(["dvc", "exp", "run", "-n", "twoepochs", "-S", "config/config.yaml:+stages.auxkd.epochs=2"], project)
     assert len(pd.read_parquet(student)) == 2  # retrained with the experiment's setting
-    assert teacher.stat().st_mtime_ns == teacher_made  # what the change does not touch is kept
+    assert [model.stat().st_mtime_ns for model in kept] == made  # what the change does not touch is kept
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     rows = {row["name"] or row["rev"]: row for entry in shown
             for row in [entry, *[e for exp in entry.get("experiments") or [] for e in exp["revs"]]]}
@@ -265,11 +271,11 @@ def test_dvc_repro_and_an_experiment_with_its_metrics_and_plots(tmp_path):
     for name, epochs in (("main", None), ("twoepochs", 2)):
         data = rows[name]["data"]
         params = data["params"]["config/config.yaml"]["data"]
-        assert params.get("stages", {}).get("student_2", {}).get("epochs") == epochs
+        assert params.get("stages", {}).get("auxkd", {}).get("epochs") == epochs
         metrics = data["metrics"]["results/reports/metrics.json"]["data"]
         assert {"synthetic/resnet10"} == set(metrics) and "teacher" in metrics["synthetic/resnet10"], name
     diff = json.loads(run(["dvc", "metrics", "diff", "main", "twoepochs", "--all", "--json"], project).stdout)
-    assert "synthetic/resnet10.student_2" in diff["results/reports/metrics.json"]
+    assert "synthetic/resnet10.auxkd" in diff["results/reports/metrics.json"]
     plots = json.loads(run(["dvc", "plots", "diff", "main", "twoepochs", "--json"], project).stdout)
     revisions = {v["rev"] for p in plots["data"]["results/reports/curves.csv"] for v in p["content"]["data"]["values"]}
     assert revisions == {"main", "twoepochs"}
