@@ -2,7 +2,6 @@
 command the README and the docs show runs as written (Snakemake commands plan, `fgkd` subcommands and flags exist,
 scripts exist), and every repository file they name exists."""
 
-import os
 import re
 import shlex
 import shutil
@@ -17,7 +16,7 @@ import yaml
 from fgkd import __version__
 from fgkd.cli import main
 from test_paper import paper_project
-from test_workflow import BIN, REPO
+from test_workflow import BIN, REPO, run
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 # A fenced block (``` or ~~~, indented in a list or an admonition too) and its language; shell blocks are checked.
@@ -190,18 +189,12 @@ def test_the_snakemake_commands_shown_are_many_and_cover_every_entry_point():
 
 
 @pytest.mark.parametrize("command", snakemake_commands())
-def test_every_snakemake_command_shown_plans(project, command, tmp_path):
+def test_every_snakemake_command_shown_plans(project, command, tmp_path, monkeypatch):
     """Planned in a project with the raw data in place: the config (with its overrides) validates and the DAG
     builds."""
-    env_cache = {"SNAKEMAKE_OUTPUT_CACHE": str(tmp_path / "cache")} if "--cache" in command else {}
-    argv = [*shlex.split(command), "--dry-run", "--quiet", "rules"]
-    result = run_with(argv, project, env_cache)
-    assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
-
-
-def run_with(argv, cwd, env):
-    full_env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **env}
-    return subprocess.run(argv, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600)
+    if "--cache" in command:
+        monkeypatch.setenv("SNAKEMAKE_OUTPUT_CACHE", str(tmp_path / "cache"))
+    run([*shlex.split(command), "--dry-run", "--quiet", "rules"], project, timeout=600)
 
 
 def test_a_broken_command_in_the_docs_would_fail(project, tmp_path):
@@ -209,8 +202,8 @@ def test_a_broken_command_in_the_docs_would_fail(project, tmp_path):
     commands = _subcommands()
     flags = {opt for param in commands["train"].params for opt in param.opts}
     assert "--epcohs" not in flags
-    result = run_with(["snakemake", "--cores", "all", "all", "--config", "students=0", "--dry-run", "--quiet",
-                       "rules"], project, {})
+    result = run(["snakemake", "--cores", "all", "all", "--config", "students=0", "--dry-run", "--quiet", "rules"],
+                 project, check=False)
     assert result.returncode != 0 and "students" in result.stdout + result.stderr
 
 
