@@ -32,7 +32,7 @@ from .ensemble import ensemble, read_logits  # noqa: E402
 from .errors import FgkdError, brief  # noqa: E402
 from .losses import attention_energy, normalise_attention  # noqa: E402
 from .metrics import COMBINES, check_combine, combine_scores, topk_accuracy, topk_hits  # noqa: E402
-from .paired import ALPHA, LEVEL, compare, mean_interval  # noqa: E402
+from .paired import ALPHA, LEVEL, POWER, compare, mean_detectable, mean_interval  # noqa: E402
 from .stages import AUXKD_BASELINES, SHARED_STAGES  # noqa: E402
 from .config import TrainConfig  # noqa: E402
 from .modelfile import load_model, read_model_file, shared_input_sizes  # noqa: E402
@@ -45,7 +45,7 @@ OCCLUSION_COLUMNS = ("network", "condition", "combine", "top1")
 SELECTIONS = (("best", "logits.parquet"), ("last", "logits_last.parquet"))  # model selection -> its logits file
 PAIR_KEY = ("dataset", "backbone", "selection", "variant_a", "method_a", "variant_b", "method_b")
 COMPARISON_COLUMNS = (*PAIR_KEY, "seed", "images", "top1_a", "top1_b", "difference", "only_a", "only_b", "mcnemar_p",
-                      "seeds", "mean_difference", "ci_low", "ci_high")
+                      "detectable", "seeds", "mean_difference", "ci_low", "ci_high", "detectable_mean")
 
 
 def _stage_of(path: str | Path) -> str:
@@ -275,10 +275,12 @@ def comparisons(results: Path, runs: list[tuple[str, str, int]], variants: list[
                 rows.append({"dataset": dataset, "backbone": backbone, "selection": selection,
                              "variant_a": variant_a, "method_a": method_a, "variant_b": variant_b,
                              "method_b": method_b, "seed": seed, **compare(hits_a, hits_b)})
-    frame = pd.DataFrame(rows).assign(seeds=0, mean_difference=np.nan, ci_low=np.nan, ci_high=np.nan)
+    frame = pd.DataFrame(rows).assign(seeds=0, mean_difference=np.nan, ci_low=np.nan, ci_high=np.nan,
+                                      detectable_mean=np.nan)
     for index in frame.groupby(list(PAIR_KEY), sort=False).groups.values():
         frame.loc[index, "seeds"] = len(index)
         frame.loc[index, ["mean_difference", "ci_low", "ci_high"]] = mean_interval(frame.loc[index, "difference"])
+        frame.loc[index, "detectable_mean"] = mean_detectable(frame.loc[index, "difference"])
     return frame[list(COMPARISON_COLUMNS)]
 
 
@@ -296,14 +298,21 @@ def _network_name(variant: str, method: str) -> str:
 
 
 def comparison_table(frame: pd.DataFrame) -> list[str]:
-    """Markdown lines: each comparison of the best-on-val models, per seed and over seeds, significance marked."""
+    """Markdown lines: each comparison of the best-on-val models, per seed and over seeds, significance marked, and
+    the difference each test detects, so that a difference not found significant reads "none larger than this"."""
     lines = [f"Top-1 of a minus top-1 of b in points, on the same test images (best-on-val models). Per seed: the "
              f"difference, with * where an exact McNemar test on the images only one of the two classifies correctly "
              f"gives p < {ALPHA} (two-sided; the p values in the last column). Over seeds: the mean with its "
              f"{LEVEL:.0%} interval (Student t); **bold** where the interval excludes 0; no interval (n/a) from one "
-             "seed, or from seeds that all give the same difference.", "",
-             f"| dataset | backbone | a | b | a − b per seed | mean [{LEVEL:.0%} interval] | McNemar p per seed |",
-             "|---|---|---|---|---|---|---|"]
+             f"seed, or from seeds that all give the same difference. Detectable ({POWER:.0%} power): the smallest "
+             f"true difference a test finds significant with probability {POWER}, so that a difference not found "
+             "significant reads \"no effect larger than this\": ± that of the interval over seeds (a two-sided t-test "
+             "at the seeds' observed spread; n/a without an interval), and in brackets that of each seed's McNemar "
+             "test given its number of images on which the two disagree (n/a where no split of so few gives "
+             f"p < {ALPHA}).", "",
+             f"| dataset | backbone | a | b | a − b per seed | mean [{LEVEL:.0%} interval] | "
+             f"detectable ({POWER:.0%} power) | McNemar p per seed |",
+             "|---|---|---|---|---|---|---|---|"]
     best = frame[frame["selection"] == "best"]
     for key, group in best.groupby(list(PAIR_KEY), sort=False):
         dataset, backbone, _, variant_a, method_a, variant_b, method_b = key
@@ -317,10 +326,17 @@ def comparison_table(frame: pd.DataFrame) -> list[str]:
         else:
             interval = f"{mean} [{100 * first['ci_low']:+.1f}, {100 * first['ci_high']:+.1f}]"
             interval = f"**{interval}**" if first["ci_low"] > 0 or first["ci_high"] < 0 else interval
+        detectable = (f"{_points(first['detectable_mean'], '±')} ("
+                      + " / ".join(_points(d) for d in group["detectable"]) + ")")
         lines.append(f"| {dataset} | {backbone} | {_network_name(variant_a, method_a)} | "
-                     f"{_network_name(variant_b, method_b)} | {per_seed} | {interval} | "
+                     f"{_network_name(variant_b, method_b)} | {per_seed} | {interval} | {detectable} | "
                      + " / ".join(f"{p:.3g}" for p in group["mcnemar_p"]) + " |")
     return lines
+
+
+def _points(difference: float, sign: str = "") -> str:
+    """A detectable difference in points; n/a where none is."""
+    return "n/a" if np.isnan(difference) else f"{sign}{100 * difference:.1f}"
 
 
 def _mean_spread(values: pd.Series) -> str:

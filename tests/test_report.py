@@ -16,6 +16,7 @@ from PIL import Image
 from fgkd.cli import main
 from fgkd.ensemble import ensemble
 from fgkd.metrics import COMBINES
+from fgkd.paired import mcnemar_detectable, mean_detectable
 from fgkd.report import COMPARISON_COLUMNS, GENERATED_MARK, comparison_table, provenance, summary_table
 from artifacts import one_line_error, ranked_hits, save_model, write_logits
 
@@ -384,7 +385,11 @@ def test_comparisons_equal_an_independent_paired_computation(results, tmp_path, 
         # two seeds: sample std |d0 - d1| / sqrt(2), half width t * std / sqrt(2)
         half = T_975_ONE_DF * abs(both[0] - both[1]) / math.sqrt(2) / math.sqrt(2)
         assert (row.ci_low, row.ci_high) == (pytest.approx(both.mean() - half), pytest.approx(both.mean() + half))
+        # per seed from its discordant images out of all, over seeds from the seeds' differences
+        assert row.detectable == pytest.approx(mcnemar_detectable(row.only_a + row.only_b, IMAGES), nan_ok=True)
+        assert row.detectable_mean == pytest.approx(mean_detectable(both), nan_ok=True)
     assert table["only_a"].sum() > 0 and table["only_b"].sum() > 0  # both directions occur: the test can tell them
+    assert table["detectable"].notna().any() and table["detectable_mean"].notna().any()
     for folder, title in ((tmp_path / "reports", "## Paired comparisons"),
                           (tmp_path / "ablations", "## Paired comparisons: ensembles and aux KD")):
         text = (folder / "summary.md").read_text()
@@ -394,6 +399,12 @@ def test_comparisons_equal_an_independent_paired_computation(results, tmp_path, 
         assert html_rows(page) == markdown_rows(text) and len(markdown_rows(text)) >= 4
         assert ["synthetic", "resnet10", "ensemble (or)", "teacher"] in [row[:4] for row in html_rows(page)]
         assert COMBINES[combine].text in page
+    # the main report's last table: its one comparison's detectable differences, in points, over seeds and per seed
+    header, row = markdown_rows((tmp_path / "reports" / "summary.md").read_text())[-2:]
+    best = main_table[main_table.selection == "best"].sort_values("seed")
+    points = " / ".join("n/a" if np.isnan(d) else f"{100 * d:.1f}" for d in best["detectable"])
+    assert header[6] == "detectable (80% power)"
+    assert row[6] == f"±{100 * best['detectable_mean'].iloc[0]:.1f} ({points})"
     # per seed: the shared teacher once, 2 students of each variant plain; auxkd, auxkd_ce and auxkd_single aux
     assert (tmp_path / "ablations" / "summary.md").read_text().splitlines()[4] == (
         f"Trained with: {ARITHMETIC['plain'][1]} (10 networks); {ARITHMETIC['aux'][1]} (6 networks).")
@@ -404,12 +415,17 @@ def test_comparison_table_marks_an_interval_excluding_zero_and_a_seed_with_mcnem
     rows = []
     # a - b: seeds 0.02, 0.03, 0.04 (mean 0.03, interval 0.03 +- 4.3027 * 0.01 / sqrt(3) = [0.0052, 0.0548]: > 0);
     # c - d: seeds 0.05, -0.01, 0.02 (interval contains 0). p values by seed; 0.01 and 0.04 are below 0.05.
-    for pair, differences, ps in ((("or", "ensemble", "or", "teacher"), (0.02, 0.03, 0.04), (0.2, 0.01, 0.5)),
-                                  (("or", "ensemble", "lambda0", "ensemble"), (0.05, -0.01, 0.02), (0.04, 0.9, 0.3))):
-        for seed, (d, p) in enumerate(zip(differences, ps)):
+    # Detectable: over seeds 3.264 times the std (0.01, 0.03), per seed as given (NaN: too few discordant images).
+    for pair, differences, ps, detectable, over in (
+            (("or", "ensemble", "or", "teacher"), (0.02, 0.03, 0.04), (0.2, 0.01, 0.5), (0.031, 0.0284, np.nan),
+             0.0326),
+            (("or", "ensemble", "lambda0", "ensemble"), (0.05, -0.01, 0.02), (0.04, 0.9, 0.3), (0.1, 0.12, 0.125),
+             0.0979)):
+        for seed, (d, p, x) in enumerate(zip(differences, ps, detectable)):
             rows.append(dict(zip(("variant_a", "method_a", "variant_b", "method_b"), pair), dataset="synthetic",
                              backbone="resnet10", selection="best", seed=seed, difference=d, mcnemar_p=p, seeds=3,
-                             mean_difference=np.mean(differences), ci_low=0.0, ci_high=0.0))
+                             mean_difference=np.mean(differences), ci_low=0.0, ci_high=0.0, detectable=x,
+                             detectable_mean=over))
     frame = pd.DataFrame(rows)
     frame.loc[:2, ["ci_low", "ci_high"]] = (0.03 - 4.302652729749462 * 0.01 / math.sqrt(3),
                                             0.03 + 4.302652729749462 * 0.01 / math.sqrt(3))
@@ -417,16 +433,21 @@ def test_comparison_table_marks_an_interval_excluding_zero_and_a_seed_with_mcnem
     lines = comparison_table(pd.concat([frame, frame.assign(selection="last", difference=0.5)]))
     assert lines[-2:] == [
         "| synthetic | resnet10 | ensemble (or) | teacher | +2.0 / +3.0* / +4.0 | **+3.0 [+0.5, +5.5]** | "
-        "0.2 / 0.01 / 0.5 |",
+        "±3.3 (3.1 / 2.8 / n/a) | 0.2 / 0.01 / 0.5 |",
         "| synthetic | resnet10 | ensemble (or) | ensemble (lambda0) | +5.0* / -1.0 / +2.0 | +2.0 [-5.0, +9.0] | "
-        "0.04 / 0.9 / 0.3 |"]
-    one_seed = comparison_table(frame[frame.seed == 0].assign(seeds=1, ci_low=np.nan, ci_high=np.nan))
+        "±9.8 (10.0 / 12.0 / 12.5) | 0.04 / 0.9 / 0.3 |"]
+    assert lines[2] == ("| dataset | backbone | a | b | a − b per seed | mean [95% interval] | "
+                        "detectable (80% power) | McNemar p per seed |")
+    assert ('reads "no effect larger than this"' in lines[0] and "two-sided t-test at the seeds' observed spread"
+            in lines[0] and "n/a where no split of so few gives p < 0.05" in lines[0])
+    one_seed = comparison_table(frame[frame.seed == 0].assign(seeds=1, ci_low=np.nan, ci_high=np.nan,
+                                                              detectable_mean=np.nan))
     assert "no interval (n/a) from one seed, or from seeds that all give the same difference" in one_seed[0]
-    assert one_seed[-1].endswith("| +5.0* | +2.0 [n/a: one seed] | 0.04 |")
+    assert one_seed[-1].endswith("| +5.0* | +2.0 [n/a: one seed] | n/a (10.0) | 0.04 |")
     same = comparison_table(frame.assign(difference=0.02, mean_difference=0.02, mcnemar_p=1.0, ci_low=np.nan,
-                                         ci_high=np.nan)[frame.index < 3])
+                                         ci_high=np.nan, detectable_mean=np.nan)[frame.index < 3])
     assert same[-1] == ("| synthetic | resnet10 | ensemble (or) | teacher | +2.0 / +2.0 / +2.0 | "
-                        "+2.0 [n/a: no spread over seeds] | 1 / 1 / 1 |")
+                        "+2.0 [n/a: no spread over seeds] | n/a (3.1 / 2.8 / n/a) | 1 / 1 / 1 |")
 
 
 def test_comparison_of_networks_scored_on_other_images_is_one_line_and_no_report(results, tmp_path):

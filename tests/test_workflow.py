@@ -109,12 +109,13 @@ def test_comparisons_have_one_row_per_claim_seed_and_selection_consistent_with_t
     for name, folder in (("main", reports), ("ablations", reports / "ablations")):
         table = pd.read_parquet(folder / "comparisons.parquet")
         assert list(table.columns) == ["dataset", "backbone", "selection", *key, "seed", "images", "top1_a",
-                                       "top1_b", "difference", "only_a", "only_b", "mcnemar_p", "seeds",
-                                       "mean_difference", "ci_low", "ci_high"]
+                                       "top1_b", "difference", "only_a", "only_b", "mcnemar_p", "detectable", "seeds",
+                                       "mean_difference", "ci_low", "ci_high", "detectable_mean"]
         assert set(table[key].itertuples(index=False, name=None)) == claims[name]
         assert len(table) == len(claims[name]) * 2 and set(table["selection"]) == {"best", "last"}  # one seed
         assert (table["seed"] == 0).all() and (table["seeds"] == 1).all()
         assert table["ci_low"].isna().all() and table["ci_high"].isna().all()
+        assert table["detectable_mean"].isna().all()  # no spread to power a t-test with
         assert (table["mean_difference"] == table["difference"]).all() and table["mcnemar_p"].between(0, 1).all()
         metrics = pd.read_parquet(folder / "metrics.parquet").set_index(["variant", "method", "selection"])["top1"]
         for row in table.itertuples():
