@@ -26,8 +26,7 @@ from markdown_it import MarkdownIt  # noqa: E402
 from . import __version__, arithmetic  # noqa: E402
 from .atomic import atomic_path, write_parquet  # noqa: E402
 from .attention import attention_heat, blend  # noqa: E402
-from .data.dataset import load_split  # noqa: E402
-from .data.recipes import PREPROCESSING  # noqa: E402
+from .data.dataset import load_split, unnormalise  # noqa: E402
 from .ensemble import ensemble, read_logits  # noqa: E402
 from .errors import FgkdError, brief  # noqa: E402
 from .losses import attention_energy, normalise_attention  # noqa: E402
@@ -85,10 +84,8 @@ def attention(model_paths: list[str], data: str | Path, images: int, overlap_out
     chosen = np.searchsorted(picks, shown)
     fig, axes = plt.subplots(len(chosen), len(models) + 1, figsize=(1.6 * (len(models) + 1), 1.6 * len(chosen)),
                              squeeze=False)
-    mean = torch.tensor(PREPROCESSING[sizes.preprocessing].mean).view(3, 1, 1)  # undo the models' normalisation
-    std = torch.tensor(PREPROCESSING[sizes.preprocessing].std).view(3, 1, 1)
     for row, index in enumerate(chosen):
-        picture = (test_set[int(picks[index])][0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+        picture = unnormalise(test_set[int(picks[index])][0], sizes).permute(1, 2, 0).numpy()
         axes[row, 0].imshow(picture)
         for col, energy in enumerate(energies, 1):
             axes[row, col].imshow(blend(picture, attention_heat(energy[index], picture.shape[:2])))
