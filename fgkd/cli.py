@@ -371,12 +371,16 @@ def report(results, runs, variants, students, combine, ablations, config_digest,
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The Parquet file to write.")
 @click.option("--combine", type=COMBINE, default="logits", show_default=True,
               help="How the ensemble row combines the networks (as `fgkd ensemble --combine`).")
+@click.option("--attention-out", type=click.Path(dir_okay=False),
+              help="Also write each network's share of attention on each part (network, part, share, area) to this "
+                   "Parquet file.")
 @_friendly
-def part_occlusion(raw, data, models, out, combine):
-    """Synthetic sets: top-1 of each network with one part hidden, or only one part visible."""
+def part_occlusion(raw, data, models, out, combine, attention_out):
+    """Synthetic sets: top-1 of each network with one part hidden, or only one part visible; and where on the parts
+    each network's attention falls."""
     from .occlusion import part_occlusion as run
 
-    frame = run(raw, data, list(models), out, combine=combine)
+    frame = run(raw, data, list(models), out, combine=combine, attention_out=attention_out)
     click.echo(frame.pivot(index="condition", columns="network", values="top1").round(3).to_string())
 
 

@@ -26,12 +26,12 @@ from markdown_it import MarkdownIt  # noqa: E402
 from . import __version__, arithmetic  # noqa: E402
 from .atomic import atomic_path, write_parquet  # noqa: E402
 from .attention import attention_heat, blend  # noqa: E402
-from .data.dataset import load_split  # noqa: E402
-from .data.recipes import PREPROCESSING  # noqa: E402
+from .data.dataset import load_split, unnormalise  # noqa: E402
 from .ensemble import ensemble, read_logits  # noqa: E402
 from .errors import FgkdError, brief  # noqa: E402
 from .losses import attention_energy, normalise_attention  # noqa: E402
 from .metrics import COMBINES, check_combine, combine_scores, topk_accuracy, topk_hits  # noqa: E402
+from .occlusion import ATTENTION_COLUMNS, PARTS  # noqa: E402
 from .paired import ALPHA, LEVEL, POWER, compare, mean_detectable, mean_interval  # noqa: E402
 from .stages import AUXKD_BASELINES, SHARED_STAGES  # noqa: E402
 from .config import TrainConfig  # noqa: E402
@@ -85,10 +85,8 @@ def attention(model_paths: list[str], data: str | Path, images: int, overlap_out
     chosen = np.searchsorted(picks, shown)
     fig, axes = plt.subplots(len(chosen), len(models) + 1, figsize=(1.6 * (len(models) + 1), 1.6 * len(chosen)),
                              squeeze=False)
-    mean = torch.tensor(PREPROCESSING[sizes.preprocessing].mean).view(3, 1, 1)  # undo the models' normalisation
-    std = torch.tensor(PREPROCESSING[sizes.preprocessing].std).view(3, 1, 1)
     for row, index in enumerate(chosen):
-        picture = (test_set[int(picks[index])][0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+        picture = unnormalise(test_set[int(picks[index])][0], sizes).permute(1, 2, 0).numpy()
         axes[row, 0].imshow(picture)
         for col, energy in enumerate(energies, 1):
             axes[row, col].imshow(blend(picture, attention_heat(energy[index], picture.shape[:2])))
@@ -139,6 +137,17 @@ def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
         raise FgkdError(f"{path}: no column {', '.join(missing)} (written by another fgkd version); delete it and "
                         "rerun the step that writes it")
     return frame
+
+
+def _part_attention_table(path: Path, networks: list[str]) -> pd.DataFrame:
+    """A part_attention.parquet (written beside part_occlusion.parquet) with rows for every network and part."""
+    table = _read_table(path, ATTENTION_COLUMNS)
+    missing = [*(n for n in networks if n not in set(table["network"])),
+               *(p for p in PARTS if p not in set(table["part"]))]
+    if missing:
+        raise FgkdError(f"{path}: no rows for {', '.join(missing)} (made for other networks); delete it and rerun the "
+                        "step that writes it (snakemake does)")
+    return table
 
 
 def _check_combine(path: Path, rules: pd.Series, combine: str) -> None:
@@ -437,26 +446,34 @@ def report(results: str | Path, runs: list[tuple[str, str, int]], variant: str, 
 
 def ablation_report(results: str | Path, runs: list[tuple[str, str, int]], variants: list[str], students: int,
                     out: str | Path, combine: str = "logits", config_digest: str | None = None) -> None:
-    """Variants side by side, the aux-KD baselines, attention overlap and part occlusion, into ``out``."""
+    """Variants side by side, the aux-KD baselines, attention overlap, and part occlusion with the attention on each
+    part, into ``out``."""
     results, out = Path(results), Path(out)
     facts = provenance(config_digest, runs, variants, combine)
     aux_stages = ["auxkd", *AUXKD_BASELINES]
     metrics, _, _ = collect(results, runs, variants, students, aux_stages, combine)
     paired = comparisons(results, runs, variants, students, aux_stages, combine)
-    occlusion = []
+    students_ = [f"student_{k}" for k in range(1, students + 1)]
+    occlusion, shares = [], []
     for dataset, backbone, seed in runs:
         for variant in variants:
             path = results / dataset / backbone / f"seed{seed}" / variant / "part_occlusion.parquet"
             if path.exists():
+                key = {"dataset": dataset, "backbone": backbone, "seed": seed, "variant": variant}
                 table = _read_table(path, OCCLUSION_COLUMNS)
                 _check_combine(path, table[table["network"] == "ensemble"]["combine"], combine)
-                occlusion.append(table.assign(dataset=dataset, backbone=backbone, seed=seed, variant=variant))
+                occlusion.append(table.assign(**key))
+                shares.append(_part_attention_table(path.with_name("part_attention.parquet"),
+                                                    ["teacher", *students_]).assign(**key))
+    key_columns = ["dataset", "backbone", "seed", "variant"]
     occlusion = pd.concat(occlusion, ignore_index=True) if occlusion else pd.DataFrame(
-        columns=[*OCCLUSION_COLUMNS, "dataset", "backbone", "seed", "variant"])
+        columns=[*OCCLUSION_COLUMNS, *key_columns])
+    shares = pd.concat(shares, ignore_index=True) if shares else pd.DataFrame(
+        columns=[*ATTENTION_COLUMNS, *key_columns])
     write_parquet(metrics, out / "metrics.parquet")
     write_parquet(occlusion, out / "part_occlusion.parquet")
+    write_parquet(shares, out / "part_attention.parquet")
     write_parquet(paired, out / "comparisons.parquet")
-    students_ = [f"student_{k}" for k in range(1, students + 1)]
     lines = ["# fgkd ablations", "", provenance_line(facts), "", arithmetic_line(metrics), "",
              "## Ensemble of teacher + students, by the students' loss", "",
              "Top-1 (%), mean ± std over seeds (best-on-val; last epoch's mean in brackets). `lambda0` trains "
@@ -482,13 +499,24 @@ def ablation_report(results: str | Path, runs: list[tuple[str, str, int]], varia
     if len(occlusion):
         lines += ["", "## Per-part evidence (synthetic sets)", "",
                   "Top-1 (%) on the test images re-rendered with one part hidden (`hidden:`) or with only one part "
-                  f"visible (`only:`), mean over seeds; ensemble: {COMBINES[combine].text}.", ""]
+                  f"visible (`only:`), mean over seeds; ensemble: {COMBINES[combine].text}.", "",
+                  "Attention (%): the share of each network's spatial attention (its attention energy, upsampled to "
+                  "the crop and scaled to sum 1) on each part's region of the test images with every part visible, "
+                  "and elsewhere, mean over images and seeds; `area` is the share a uniform map would give, the "
+                  "regions' share of the crop. Compare each student's row with the teacher's and with `area`.", ""]
+        attention = {key: group for key, group in shares.groupby(["dataset", "backbone", "variant"])}
         for (dataset, backbone, variant), group in occlusion.groupby(["dataset", "backbone", "variant"], sort=False):
             table = group.groupby(["condition", "network"], sort=False)["top1"].mean().unstack("network")
             table = (100 * table[["teacher", *students_, "ensemble"]]).round(1)
             lines += [f"**{dataset} / {backbone} / {variant}**", "", "| condition | " + " | ".join(table.columns) + " |",
                       "|---|" + "---|" * len(table.columns)]
             lines += [f"| {c} | " + " | ".join(f"{v:.1f}" for v in row) + " |" for c, row in table.iterrows()]
+            found = attention[dataset, backbone, variant]
+            table = found.groupby(["network", "part"])["share"].mean().unstack("part").loc[["teacher", *students_]]
+            table.loc["area"] = found.groupby("part")["area"].mean()
+            lines += ["", "| attention (%) | " + " | ".join(PARTS) + " |", "|---|" + "---|" * len(PARTS)]
+            lines += [f"| {n} | " + " | ".join(f"{100 * v:.1f}" for v in row[list(PARTS)]) + " |"
+                      for n, row in table.iterrows()]
             lines.append("")
     _write_summary(out, lines)
     _write_text(out / PROVENANCE, json.dumps(facts, indent=1) + "\n")

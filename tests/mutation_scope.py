@@ -27,7 +27,7 @@ SCOPE = {
     "fgkd.ensemble.*": ["tests/test_ensemble.py", "tests/test_report.py", "tests/test_evaluate.py",
                         "tests/test_preprocessing.py"],
     "fgkd.data.dataset.*": ["tests/test_dataset.py", "tests/test_preprocessing.py", "tests/test_classify.py",
-                            "tests/test_images.py"],
+                            "tests/test_images.py", "tests/test_part_attention.py"],
     "fgkd.config.*": ["tests/test_identity.py", "tests/test_verify.py"],
     "fgkd.data.manifest.*": ["tests/test_identity.py", "tests/test_verify.py", "tests/test_dataset.py"],
     "fgkd.modelfile.*": ["tests/test_identity.py", "tests/test_model_files.py", "tests/test_classify.py",

@@ -1,5 +1,5 @@
 """predict, attention and part-occlusion through the real CLI: bad options and data are one line; the
-occlusion ensemble follows --combine."""
+occlusion ensemble follows --combine; the attention shares are those of the all-visible images."""
 
 import shutil
 
@@ -90,10 +90,57 @@ def test_part_occlusion_on_a_manifest_without_test_images_is_one_line_and_no_out
     shutil.copytree(tiny_data, data)
     manifest = pd.read_parquet(data / "manifest.parquet")
     manifest.assign(split="train").to_parquet(data / "manifest.parquet")
-    out = tmp_path / "occlusion.parquet"
+    out, attention = tmp_path / "occlusion.parquet", tmp_path / "attention.parquet"
     result = CliRunner().invoke(main, ["part-occlusion", "--raw", str(tiny_data.parent / "raw"), "--data", str(data),
-                                       "--model", str(model), "--out", str(out)])
+                                       "--model", str(model), "--out", str(out), "--attention-out", str(attention)])
     one_line_error(result, str(data), "no test images")
+    assert not out.exists() and not attention.exists()
+
+
+def test_part_occlusion_writes_the_attention_shares_on_the_all_visible_images(model, tiny_data, tmp_path):
+    """Both tables from one run; the shares are those of the network's own maps of the test images with every part
+    visible (not of the images as generated, whose shares differ), with elsewhere summing to 1."""
+    import torch
+
+    from fgkd.data.dataset import fgvc_transform
+    from fgkd.losses import attention_energy
+    from fgkd.modelfile import input_sizes, load_model
+    from fgkd.occlusion import ALL_VISIBLE, PARTS, conditions, part_attention, rerender
+
+    out, attention = tmp_path / "occlusion.parquet", tmp_path / "attention.parquet"
+    result = CliRunner().invoke(main, ["part-occlusion", "--raw", str(tiny_data.parent / "raw"), "--data",
+                                       str(tiny_data), "--model", str(model), "--out", str(out),
+                                       "--attention-out", str(attention)])
+    assert result.exit_code == 0, result.output
+    assert set(pd.read_parquet(out)["condition"]) == {name for name, _ in conditions()}
+    table = pd.read_parquet(attention)
+    assert table.columns.tolist() == ["network", "part", "share", "area"]
+    assert table["network"].tolist() == ["teacher"] * len(PARTS) and table["part"].tolist() == list(PARTS)
+    assert table["share"].between(0, 1).all() and table["share"].sum() == pytest.approx(1)
+    assert table["area"].between(0, 1).all() and table["area"].sum() == pytest.approx(1)
+
+    network, meta = load_model(model)
+    sizes = input_sizes(meta)
+    test = pd.read_parquet(tiny_data / "manifest.parquet").query("split == 'test'")
+    ids, labels = test["image_id"].tolist(), test["label"].tolist()
+    shares = {}
+    for condition, pattern in conditions()[:2]:
+        images = torch.stack([fgvc_transform(sizes, train=False)(i) for i in rerender(tiny_data.parent / "raw", ids,
+                                                                                      labels, pattern)])
+        with torch.inference_mode():
+            network(images)
+        energy = {"teacher": attention_energy(network.attention_features)}
+        shares[condition] = part_attention(tiny_data.parent / "raw", ids, labels, energy, sizes)
+    pd.testing.assert_frame_equal(table, shares[ALL_VISIBLE])
+    assert not np.allclose(shares["as generated"]["share"], shares[ALL_VISIBLE]["share"])
+
+
+def test_part_occlusion_with_both_tables_in_one_file_is_one_line_and_no_output(model, tiny_data, tmp_path):
+    out = tmp_path / "tables.parquet"
+    result = CliRunner().invoke(main, ["part-occlusion", "--raw", str(tiny_data.parent / "raw"), "--data",
+                                       str(tiny_data), "--model", str(model), "--out", str(out),
+                                       "--attention-out", str(tmp_path / "." / "tables.parquet")])
+    one_line_error(result, "--attention-out", "--out")
     assert not out.exists()
 
 

@@ -180,6 +180,24 @@ def test_an_ensemble_file_of_another_combine_rule_or_stale_is_refused(results, t
     assert not (tmp_path / "reports").exists()
 
 
+PARTS = ["head", "wing", "tail", "belly", "elsewhere"]
+# Per network, its attention share on head, wing, tail and belly in seed 0; seed 1 moves 0.02 from the wing to the head.
+SHARES = {"teacher": [0.10, 0.50, 0.05, 0.15], "student_1": [0.30, 0.20, 0.10, 0.10],
+          "student_2": [0.05, 0.05, 0.40, 0.10]}
+AREAS = [0.06, 0.10, 0.06, 0.06]
+
+
+def write_part_attention(root, seed):
+    rows = []
+    for network, shares in SHARES.items():
+        shares = [shares[0] + 0.02 * seed, shares[1] - 0.02 * seed, *shares[2:]]
+        rows += [{"network": network, "part": part, "share": share, "area": area}
+                 for part, share, area in zip(PARTS, [*shares, 1 - sum(shares)], [*AREAS, 1 - sum(AREAS)])]
+    path = root / "synthetic" / "resnet10" / f"seed{seed}" / "or" / "part_attention.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
 def test_ablation_report_names_the_rule_and_refuses_occlusion_of_another(results, tmp_path):
     root, labels, logits, _ = results
     write_ensembles(root, "probs")
@@ -187,6 +205,7 @@ def test_ablation_report_names_the_rule_and_refuses_occlusion_of_another(results
         rows = [{"network": n, "condition": c, "combine": "probs" if n == "ensemble" else None, "top1": 0.5}
                 for c in ("as generated", "hidden:head") for n in (*MEMBERS, "ensemble")]
         pd.DataFrame(rows).to_parquet(root / "synthetic" / "resnet10" / f"seed{seed}" / "or" / "part_occlusion.parquet")
+        write_part_attention(root, seed)
     result = run_report(root, tmp_path / "ablations", "probs", "--ablations")
     assert result.exit_code == 0, result.output
     metrics = pd.read_parquet(tmp_path / "ablations" / "metrics.parquet")
@@ -196,9 +215,30 @@ def test_ablation_report_names_the_rule_and_refuses_occlusion_of_another(results
         assert row.top1 == ranked_hits(expected_ensemble(logits, row.seed, row.selection, "probs"), labels, 1).mean()
     summary = (tmp_path / "ablations" / "summary.md").read_text()
     assert summary.count("mean of softmax probabilities") == 2  # the ensemble table and the occlusion table
+    # the attention table: each network's mean share over the seeds (%), and the areas
+    section = summary[summary.index("## Per-part evidence"):]
+    assert [row for row in markdown_rows(section) if row[0] not in ("condition", "as generated", "hidden:head")] == [
+        ["attention (%)", *PARTS], ["teacher", "11.0", "49.0", "5.0", "15.0", "20.0"],
+        ["student_1", "31.0", "19.0", "10.0", "10.0", "30.0"], ["student_2", "6.0", "4.0", "40.0", "10.0", "40.0"],
+        ["area", "6.0", "10.0", "6.0", "6.0", "72.0"]]
+    shares = pd.read_parquet(tmp_path / "ablations" / "part_attention.parquet")
+    assert len(shares) == 2 * len(SHARES) * len(PARTS) and set(shares["seed"]) == {0, 1}
+    assert {"dataset", "backbone", "seed", "variant", "network", "part", "share", "area"} <= set(shares.columns)
     # per seed: teacher and 2 students plain; auxkd, auxkd_ce and auxkd_single aux; a tie is in text order
     assert summary.splitlines()[4] == (f"Trained with: {ARITHMETIC['plain'][1]} (6 networks); "
                                        f"{ARITHMETIC['aux'][1]} (6 networks)."), summary
+
+    attention = root / "synthetic" / "resnet10" / "seed1" / "or" / "part_attention.parquet"
+    frame = pd.read_parquet(attention)
+    for damage, culprit in ((lambda f: f.drop(columns="area"), "no column area"),
+                            (lambda f: f[f.network != "student_2"], "no rows for student_2"),
+                            (lambda f: f[f.part != "elsewhere"], "no rows for elsewhere")):
+        damage(frame).to_parquet(attention)
+        one_line_error(run_report(root, tmp_path / "again", "probs", "--ablations"), str(attention), culprit)
+        assert not (tmp_path / "again").exists()
+    attention.unlink()
+    one_line_error(run_report(root, tmp_path / "again", "probs", "--ablations"), str(attention), "missing")
+    write_part_attention(root, 1)
 
     stale = root / "synthetic" / "resnet10" / "seed1" / "or" / "part_occlusion.parquet"
     frame = pd.read_parquet(stale)
@@ -308,7 +348,7 @@ def results_without_occlusion(results, tmp_path):
     """A linked copy of the results tree without the part-occlusion files other tests leave in it."""
     root = tmp_path / "results"
     shutil.copytree(results[0], root, copy_function=os.link)
-    for path in root.rglob("part_occlusion.parquet"):
+    for path in [*root.rglob("part_occlusion.parquet"), *root.rglob("part_attention.parquet")]:
         path.unlink()
     return root
 

@@ -89,8 +89,14 @@ def test_ablations_compare_variants_aux_baselines_and_parts(finished):
     occlusion = pd.read_parquet(reports / "part_occlusion.parquet")
     assert set(occlusion["variant"]) == {"or", "lambda0"}
     assert {"hidden:head", "only:belly", "as generated"} <= set(occlusion["condition"])
+    attention = pd.read_parquet(reports / "part_attention.parquet")  # each network's shares, elsewhere included
+    assert set(attention["variant"]) == {"or", "lambda0"}
+    assert set(attention["part"]) == {"head", "wing", "tail", "belly", "elsewhere"}
+    assert attention["share"].between(0, 1).all() and attention["area"].between(0, 1).all()
+    sums = attention.groupby(["variant", "seed", "network"])[["share", "area"]].sum()
+    assert ((sums - 1).abs() < 1e-6).all().all() and len(sums) == 2 * 3  # teacher, student_1, student_2 per variant
     text = (reports / "summary.md").read_text()
-    assert "| synthetic | resnet10 | lambda0 |" in text and "Per-part evidence" in text
+    assert "| synthetic | resnet10 | lambda0 |" in text and "Per-part evidence" in text and "| attention (%) |" in text
     assert "| synthetic | resnet10 | ensemble (or) | ensemble (lambda0) |" in text and "[n/a: one seed]" in text
     # the lambda0 students share the teacher with the method's, never retrain it
     assert (finished / "results/synthetic/resnet10/seed0/lambda0/student_1/model.pt").exists()

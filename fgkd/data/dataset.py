@@ -34,6 +34,13 @@ def fgvc_transform(sizes: ImageSizes, train: bool) -> v2.Compose:
     return v2.Compose([*spatial, v2.ToDtype(torch.float32, scale=True), v2.Normalize(recipe.mean, recipe.std)])
 
 
+def unnormalise(images: torch.Tensor, sizes: ImageSizes) -> torch.Tensor:
+    """The transform's output (3 x H x W, or a batch of them) back to pixels in [0, 1]: its normalisation undone."""
+    recipe = PREPROCESSING[sizes.preprocessing]
+    mean, std = (torch.tensor(values).view(3, 1, 1) for values in (recipe.mean, recipe.std))
+    return (images * std + mean).clamp(0, 1)
+
+
 def centre_crop_box(sizes: ImageSizes, width: int, height: int) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) in the pixels of a width x height image: the part of it that the test transform's
     centre crop keeps, i.e. what the network sees (torchvision's arithmetic for Resize and CenterCrop)."""

@@ -302,6 +302,11 @@ def _image_point(nuisance: Nuisance, u: float, v: float) -> tuple[float, float]:
             nuisance.centre[1] + nuisance.scale * (sin * u + cos * v))
 
 
+def slot_centre(slot: int, nuisance: Nuisance) -> tuple[float, float]:
+    """(x, y) in output pixels of the centre of slot ``slot``'s marking."""
+    return _image_point(nuisance, *_slot_geometry(slot, nuisance)[:2])
+
+
 def render(code: np.ndarray, nuisance: Nuisance, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Render one image; returns (H x W x 3 uint8 image, H x W bool object mask)."""
     ss = SUPERSAMPLE
@@ -413,7 +418,7 @@ def generate(out: str | Path, classes: int, images_per_class: int, size: int, se
             test_labels += [label] if j in test_members else []
             lines["boxes"].append(f"{image_id} " + " ".join(f"{float(x):.1f}" for x in box))
             for slot, part in enumerate(PART_SLOTS):
-                x, y = _image_point(nuisance, *_slot_geometry(slot, nuisance)[:2])
+                x, y = slot_centre(slot, nuisance)
                 visible = int(not nuisance.occluded[slot] and 0 <= x < size and 0 <= y < size)
                 lines["part_locs"].append(f"{image_id} {slot + 1} {x:.1f} {y:.1f} {visible}")
 

@@ -314,6 +314,7 @@ REPORTS = [
 ABLATION_REPORTS = [
     "results/reports/ablations/metrics.parquet",
     "results/reports/ablations/part_occlusion.parquet",
+    "results/reports/ablations/part_attention.parquet",
     "results/reports/ablations/comparisons.parquet",
     "results/reports/ablations/summary.md",
     "results/reports/ablations/summary.html",

@@ -72,7 +72,8 @@ rule part_occlusion:
         models=lambda wc: [f"{d}/model.pt" for d in member_dirs(wc.dataset, wc.backbone, wc.seed, wc.variant)],
         verified=lambda wc: [f"{d}/verified.json" for d in member_dirs(wc.dataset, wc.backbone, wc.seed, wc.variant)],
     output:
-        f"{VARIANT_DIR}/part_occlusion.parquet",
+        occlusion=f"{VARIANT_DIR}/part_occlusion.parquet",
+        attention=f"{VARIANT_DIR}/part_attention.parquet",
     log:
         "logs/part_occlusion/{dataset}/{backbone}/seed{seed}/{variant}.log",
     conda:
@@ -84,4 +85,4 @@ rule part_occlusion:
         combine=config["ensemble"]["combine"],
     shell:
         "fgkd part-occlusion --raw {input.raw:q} --data {input.data:q} {params.models} --combine {params.combine}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --out {output.occlusion:q} --attention-out {output.attention:q} > {log:q} 2>&1"

@@ -28,10 +28,11 @@ rule report_ablations:
             aux=fgkd.stages.AUXKD_BASELINES,
         ),
         [
-            f"{variant_dir(d, b, s, v)}/part_occlusion.parquet"
+            f"{variant_dir(d, b, s, v)}/{name}"
             for d, b, s in RUNS
             if d in SYNTHETIC
             for v in STUDIED_VARIANTS
+            for name in ("part_occlusion.parquet", "part_attention.parquet")
         ],
     output:
         [report_item(p) for p in ABLATION_REPORTS],
