@@ -8,6 +8,7 @@ import os
 import click
 
 from .config import DEVICE_HELP, DEVICES, registry_names
+from .data.synth import SynthParams
 from .errors import FgkdError, one_line
 from .metrics import COMBINES
 
@@ -27,6 +28,7 @@ class RegistryChoice(click.Choice):
 
 COMBINE = RegistryChoice("fgkd.metrics", "COMBINES")
 DEVICE_METAVAR = "[" + "|".join(DEVICES) + "]"
+SYNTH_DEFAULTS = SynthParams()  # the embedded default data set's difficulty
 
 
 def _friendly(command):
@@ -65,7 +67,17 @@ def main():
 @click.option("--images-per-class", default=60, show_default=True, help="Images per class (train + test).")
 @click.option("--size", default=64, show_default=True, help="Image side in pixels.")
 @click.option("--seed", default=0, show_default=True, help="Same seed, same bytes.")
-@click.option("--occlusion", default=0.25, show_default=True, help="Probability that each part is occluded.")
+@click.option("--occlusion", default=SYNTH_DEFAULTS.occlusion_prob, show_default=True, help="Probability that each part is occluded.")
+@click.option("--clutter", default=SYNTH_DEFAULTS.clutter, show_default=True,
+              help="Muted background glyphs per image (distractors).")
+@click.option("--rotation", default=SYNTH_DEFAULTS.max_rotation_deg, show_default=True,
+              help="Largest rotation of the object either way, in degrees.")
+@click.option("--scale", nargs=2, type=float, default=SYNTH_DEFAULTS.scale_range, show_default=True,
+              help="Smallest and largest length of the object as a share of the image side.")
+@click.option("--noise", default=SYNTH_DEFAULTS.noise_std, show_default=True,
+              help="Largest standard deviation of the pixel noise (grey levels; each image draws its own up to it).")
+@click.option("--part-scale", default=SYNTH_DEFAULTS.part_scale, show_default=True,
+              help="Size of the part markings (1.5 at most: the wing's and the belly's would cover each other).")
 @click.option("--test-fraction", default=0.5, show_default=True, help="Share of each class in the test split.")
 @click.option("--identity-parts", type=int, default=None,
               help="N >= 2: a class is a combination of markings over N part slots, one part alone cannot tell it "
@@ -74,12 +86,15 @@ def main():
               help="A set written by fgkd synth (repeatable) whose classes this one must not have: a pretraining set "
                    "of other classes.")
 @_friendly
-def synth(out, classes, images_per_class, size, seed, occlusion, test_fraction, identity_parts, exclude_classes_of):
+def synth(out, classes, images_per_class, size, seed, occlusion, clutter, rotation, scale, noise, part_scale,
+          test_fraction, identity_parts, exclude_classes_of):
     """Generate the synthetic fine-grained data set in the CUB-200-2011 layout."""
-    from .data.synth import SynthParams, generate
+    from .data.synth import generate
 
-    root = generate(out, classes, images_per_class, size, seed, SynthParams(occlusion_prob=occlusion), test_fraction,
-                    identity_parts, exclude_classes_of)
+    params = SynthParams.from_options(occlusion=occlusion, clutter=clutter, rotation=rotation, scale=scale,
+                                      noise=noise, part_scale=part_scale)
+    root = generate(out, classes, images_per_class, size, seed, params, test_fraction, identity_parts,
+                    exclude_classes_of)
     click.echo(f"wrote {classes * images_per_class} images in {classes} classes to {root}")
 
 

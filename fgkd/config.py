@@ -81,12 +81,15 @@ def option_flag(name: str) -> str:
 
 def cli_flags(options: dict[str, object]) -> list[str]:
     """The arguments that give these options to `fgkd train` (or `fgkd synth`), sorted by name, booleans as --key /
-    --no-key: the one conversion the workflow, the tests and the benchmarks run (the workflow's commands are part
-    of its rerun triggers, so their spelling must not drift)."""
+    --no-key, a list as the key and its values (`fgkd synth --scale 0.8 0.95`): the one conversion the workflow, the
+    tests and the benchmarks run (the workflow's commands are part of its rerun triggers, so their spelling must not
+    drift)."""
     flags = []
     for key, value in sorted(options.items()):
         if isinstance(value, bool):
             flags.append(option_flag(key) if value else "--no-" + option_flag(key)[2:])
+        elif isinstance(value, (list, tuple)):
+            flags += [option_flag(key), *map(str, value)]
         else:
             flags += [option_flag(key), str(value)]
     return flags

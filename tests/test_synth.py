@@ -2,6 +2,7 @@
 
 import dataclasses
 import hashlib
+import io
 import json
 from collections import Counter
 
@@ -198,8 +199,15 @@ def test_impossible_identity_parts_are_one_line_and_write_nothing(tmp_path, args
 
 
 @pytest.mark.parametrize("args,culprit", [(["--occlusion", "nan"], "--occlusion"), (["--occlusion", "5"], "--occlusion"),
-                                          (["--seed", "-1"], "--seed")])
-def test_an_occlusion_outside_0_1_or_a_negative_seed_is_one_line_and_writes_nothing(tmp_path, args, culprit):
+                                          (["--seed", "-1"], "--seed"), (["--clutter", "-1"], "--clutter"),
+                                          (["--rotation", "nan"], "--rotation"), (["--rotation", "181"], "--rotation"),
+                                          (["--scale", "0.9", "0.8"], "--scale 0.9 0.8"),
+                                          (["--scale", "0", "0.8"], "--scale 0.0 0.8"),
+                                          (["--scale", "0.5", "1.2"], "--scale 0.5 1.2"),
+                                          (["--noise", "-1"], "--noise"), (["--noise", "nan"], "--noise"),
+                                          (["--part-scale", "1.6"], "--part-scale"),
+                                          (["--part-scale", "0.4"], "--part-scale")])
+def test_a_setting_the_generator_cannot_draw_is_one_line_and_writes_nothing(tmp_path, args, culprit):
     from click.testing import CliRunner
 
     from fgkd.cli import main
@@ -252,3 +260,36 @@ def test_a_bad_set_to_exclude_is_one_line_and_writes_nothing(tmp_path, args, mes
                                        "--images-per-class", "2", *args])
     assert result.exit_code == 1 and result.output.startswith(f"Error: {message.format(tmp=tmp_path)}"), result.output
     assert len(result.output.splitlines()) == 1 and not (tmp_path / "raw").exists()
+
+
+KNOBS = {"clutter": 0, "rotation": 0.0, "scale": [0.8, 0.9], "noise": 0.0, "part_scale": 1.5, "occlusion": 0.0}
+
+
+@pytest.mark.parametrize("knob", sorted(KNOBS))
+def test_every_difficulty_option_changes_the_images_and_is_recorded_for_rerendering(tmp_path, knob):
+    """Each `fgkd synth` difficulty option reaches the drawing (a set differing from the default in that option
+    alone has other pixels) and synthetic.json, from which `fgkd part-occlusion` re-renders the very images."""
+    from click.testing import CliRunner
+
+    from fgkd.cli import main
+    from fgkd.config import cli_flags
+    from fgkd.data.images import open_rgb
+    from fgkd.data.prepare import JPEG_QUALITY
+    from fgkd.occlusion import rerender
+
+    def made(out, options):
+        result = CliRunner().invoke(main, ["synth", "--out", str(out), "--classes", "3", "--images-per-class", "4",
+                                           "--size", "32", *cli_flags(options)])
+        assert result.exit_code == 0, result.output
+        return out / "CUB_200_2011"
+
+    default, changed = made(tmp_path / "default", {}), made(tmp_path / "changed", {knob: KNOBS[knob]})
+    pictures = [np.asarray(Image.open(root / "images" / path)) for root in (default, changed)
+                for path in [(default / "images.txt").read_text().split()[1]]]
+    assert not np.array_equal(*pictures), knob
+    params = json.loads((changed / "synthetic.json").read_text())["params"]
+    assert params[synth.SYNTH_KNOBS[knob]] == KNOBS[knob]
+    prepared = io.BytesIO()  # the stored image, encoded once more as `fgkd prepare` does
+    Image.fromarray(pictures[1]).save(prepared, format="JPEG", quality=JPEG_QUALITY)
+    again = rerender(changed.parent, [1], [0], None)[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(again, np.asarray(open_rgb(io.BytesIO(prepared.getvalue()))))

@@ -65,6 +65,12 @@ SYNTH_JPEG_QUALITY = 95
 CODE_STREAM, SPLIT_STREAM, IMAGE_STREAM = 0, 1, 2  # independent random streams of one seed
 FREE = -1  # a code entry whose marking is drawn per image (identity-parts mode: the slots beyond N)
 OBJECT_LENGTH = 3.2  # body units from tail tip to beak tip
+MAX_PART_SCALE = 1.5  # the belly's marking then covers 3.5% of the wing's on average (0.8% at the default 1.3)
+
+
+# `fgkd synth` option (and `datasets.<name>.synth` key) -> the SynthParams field it sets
+SYNTH_KNOBS = {"occlusion": "occlusion_prob", "clutter": "clutter", "rotation": "max_rotation_deg",
+               "scale": "scale_range", "noise": "noise_std", "part_scale": "part_scale"}
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,32 @@ class SynthParams:
     noise_std: float = 6.0
     part_jitter: float = 0.05
     part_scale: float = 1.3
+
+    @classmethod
+    def from_options(cls, **options) -> SynthParams:
+        """The knobs by their `fgkd synth` option names (and `datasets.<name>.synth` keys, SYNTH_KNOBS), checked."""
+        params = cls(**{SYNTH_KNOBS[k]: tuple(v) if k == "scale" else v for k, v in options.items()})
+        params.check()
+        return params
+
+    def check(self) -> None:
+        """Refuse settings the generator cannot draw, in one line naming the `fgkd synth` option (written so that NaN
+        fails too)."""
+        low, high = self.scale_range
+        if not 0 <= self.occlusion_prob <= 1:
+            raise FgkdError(f"--occlusion is a probability in [0, 1] (got {self.occlusion_prob})")
+        if not self.clutter >= 0:
+            raise FgkdError(f"--clutter is a number of background glyphs, 0 or more (got {self.clutter})")
+        if not 0 <= self.max_rotation_deg <= 180:
+            raise FgkdError(f"--rotation is the largest rotation either way, 0 to 180 degrees (got {self.max_rotation_deg})")
+        if not 0 < low <= high <= 1:
+            raise FgkdError(f"--scale {low} {high}: the object's length as a share of the image side, smallest then "
+                            "largest, each in (0, 1]")
+        if not 0 <= self.noise_std <= 64:
+            raise FgkdError(f"--noise is the largest pixel noise std, 0 to 64 grey levels (got {self.noise_std})")
+        if not 0.5 <= self.part_scale <= MAX_PART_SCALE:
+            raise FgkdError(f"--part-scale must be 0.5 to {MAX_PART_SCALE} (got {self.part_scale}); larger markings of "
+                            "the wing and the belly cover each other more")
 
 
 @dataclass
@@ -383,8 +415,7 @@ def generate(out: str | Path, classes: int, images_per_class: int, size: int, se
         raise FgkdError(f"--size must be at least 16 pixels (got {size})")
     if not 0 < test_fraction < 1:
         raise FgkdError(f"test fraction must be in (0, 1) (got {test_fraction})")
-    if not 0 <= params.occlusion_prob <= 1:  # written so that NaN fails too
-        raise FgkdError(f"--occlusion is a probability in [0, 1] (got {params.occlusion_prob})")
+    params.check()
     if seed < 0:
         raise FgkdError(f"--seed must be >= 0 (got {seed})")
     if exclude_classes_of and identity_parts is not None:
