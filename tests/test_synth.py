@@ -91,6 +91,8 @@ def test_identity_parts_one_part_is_shared_and_capped_all_parts_name_the_class(t
     assert min(min(Counter(names[s] for names in class_parts).values()) for s in range(parts)) == m
     assert len({tuple(names[:parts]) for names in class_parts}) == classes  # each combination is one class
     assert all(names[parts:] == [None] * (len(synth.PART_SLOTS) - parts) for names in class_parts)
+    for slot in range(parts):  # no more markings than colours: each marking is told by its colour alone
+        assert len({names[slot].split("-")[0] for names in class_parts}) == markings
 
     caps = identity["one_part_cap"]
     for slot, name in enumerate(meta["part_slots"]):
@@ -316,3 +318,11 @@ def test_the_part_scale_limit_keeps_the_wing_and_the_belly_apart():
     assert synth.PART_SLOTS[1].name == "wing" and synth.PART_SLOTS[3].name == "belly"
     assert round(100 * _wing_under_belly(synth.SynthParams().part_scale), 1) == 0.8
     assert round(100 * _wing_under_belly(synth.MAX_PART_SCALE), 1) == 3.5
+
+
+def test_an_identity_slot_with_more_markings_than_colours_still_has_distinct_markings():
+    """7 markings per slot (37 to 49 classes over 2 parts) cannot all differ in colour: they differ as variants."""
+    codes = synth.class_codes(40, np.random.default_rng(0), identity_parts=2)
+    for slot in range(2):
+        markings = set(codes[:, slot].tolist())
+        assert len(markings) == 7 and len({synth.marking(slot, v)[1] for v in markings}) < 7

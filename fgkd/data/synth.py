@@ -161,6 +161,14 @@ def check_identity_parts(num_classes: int, identity_parts: int | None) -> None:
                         f"belong to one class only, so that part alone would identify it; use --classes {fits}")
 
 
+def _alphabet(rng: np.random.Generator, markings: int) -> np.ndarray:
+    """An identity slot's markings: each in a colour of its own while there are colours enough, so that the
+    combination, not the reading of one glyph, is what makes a class hard; beyond, distinct variants."""
+    if markings > len(COLOURS):
+        return rng.permutation(VARIANTS_PER_SLOT)[:markings]
+    return rng.permutation(len(COLOURS))[:markings] * GLYPHS_PER_SLOT + rng.integers(GLYPHS_PER_SLOT, size=markings)
+
+
 def class_codes(num_classes: int, rng: np.random.Generator, identity_parts: int | None = None,
                 exclude: Sequence[dict[int, int]] = ()) -> np.ndarray:
     """One variant per slot for each class; distinct tuples, each slot injective when possible.
@@ -178,7 +186,7 @@ def class_codes(num_classes: int, rng: np.random.Generator, identity_parts: int 
         markings = markings_per_slot(num_classes, identity_parts)
         digits = np.array([[c // markings**i % markings for i in range(identity_parts)] for c in range(num_classes)])
         combos = (digits[:, :1] + np.concatenate([np.zeros_like(digits[:, :1]), digits[:, 1:]], 1)) % markings
-        alphabets = np.stack([rng.permutation(VARIANTS_PER_SLOT)[:markings] for _ in range(identity_parts)], 1)
+        alphabets = np.stack([_alphabet(rng, markings) for _ in range(identity_parts)], 1)
         codes = np.full((num_classes, slots), FREE)
         codes[rng.permutation(num_classes), :identity_parts] = np.take_along_axis(alphabets, combos, 0)
         return codes
