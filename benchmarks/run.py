@@ -31,7 +31,7 @@ from fgkd.config import cli_flags
 from fgkd.data.dataset import load_split, make_train_loader
 from fgkd.data.recipes import ImageSizes
 from fgkd.data.prepare import prepare
-from fgkd.data.synth import SYNTH_KNOBS, SynthParams, generate
+from fgkd.data.synth import SynthParams, generate
 from fgkd.distributed import Processes
 from fgkd.ensemble import ensemble
 from fgkd.methods import AuxKD, CrossEntropy, FrozenNetworks, OrthogonalStudent
@@ -592,7 +592,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fgkd-bench-") as tmp:
         work = Path(tmp)
         generate(work / "raw", settings["classes"], settings["images_per_class"], settings["size"], settings["seed"],
-                 SynthParams.from_options(**{k: v for k, v in settings.items() if k in SYNTH_KNOBS}))
+                 SynthParams.from_config(settings))
         data = prepare("cub", work / "raw", work / "data", resize=config.resize, workers=1, progress=False).parent
         rows, consumption = training_steps(config, settings["classes"], steps=10, repeats=5)
         rows += input_pipeline(work, data, config, consumption)

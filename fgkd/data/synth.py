@@ -92,6 +92,11 @@ class SynthParams:
         params.check()
         return params
 
+    @classmethod
+    def from_config(cls, synth: dict) -> SynthParams:
+        """The knobs of a config's `datasets.<name>.synth` (its other keys are not about difficulty), checked."""
+        return cls.from_options(**{k: v for k, v in synth.items() if k in SYNTH_KNOBS})
+
     def check(self) -> None:
         """Refuse settings the generator cannot draw, in one line naming the `fgkd synth` option (written so that NaN
         fails too)."""

@@ -25,7 +25,7 @@ from fgkd.config import (
     cli_flags,
     config_hash,
 )  # torch-free: the options of `fgkd train`, their checks and a run's identity
-from fgkd.data.synth import SYNTH_KNOBS, SynthParams, check_identity_parts
+from fgkd.data.synth import SynthParams, check_identity_parts
 from fgkd.errors import FgkdError
 from fgkd.metrics import COMBINES
 from fgkd.stale_lock import remove_stale_locks
@@ -266,7 +266,7 @@ for _name, _spec in config["datasets"].items():
         continue
     try:
         check_identity_parts(_spec["synth"].get("classes"), _spec["synth"].get("identity_parts"))
-        SynthParams.from_options(**{k: v for k, v in _spec["synth"].items() if k in SYNTH_KNOBS})
+        SynthParams.from_config(_spec["synth"])
     except FgkdError as err:
         config_error(f"datasets.{_name}.synth: {err}")
     _excluded = excluded_sets(_name)
