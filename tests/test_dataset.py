@@ -167,3 +167,17 @@ def test_the_augmentation_of_an_image_depends_on_the_epoch_seed():
     first, second = SeededAugmentation(Draws(), 1), SeededAugmentation(Draws(), 2)
     assert torch.equal(first[0], first[0]) and not torch.equal(first[0], second[0])
     assert not torch.equal(first[0], first[1])
+
+
+@pytest.mark.parametrize("preprocessing", ["imagenet", "official"])
+def test_unnormalise_gives_back_the_pixels_the_test_transform_normalised(preprocessing):
+    """Where the test transform neither resizes nor crops, unnormalise returns the image's pixels in [0, 1]; values
+    beyond the picture's range are clamped into it (the attention figure and the part masks rely on both)."""
+    from fgkd.data.dataset import fgvc_transform, unnormalise
+
+    sizes = ImageSizes(16, 16, preprocessing)
+    image = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    back = unnormalise(fgvc_transform(sizes, train=False)(image), sizes)
+    assert torch.allclose(back, image.float() / 255, atol=1e-6)
+    assert unnormalise(torch.full((2, 3, 4, 4), -50.0), sizes).eq(0).all()
+    assert unnormalise(torch.full((2, 3, 4, 4), 50.0), sizes).eq(1).all()
