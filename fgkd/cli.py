@@ -26,6 +26,26 @@ class RegistryChoice(click.Choice):
         return registry_names(*self.registry)
 
 
+class BackboneName(RegistryChoice):
+    """A torchvision backbone of fgkd.models.BACKBONES, or timm-<name> (checked against timm by TrainConfig.check:
+    timm takes seconds to import)."""
+
+    def __init__(self):
+        super().__init__("fgkd.models", "BACKBONES")
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return "[" + "|".join((*self.choices, "timm-NAME")) + "]"
+
+    def convert(self, value, param, ctx):
+        from .timm_trunk import TIMM_PREFIX
+
+        if value in self.choices or (isinstance(value, str) and value.startswith(TIMM_PREFIX)):
+            return value
+        hint = f" (write {TIMM_PREFIX}{value[5:]}: the name is a folder of results/)" if value.startswith("timm/") else ""
+        self.fail(f"{value!r} is not one of {', '.join(self.choices)}, or {TIMM_PREFIX}NAME for a model of "
+                  f"timm{hint}", param, ctx)
+
+
 COMBINE = RegistryChoice("fgkd.metrics", "COMBINES")
 DEVICE_METAVAR = "[" + "|".join(DEVICES) + "]"
 SYNTH_DEFAULTS = SynthParams()  # the embedded default data set's difficulty
@@ -125,7 +145,8 @@ def _config_options(command):
         flag = option_flag(field.name)
         if field.type == "bool":
             flag = f"{flag}/--no-{flag[2:]}"
-        kind = RegistryChoice(*CHOICES[field.name]) if field.name in CHOICES else TYPES[field.type]
+        kind = (BackboneName() if field.name == "backbone" else RegistryChoice(*CHOICES[field.name])
+                if field.name in CHOICES else TYPES[field.type])
         command = click.option(flag, field.name, type=kind, default=field.default, show_default=True,
                                metavar=metavars.get(field.name), help=CONFIG_HELP[field.name])(command)
     return command

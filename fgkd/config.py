@@ -18,10 +18,13 @@ DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 DEVICE_HELP = "auto (a GPU when there is one), cpu, cuda, or cuda:N for GPU N"
 
 CONFIG_HELP = {
-    "backbone": "torchvision backbone (resnet10: a small ResNet without pretrained weights)",
+    "backbone": "torchvision backbone (resnet10: a small ResNet without pretrained weights), or timm-<name> for a "
+                "model of timm (ViT, Swin, ConvNeXt, EfficientNet, ResNet families)",
     "pretrained": "the trunk's start weights: none (random), imagenet (torchvision's IMAGENET1K_V1 weights, as "
-                  "the official code's pretrained=True, cached in TORCH_HOME), or the path of a torchvision state "
-                  "dict of the backbone's classifier (for clusters without internet; its classifier head is dropped)",
+                  "the official code's pretrained=True, cached in TORCH_HOME; for timm, its default weights from the "
+                  "Hugging Face cache), or the path of a local weights file: a torchvision state dict of the "
+                  "backbone's classifier, or timm's model.safetensors (for clusters without internet; the "
+                  "classifier head is dropped)",
     "init_from": "none, or a fgkd model.pt to start from (transfer): its trunk, and its main head when the classes "
                  "and head fit",
     "head": "official (max-pool, BN, Linear(head_hidden), BN, ELU, Linear) or gap (avg-pool, Linear)",
@@ -54,11 +57,11 @@ CONFIG_HELP = {
 }
 
 
+# (`backbone` is one of fgkd.models.BACKBONES or timm-<a model of timm>: checked by fgkd.models.check_backbone.)
 # The options whose value is one of a fixed set, each with the registry that implements it (module, attribute: a dict
 # whose keys or a tuple whose items are the names). Read when asked, as most of them import torch: `fgkd train` offers
 # them as choices, TrainConfig.check enforces them, and the schema's enums are tested against them.
 CHOICES = {
-    "backbone": ("fgkd.models", "BACKBONES"),
     "head": ("fgkd.models", "HEADS"),
     "preprocessing": ("fgkd.data.recipes", "PREPROCESSING"),
     "orth": ("fgkd.methods.orthogonal", "ORTHOGONAL_LOSSES"),
@@ -133,8 +136,11 @@ class TrainConfig:
 
     def check(self) -> None:
         """Every option finite and in range, then the choices (their registries import torch: see check_values)."""
+        from .models import check_backbone
+
         self.check_values()
         self.check_files()
+        check_backbone(self.backbone)
         for key, registry in CHOICES.items():
             allowed = registry_names(*registry)
             if getattr(self, key) not in allowed:

@@ -169,14 +169,21 @@ def load_model(path: str | Path, num_classes: int | None = None, device: torch.d
         weights = {k: v for k, v in weights.items() if not k.startswith("aux.")}
     # Built on the meta device, then given the saved tensors: initialising weights that are overwritten at once cost
     # seconds per network (VGG-16's unused 120M-parameter torchvision classifier), in every job that loads one.
+    def build():
+        return FGVCNet(meta["backbone"], meta["num_classes"], meta["head"], meta["head_hidden"],
+                       meta["attention_stride"], 0 if main_only else meta["aux_heads"], image_size=meta["crop"])
+
     try:
         with torch.device("meta"):
-            model = FGVCNet(meta["backbone"], meta["num_classes"], meta["head"], meta["head_hidden"],
-                            meta["attention_stride"], 0 if main_only else meta["aux_heads"])
+            model = build()
     except FgkdError as err:
         raise _damaged(path, f"its metadata describes no network fgkd can build ({err})") from None
     check_weights(path, model.state_dict(), weights)
     model.load_state_dict(weights, assign=True)
+    if any(buffer.is_meta for buffer in model.buffers()):
+        # Buffers a constructor computes and the file does not hold (Swin's relative-position index): built for real.
+        model = build()
+        model.load_state_dict(weights)
     return model.to(device).eval(), meta
 
 

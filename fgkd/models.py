@@ -1,8 +1,8 @@
-"""Backbones from torchvision, the FGVC classification heads, and the aux-KD student.
+"""Backbones from torchvision and timm (fgkd.timm_trunk), the FGVC classification heads, and the aux-KD student.
 
 A network returns its logits and keeps the feature map used for attention (chosen by output
 stride: 32 is the last feature map, 16/8/4 are earlier, larger ones), captured by a forward hook
-so that torchvision's code stays untouched.
+so that torchvision's code stays untouched (timm's trunks return it beside their last map).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from .errors import FgkdError, some
+from .timm_trunk import (TIMM_PREFIX, TimmTrunk, cached_imagenet_file, classifier_prefixes, is_timm, read_weights,
+                         timm_checkpoint_filter, timm_name)
 
 
 @dataclass(frozen=True)
@@ -58,15 +60,28 @@ ATTENTION_STRIDES = tuple(sorted(set.intersection(*(set(spec.stride_modules) for
 
 def _check_backbone(name: str) -> Backbone:
     if name not in BACKBONES:
-        raise FgkdError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+        hint = f" (write {TIMM_PREFIX}{name[5:]}: the name is a folder of results/)" if name.startswith("timm/") else ""
+        raise FgkdError(f"unknown backbone {name!r}{hint}; choose one of {', '.join(BACKBONES)}, or "
+                        f"{TIMM_PREFIX}<name> for a model of timm")
     return BACKBONES[name]
+
+
+def check_backbone(name: str) -> None:
+    """A backbone fgkd can build: one of BACKBONES, or timm-<name> of a model timm has."""
+    if is_timm(name):
+        timm_name(name)
+    else:
+        _check_backbone(name)
 
 
 IMAGENET_WEIGHTS = "IMAGENET1K_V1"  # what the official code's pretrained=True loads (resnet50's DEFAULT is V2)
 
 
 def imagenet_weights_file(name: str) -> Path:
-    """Where torchvision keeps the backbone's ImageNet weights (TORCH_HOME's cache)."""
+    """Where torchvision keeps the backbone's ImageNet weights (TORCH_HOME's cache), or timm its default weights
+    (the Hugging Face cache, HF_HOME)."""
+    if is_timm(name):
+        return cached_imagenet_file(name)
     weights = torchvision.models.get_model_weights(name)[IMAGENET_WEIGHTS]
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
 
@@ -93,20 +108,30 @@ CLASSIFIER_KEYS = {"resnet": "fc.", "vgg": "classifier.", "densenet": "classifie
 
 
 def load_weights_file(model: nn.Module, name: str, path: str | Path) -> None:
-    """Load a local torchvision-format state dict into torchvision's classifier ``model`` (for clusters without
-    internet): plain, wrapped as {"state_dict": ...}, or with DDP's "module." prefix. Its classifier keys may be absent
-    or of any shape; every other key must fit, and num_batches_tracked (absent from old files) may be missing."""
-    head = CLASSIFIER_KEYS[_check_backbone(name).family]
-    fix = (f"give the state dict of torchvision's {name} as torch.save(model.state_dict(), path) writes it (its "
-           f"{head}* keys may be left out), or set backbone to the one the file was made for")
+    """Load a local weights file into ``model``, torchvision's classifier or timm's model of backbone ``name`` (for
+    clusters without internet): a state dict (safetensors for timm, or torch.save's) plain, wrapped as
+    {"state_dict": ...}, or with DDP's "module." prefix. Its classifier keys may be absent or of any shape; every
+    other key must fit, and num_batches_tracked (absent from old files) may be missing. A timm file first goes
+    through timm's own conversion for the model (position embeddings resized to its input size)."""
+    if is_timm(name):
+        heads = classifier_prefixes(name)
+        fix = (f"give timm's weights of {timm_name(name)} (model.safetensors, or a state dict with timm's key names; "
+               f"its {'/'.join(h + '*' for h in heads)} keys may be left out), or set backbone to the one the file "
+               "was made for")
+    else:
+        heads = (CLASSIFIER_KEYS[_check_backbone(name).family],)
+        fix = (f"give the state dict of torchvision's {name} as torch.save(model.state_dict(), path) writes it (its "
+               f"{heads[0]}* keys may be left out), or set backbone to the one the file was made for")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_weights(path)
+    except FgkdError:
+        raise
     except Exception:  # unpickling errors of many kinds; torch's first line (on weights_only) misleads
         raise FgkdError(f"pretrained: {path}: torch.load(weights_only=True) cannot read it (not a PyTorch file, "
                         f"damaged, or holding more than tensors); {fix}") from None
     if isinstance(state, dict) and {"format", "metadata"} <= state.keys():
-        raise FgkdError(f"pretrained: {path} is a fgkd model.pt, not torchvision weights; give it as init_from "
-                        "(with pretrained: none)")
+        raise FgkdError(f"pretrained: {path} is a fgkd model.pt, not {'timm' if is_timm(name) else 'torchvision'} "
+                        "weights; give it as init_from (with pretrained: none)")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not (isinstance(state, dict) and state and all(isinstance(k, str) and isinstance(v, torch.Tensor)
@@ -114,8 +139,14 @@ def load_weights_file(model: nn.Module, name: str, path: str | Path) -> None:
         raise FgkdError(f"pretrained: {path}: not a state dict (tensors by name); {fix}")
     if all(key.startswith("module.") for key in state):
         state = {key.removeprefix("module."): value for key, value in state.items()}
-    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(head)}
-    given = {k: v for k, v in state.items() if not k.startswith(head)}
+    given = {k: v for k, v in state.items() if not k.startswith(heads)}
+    if is_timm(name):
+        try:
+            given = timm_checkpoint_filter(model, given)
+        except Exception as err:  # timm's conversion of a file it cannot make sense of: shapes, missing keys
+            raise FgkdError(f"pretrained: {path} does not fit {name} (timm's conversion failed: "
+                            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); {fix}") from None
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(heads)}
     missing = [k for k in expected if k not in given and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in given if k not in expected]
     shapes = [f"{k} {tuple(given[k].shape)} (expected {tuple(expected[k].shape)})"
@@ -132,9 +163,15 @@ def load_weights_file(model: nn.Module, name: str, path: str | Path) -> None:
     model.load_state_dict(given, strict=False)  # left out: the classifier (replaced by fgkd's) and num_batches_tracked
 
 
-def build_trunk(name: str, pretrained: str = "none") -> nn.Module:
-    """The convolutional part of a torchvision classifier: image -> final feature map. ``pretrained``: none,
-    imagenet (torchvision's cached weights) or the path of a weights file (see load_weights_file)."""
+def build_trunk(name: str, pretrained: str = "none", attention_stride: int = 32,
+                image_size: int | None = None) -> nn.Module:
+    """The convolutional part of a torchvision classifier: image -> final feature map, or a TimmTrunk. ``pretrained``:
+    none, imagenet (torchvision's or timm's cached weights) or the path of a weights file (see load_weights_file)."""
+    if is_timm(name):
+        trunk = TimmTrunk(name, attention_stride, image_size)
+        if pretrained != "none":
+            load_weights_file(trunk.model, name, imagenet_weights_file(name) if pretrained == "imagenet" else pretrained)
+        return trunk
     spec = _check_backbone(name)
     if name == "resnet10":
         if pretrained == "imagenet":
@@ -213,16 +250,20 @@ class FGVCNet(nn.Module):
     """
 
     def __init__(self, backbone: str, num_classes: int, head: str = "official", head_hidden: int = 512,
-                 attention_stride: int = 32, aux_heads: int = 0, pretrained: str = "none"):
+                 attention_stride: int = 32, aux_heads: int = 0, pretrained: str = "none",
+                 image_size: int | None = None):
+        """``image_size``: the crop, for the timm models whose input size is fixed (ViT, Swin); others ignore it."""
         super().__init__()
-        channels = _check_backbone(backbone).channels
-        self.trunk = build_trunk(backbone, pretrained)
+        self.trunk = build_trunk(backbone, pretrained, attention_stride, image_size)
+        channels = self.trunk.channels if is_timm(backbone) else _check_backbone(backbone).channels
         self.head = build_head(head, channels, head_hidden, num_classes)
         self.aux = nn.ModuleList(build_head(head, channels, head_hidden, num_classes) for _ in range(aux_heads))
         self.attention_features: torch.Tensor | None = None
-        attention_module = _trunk_module(self.trunk, backbone, attention_stride)
-        attention_module.register_forward_hook(self._capture)
-        self._up_to_attention = _modules_up_to(self.trunk, attention_module)  # a plain list: no second registration
+        self._up_to_attention = None
+        if not is_timm(backbone):
+            attention_module = _trunk_module(self.trunk, backbone, attention_stride)
+            attention_module.register_forward_hook(self._capture)
+            self._up_to_attention = _modules_up_to(self.trunk, attention_module)  # a plain list: no second registration
 
     def _capture(self, module, inputs, output):
         self.attention_features = output
@@ -232,7 +273,10 @@ class FGVCNet(nn.Module):
         return [*self.head.parameters(), *self.aux.parameters()]
 
     def forward(self, images: torch.Tensor):
-        features = self.trunk(images)
+        if self._up_to_attention is None:  # timm: the trunk returns the attention map beside the one it pools
+            features, self.attention_features = self.trunk(images)
+        else:
+            features = self.trunk(images)
         # The heads run in float32 even under bf16 autocast: bf16 logits (8 bits of mantissa) tie near classes, and
         # a tie counts against the prediction. They are a sliver of the compute; on float32 this changes nothing.
         with torch.autocast(features.device.type, enabled=False):
@@ -245,6 +289,8 @@ class FGVCNet(nn.Module):
     def attention_only(self, images: torch.Tensor) -> torch.Tensor:
         """The attention feature map without the layers after it: all that a frozen earlier network gives
         an orthogonal student (at output stride 8 that skips half of a ResNet's trunk and the head)."""
+        if self._up_to_attention is None:
+            return self.trunk.attention_only(images)
         for module in self._up_to_attention:
             images = module(images)
         return images

@@ -253,7 +253,8 @@ def _train(stage, data, out: Path, config: TrainConfig, earlier, index, progress
 
     torch.manual_seed(seed)
     model = FGVCNet(config.backbone, num_classes, config.head, config.head_hidden, config.attention_stride,
-                    aux_heads=len(earlier) if stage == "auxkd" else 0, pretrained=config.pretrained)
+                    aux_heads=len(earlier) if stage == "auxkd" else 0, pretrained=config.pretrained,
+                    image_size=config.crop)
     if config.init_from != "none":
         initialise_from(model, config.init_from, config, num_classes)
     _check_images_per_step(model, data, train_set, val_set, config, processes)

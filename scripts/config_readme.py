@@ -22,11 +22,24 @@ TRAIN_PLACES = ("train", "backbone_train.<backbone>", "datasets.<name>.train", "
                 "stages.<stage>")
 
 
+def _inline(node, defs: dict):
+    """The schema with each $ref to a definition other than train_options (documented once, apart) replaced by it."""
+    if isinstance(node, list):
+        return [_inline(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref", "")
+    if ref.startswith("#/$defs/") and ref != "#/$defs/train_options":
+        return _inline({**defs[ref.removeprefix("#/$defs/")], **{k: v for k, v in node.items() if k != "$ref"}}, defs)
+    return {key: _inline(value, defs) for key, value in node.items()}
+
+
 def _type(node: dict) -> str:
     if "enum" in node:
         return "one of the allowed values"
-    if "oneOf" in node:
-        return " or ".join(_type(option) for option in node["oneOf"])
+    for key in ("oneOf", "anyOf"):
+        if key in node:
+            return " or ".join(dict.fromkeys(_type(option) for option in node[key]))
     kind = node.get("type", "object" if "properties" in node or "additionalProperties" in node else "")
     return " or ".join(kind) if isinstance(kind, list) else kind
 
@@ -34,6 +47,8 @@ def _type(node: dict) -> str:
 def _allowed(node: dict) -> str:
     if "enum" in node:
         return ", ".join(f"`{v}`" for v in node["enum"])
+    if "anyOf" in node:
+        return ", or ".join(_allowed(option) for option in node["anyOf"])
     bounds = [f"{sign} {node[key]}" for key, sign in (("minimum", ">="), ("exclusiveMinimum", ">"),
                                                        ("maximum", "<="), ("exclusiveMaximum", "<"))
               if key in node]
@@ -43,8 +58,8 @@ def _allowed(node: dict) -> str:
         bounds.append("not empty")
     if node.get("uniqueItems"):
         bounds.append("no repeats")
-    if "items" in node and "enum" in node["items"]:
-        bounds.append("each one of " + ", ".join(f"`{v}`" for v in node["items"]["enum"]))
+    if "items" in node and ("enum" in node["items"] or "anyOf" in node["items"]):
+        bounds.append("each one of " + _allowed(node["items"]))
     return "; ".join(bounds)
 
 
@@ -85,6 +100,7 @@ def _rows(prefix: str, node: dict, schema: dict) -> list[str]:
 
 def render() -> str:
     schema = yaml.safe_load(SCHEMA.read_text())
+    schema = _inline(schema, schema["$defs"])
     header = "| key | meaning | type | default | allowed |\n|---|---|---|---|---|"
     train = schema["$defs"]["train_options"]["properties"]
     train_rows = [_row(key, node, TRAIN_DEFAULTS.get(key), node.get("description") or CONFIG_HELP.get(key, ""))

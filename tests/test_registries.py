@@ -41,12 +41,26 @@ def test_schema_lists_every_train_option():
 
 
 def test_schema_backbones_are_the_model_registrys():
-    """One list (a YAML anchor) for `train.backbone`, `backbones` and `backbone_train`, equal to fgkd's registry."""
+    """One definition for `train.backbone`, `backbones` and `backbone_train`: fgkd's registry, or timm-<name> (the
+    prefix fgkd.timm_trunk reads)."""
     from fgkd.models import BACKBONES
+    from fgkd.timm_trunk import TIMM_PREFIX
 
-    lists = [TRAIN_OPTIONS["backbone"]["enum"], SCHEMA["properties"]["backbones"]["items"]["enum"],
-             SCHEMA["properties"]["backbone_train"]["propertyNames"]["enum"]]
-    assert all(sorted(names) == sorted(BACKBONES) for names in lists)
+    uses = [TRAIN_OPTIONS["backbone"], SCHEMA["properties"]["backbones"]["items"],
+            SCHEMA["properties"]["backbone_train"]["propertyNames"]]
+    assert all(use == {"$ref": "#/$defs/backbone"} for use in uses)
+    names, timm = SCHEMA["$defs"]["backbone"]["anyOf"]
+    assert sorted(names["enum"]) == sorted(BACKBONES)
+    assert timm["pattern"] == f"^{TIMM_PREFIX}[A-Za-z0-9_]+$"
+
+
+def test_a_backbone_outside_the_registry_and_timm_fails_the_check():
+    from fgkd.errors import FgkdError
+
+    with pytest.raises(FgkdError, match="^unknown backbone 'nonesuch'; choose one of resnet10, .*, or timm-<name>"):
+        TrainConfig(backbone="nonesuch").check()
+    with pytest.raises(FgkdError, match="^backbone 'timm-nonesuch': timm has no model 'nonesuch'"):
+        TrainConfig(backbone="timm-nonesuch").check()
 
 
 def registry(module, attribute):

@@ -325,7 +325,7 @@ ABLATION_REPORTS = [
 
 wildcard_constraints:
     dataset="|".join(map(re.escape, config["datasets"])),
-    backbone="[A-Za-z0-9_]+",
+    backbone="[A-Za-z0-9_-]+",
     seed="[0-9]+",
     variant="|".join(map(re.escape, config["variants"])),
     shared="|".join(SHARED_STAGES),

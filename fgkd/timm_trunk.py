@@ -1,0 +1,149 @@
+"""Backbones from timm (`backbone: timm-<model name>`): the trunk of any model of a family listed in FAMILIES, as a
+network that returns the feature map the heads pool, laid out B x C x H x W whatever the family's own layout.
+
+The attention map of a family (docs/reference/method.md#attention-maps):
+- CNNs (ResNet, ConvNeXt, EfficientNet): the feature map at the configured output stride; at the last stride, the
+  map the heads pool (after ConvNeXt's head norm and EfficientNet's last 1x1 convolution);
+- ViT: the patch tokens after the final norm, without class or register tokens, laid back on their grid;
+- Swin: a stage's grid, the last stage's after the final norm.
+
+Weights never download: `pretrained` is none, a local file (safetensors or a torch state dict, timm's key names),
+or imagenet, which reads timm's default weights from the Hugging Face cache only.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import FgkdError
+
+TIMM_PREFIX = "timm-"  # not "timm/": the backbone names a folder of results/ and a field of `--run d/b/s`
+
+# The timm model classes fgkd knows how to lay out, by the layout of the features before their classifier.
+FAMILIES = {"VisionTransformer": "tokens", "SwinTransformer": "nhwc", "ConvNeXt": "nchw", "EfficientNet": "nchw",
+            "ResNet": "nchw"}
+
+
+def is_timm(backbone: str) -> bool:
+    return backbone.startswith(TIMM_PREFIX)
+
+
+def timm_name(backbone: str) -> str:
+    """The timm model name of a fgkd backbone name: timm-vit_base_patch16_224 -> vit_base_patch16_224."""
+    import timm
+
+    name = backbone.removeprefix(TIMM_PREFIX)
+    if not timm.is_model(name):
+        raise FgkdError(f"backbone {backbone!r}: timm has no model {name!r}; give timm-<name> with a name of "
+                        "timm.list_models() (an architecture, without a .tag of its weights)")
+    return name
+
+
+def _create(backbone: str, image_size: int | None) -> nn.Module:
+    """timm's model without its classifier and pooling; a model of a fixed input size (ViT, Swin) sized for
+    ``image_size`` (its position embeddings then have that grid)."""
+    import timm
+
+    name = timm_name(backbone)
+    sized = {"img_size": image_size} if timm.get_pretrained_cfg(name).fixed_input_size and image_size else {}
+    model = timm.create_model(name, pretrained=False, num_classes=0, global_pool="", **sized)
+    if type(model).__name__ not in FAMILIES:
+        raise FgkdError(f"backbone {backbone!r} is a timm {type(model).__name__}; fgkd knows where these families "
+                        f"attend: {', '.join(FAMILIES)} (docs/guides/extending.md#a-backbone)")
+    return model
+
+
+class TimmTrunk(nn.Module):
+    """image -> (the feature map the heads pool, the attention feature map), both B x C x H x W."""
+
+    def __init__(self, backbone: str, attention_stride: int, image_size: int | None = None):
+        super().__init__()
+        self.model = _create(backbone, image_size)
+        self.layout = FAMILIES[type(self.model).__name__]
+        self.channels = getattr(self.model, "head_hidden_size", None) or self.model.num_features
+        reductions = [info["reduction"] for info in self.model.feature_info]
+        offered = sorted(r for r in set(reductions) if r >= 4)
+        if attention_stride not in offered:
+            raise FgkdError(f"attention_stride {attention_stride} is not available for {backbone}; choose one of "
+                            f"{offered}")
+        # The last stride is the map the heads pool; an earlier one is the output of the last block of that stride.
+        last = max(i for i, r in enumerate(reductions) if r == attention_stride)
+        self.attention_index = None if attention_stride == reductions[-1] else last
+
+    def _pooled_map(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """The features before timm's classifier (its pre-logits), B x C x H x W."""
+        features = self.model.forward_head(features, pre_logits=True)
+        if self.layout == "nhwc":
+            return features.permute(0, 3, 1, 2)
+        if self.layout == "tokens":
+            patch_h, patch_w = self.model.patch_embed.patch_size
+            grid = (image.shape[-2] // patch_h, image.shape[-1] // patch_w)
+            patches = features[:, self.model.num_prefix_tokens:]
+            return patches.transpose(1, 2).reshape(features.shape[0], features.shape[-1], *grid)
+        return features
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.attention_index is None:
+            pooled = self._pooled_map(self.model.forward_features(images), images)
+            return pooled, pooled
+        features, (attention,) = self.model.forward_intermediates(images, indices=[self.attention_index])
+        return self._pooled_map(features, images), attention
+
+    def attention_only(self, images: torch.Tensor) -> torch.Tensor:
+        """The attention map without the layers after it (the frozen earlier networks of a student)."""
+        if self.attention_index is None:
+            return self.forward(images)[1]
+        return self.model.forward_intermediates(images, indices=[self.attention_index], stop_early=True,
+                                                intermediates_only=True)[0]
+
+
+def cached_imagenet_file(backbone: str) -> Path:
+    """timm's default pretrained weights of the model, from the Hugging Face cache (HF_HOME): never downloaded."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    name = timm_name(backbone)
+    hub_id = timm.get_pretrained_cfg(name).hf_hub_id
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(hub_id, filename) if hub_id else None
+        if isinstance(found, str):
+            return Path(found)
+    raise FgkdError(f"pretrained: imagenet: timm's weights of {name} ({hub_id}) are not in the Hugging Face cache; "
+                    f"on a machine with internet run: python -c \"import timm; timm.create_model('{name}', "
+                    "pretrained=True)\" and copy its HF_HOME cache here, or give pretrained the path of the "
+                    "model.safetensors file")
+
+
+def read_weights(path: str | Path) -> object:
+    """A weights file as it was saved: safetensors by its suffix, otherwise torch.load of tensors only."""
+    if Path(path).suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise FgkdError(f"pretrained: {path}: not a readable safetensors file ({err}); give the model's "
+                            "model.safetensors as timm writes it") from None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def timm_checkpoint_filter(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What timm does to a file's weights before it loads them into this model: the family's own conversion of
+    original checkpoints, and resizing of position embeddings (ViT) or relative-position tables (Swin) to this
+    model's input size. The same function timm's pretrained loading runs; families without one load as they are."""
+    convert = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn", None)
+    return convert(state, model) if convert is not None else state
+
+
+def classifier_prefixes(backbone: str) -> tuple[str, ...]:
+    """The key prefixes of the model's own classifier, which fgkd's heads replace: a file may leave them out."""
+    import timm
+
+    classifier = timm.get_pretrained_cfg(timm_name(backbone)).classifier
+    names = classifier if isinstance(classifier, (tuple, list)) else (classifier,)
+    return tuple(f"{name}." for name in names)
