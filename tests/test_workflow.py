@@ -427,17 +427,21 @@ def schema_default(*keys):
     return functools.reduce(lambda node, key: node["properties"][key], keys, SCHEMA)["default"]
 
 
-@pytest.mark.parametrize("shipped", ["config.yaml", "tiny.yaml", "paper.yaml", "cub-small.yaml"])
-def test_every_shipped_configs_commands_carry_exactly_its_options_and_the_schema_defaults(tmp_path, shipped):
-    """A --configfile is the whole experiment: nothing of config/config.yaml (head: gap, workers, the synthetic
-    set, its variants) leaks into the paper's commands, and keys a config leaves out take the schema's defaults."""
-    project = project_copy(tmp_path / "project", default_config="config.yaml")
-    config = yaml.safe_load((REPO / "config" / shipped).read_text())
+def stand_in_raw_data(project: Path, config: dict) -> None:
     for spec in config["datasets"].values():
         if "raw" in spec:  # empty stand-ins: a dry run only checks that they exist
             raw = project / spec["raw"]
             raw.parent.mkdir(parents=True, exist_ok=True)
             raw.mkdir() if not raw.suffix else raw.write_bytes(b"")
+
+
+@pytest.mark.parametrize("shipped", ["config.yaml", "tiny.yaml", "paper.yaml", "paper-vit.yaml", "cub-small.yaml"])
+def test_every_shipped_configs_commands_carry_exactly_its_options_and_the_schema_defaults(tmp_path, shipped):
+    """A --configfile is the whole experiment: nothing of config/config.yaml (head: gap, workers, the synthetic
+    set, its variants) leaks into the paper's commands, and keys a config leaves out take the schema's defaults."""
+    project = project_copy(tmp_path / "project", default_config="config.yaml")
+    config = yaml.safe_load((REPO / "config" / shipped).read_text())
+    stand_in_raw_data(project, config)
     args = ["snakemake", "--cores", "4", "ablations", "--dry-run", "--printshellcmds"]
     result = run(args + ([] if shipped == "config.yaml" else ["--configfile", f"config/{shipped}"]), project)
 
@@ -463,6 +467,24 @@ def test_every_shipped_configs_commands_carry_exactly_its_options_and_the_schema
     attention = shell_commands(result.stdout, "attention")
     assert {w[w.index("--images") + 1] for w in attention} == {str(images)}
     assert {w[w.index("--batch-size") + 1] for w in attention} == {str(batch)}
+
+
+def test_the_vit_config_plans_the_papers_dag_with_vit_b16_at_448_px(tmp_path):
+    """config/paper-vit.yaml: every network of the method and the ablations is a ViT-B/16 at 448 px with its one
+    attention stride (the patch size) and TransFG's optimiser, in a results/ folder named after the backbone."""
+    project = project_copy(tmp_path / "project", default_config="config.yaml")
+    stand_in_raw_data(project, yaml.safe_load((REPO / "config" / "paper-vit.yaml").read_text()))
+    plan = run(["snakemake", "--cores", "4", "ablations", "--dry-run", "--printshellcmds", "--configfile",
+                "config/paper-vit.yaml"], project).stdout
+    commands = {re.search(r"\$\(dirname (.+?/model\.pt)\)", " ".join(words)).group(1): train_options_in(words)
+                for words in shell_commands(plan, "train")}
+    assert len(commands) == 3 * 3 * (3 + 3 * 3 + 1)  # data sets x seeds x (shared 3; 3 variants x K; aux-KD)
+    expected = {"backbone": "timm-vit_base_patch16_224", "crop": "448", "resize": "600", "attention_stride": "16",
+                "pretrained": "imagenet", "preprocessing": "official", "batch_size": "16", "lr": "0.03",
+                "backbone_lr": "0.03", "weight_decay": "0.0", "epochs": "30", "head": "gap"}
+    for out, options in commands.items():
+        assert Path(out).parts[2] == "timm-vit_base_patch16_224", out
+        assert {key: options.get(key) for key in expected} == expected, out
 
 
 def test_the_fair_configs_pretrained_regimes_start_every_network_from_a_teacher_of_other_classes(tmp_path):
