@@ -1,9 +1,15 @@
-"""The losses of the method, as plain functions (formulas in docs/reference/method.md)."""
+"""The losses of the method, as plain functions (formulas in docs/reference/method.md), and the registry of the
+aux-KD student's distillation losses."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
+
+from .errors import FgkdError
 
 
 def _resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -101,3 +107,64 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float
     log_student = F.log_softmax(student_logits.float() / T, dim=1)
     log_teacher = F.log_softmax(teacher_logits.float() / T, dim=1)
     return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * T * T
+
+
+
+def _target_and_rest(scaled_logits: torch.Tensor, is_target: torch.Tensor) -> torch.Tensor:
+    """B x C logits -> B x 2 log probabilities of (the target class, every other class), from the log-odds d of the
+    others against the target: log p = -softplus(d), log(1 - p) = -softplus(-d), both accurate to float32 rounding
+    also where a network is sure or unsure (logs of summed probabilities lose one end: 0 underflows to -inf)."""
+    target = scaled_logits.masked_select(is_target)
+    others = torch.logsumexp(scaled_logits.masked_fill(is_target, -torch.inf), dim=1)
+    log_odds = others - target
+    return torch.stack([-F.softplus(log_odds), -F.softplus(-log_odds)], dim=1)
+
+
+def _among_non_targets(scaled_logits: torch.Tensor, is_target: torch.Tensor) -> torch.Tensor:
+    """B x C logits -> B x (C - 1) log probabilities over the classes other than the target."""
+    others = scaled_logits.masked_select(~is_target).view(len(scaled_logits), -1)
+    return F.log_softmax(others, dim=1)
+
+
+def decoupled_kd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                       T: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, the two parts of KD that decoupled KD (Zhao et al., CVPR 2022) weighs apart, each x T^2: TCKD, the
+    KL between the teacher's and the student's (target, other classes) probabilities, and NCKD, the KL between their
+    distributions over the non-target classes alone. KD = TCKD + (1 - teacher's target probability) x NCKD: the more
+    confident the teacher, the less KD learns from how it ranks the other classes; DKD gives NCKD its own weight."""
+    classes = student_logits.shape[1]
+    if classes < 2:
+        raise FgkdError(f"kd_loss dkd: {classes} class: decoupled KD splits the target class from the others and "
+                        "needs at least 2 classes; use kd_loss kd")
+    is_target = F.one_hot(labels, classes).bool()
+    student, teacher = student_logits.float() / T, teacher_logits.float() / T
+    tckd, nckd = (F.kl_div(split(student, is_target), split(teacher, is_target), reduction="none",
+                           log_target=True).sum(dim=1) * T * T
+                  for split in (_target_and_rest, _among_non_targets))
+    return tckd, nckd
+
+
+def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, T: float,
+             alpha: float, beta: float) -> torch.Tensor:
+    """Decoupled KD: batch mean of alpha x TCKD + beta x NCKD (``decoupled_kd_terms``), mdistiller's dkd_loss without
+    its warm-up (a method's step does not know the epoch)."""
+    tckd, nckd = decoupled_kd_terms(student_logits, teacher_logits, labels, T)
+    return (alpha * tckd + beta * nckd).mean()
+
+
+@dataclass(frozen=True)
+class DistillationLoss:
+    """One way for an auxiliary head to imitate its teacher's logits."""
+
+    # (student logits, teacher logits, labels, temperature, **its own options) -> the batch-mean loss.
+    function: Callable[..., torch.Tensor]
+    # Its own options: TrainConfig field -> keyword of ``function``; the aux-KD student passes them from the config.
+    options: dict[str, str] = field(default_factory=dict)
+
+
+# The aux-KD student's distillation losses by name (TrainConfig.kd_loss); the schema's kd_loss enum is tested against
+# it. Each is weighted by kd_alpha against the head's cross-entropy.
+DISTILLATION_LOSSES = {
+    "kd": DistillationLoss(lambda student, teacher, labels, T: kd_loss(student, teacher, T)),  # Hinton et al. 2015
+    "dkd": DistillationLoss(dkd_loss, {"dkd_alpha": "alpha", "dkd_beta": "beta"}),  # Zhao et al. 2022
+}
