@@ -109,21 +109,20 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float
     return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * T * T
 
 
+def _split_at_target(scaled_logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """B x C logits -> the target class's (B) and the other classes' (B x C - 1, in class order), gathered by index:
+    NCKD sees the other classes alone, with no stand-in value in the target's place (mdistiller subtracts 1000)."""
+    others = torch.arange(scaled_logits.shape[1] - 1, device=labels.device)
+    others = others + (others >= labels.unsqueeze(1))
+    return scaled_logits.gather(1, labels.unsqueeze(1)).squeeze(1), scaled_logits.gather(1, others)
 
-def _target_and_rest(scaled_logits: torch.Tensor, is_target: torch.Tensor) -> torch.Tensor:
-    """B x C logits -> B x 2 log probabilities of (the target class, every other class), from the log-odds d of the
-    others against the target: log p = -softplus(d), log(1 - p) = -softplus(-d), both accurate to float32 rounding
-    also where a network is sure or unsure (logs of summed probabilities lose one end: 0 underflows to -inf)."""
-    target = scaled_logits.masked_select(is_target)
-    others = torch.logsumexp(scaled_logits.masked_fill(is_target, -torch.inf), dim=1)
-    log_odds = others - target
+
+def _target_or_not(target: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+    """B x 2 log probabilities of (the target class, any other class), from the log-odds d of the others against the
+    target: log p = -softplus(d), log(1 - p) = -softplus(-d), both accurate to float32 rounding also where a network
+    is sure or unsure (the log of summed probabilities loses one end: a sum that underflows to 0 gives -inf)."""
+    log_odds = torch.logsumexp(others, dim=1) - target
     return torch.stack([-F.softplus(log_odds), -F.softplus(-log_odds)], dim=1)
-
-
-def _among_non_targets(scaled_logits: torch.Tensor, is_target: torch.Tensor) -> torch.Tensor:
-    """B x C logits -> B x (C - 1) log probabilities over the classes other than the target."""
-    others = scaled_logits.masked_select(~is_target).view(len(scaled_logits), -1)
-    return F.log_softmax(others, dim=1)
 
 
 def decoupled_kd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -136,18 +135,20 @@ def decoupled_kd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     if classes < 2:
         raise FgkdError(f"kd_loss dkd: {classes} class: decoupled KD splits the target class from the others and "
                         "needs at least 2 classes; use kd_loss kd")
-    is_target = F.one_hot(labels, classes).bool()
-    student, teacher = student_logits.float() / T, teacher_logits.float() / T
-    tckd, nckd = (F.kl_div(split(student, is_target), split(teacher, is_target), reduction="none",
-                           log_target=True).sum(dim=1) * T * T
-                  for split in (_target_and_rest, _among_non_targets))
-    return tckd, nckd
+    (student_target, student_others), (teacher_target, teacher_others) = (
+        _split_at_target(logits.float() / T, labels) for logits in (student_logits, teacher_logits))
+    tckd = F.kl_div(_target_or_not(student_target, student_others), _target_or_not(teacher_target, teacher_others),
+                    reduction="none", log_target=True).sum(dim=1)
+    nckd = F.kl_div(F.log_softmax(student_others, dim=1), F.log_softmax(teacher_others, dim=1), reduction="none",
+                    log_target=True).sum(dim=1)
+    return tckd * T * T, nckd * T * T
 
 
 def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, T: float,
              alpha: float, beta: float) -> torch.Tensor:
-    """Decoupled KD: batch mean of alpha x TCKD + beta x NCKD (``decoupled_kd_terms``), mdistiller's dkd_loss without
-    its warm-up (a method's step does not know the epoch)."""
+    """Decoupled KD: batch mean of alpha x TCKD + beta x NCKD (``decoupled_kd_terms``), as mdistiller's dkd_loss but
+    without its warm-up (a method's step is not given the epoch). In the aux-KD student it takes KD's place, weighed
+    by kd_alpha against each head's CE: at kd_alpha 0.5 a head's loss is half of mdistiller's CE + DKD."""
     tckd, nckd = decoupled_kd_terms(student_logits, teacher_logits, labels, T)
     return (alpha * tckd + beta * nckd).mean()
 
