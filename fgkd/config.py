@@ -47,7 +47,10 @@ CONFIG_HELP = {
     "orth_weight": "p of the adaptive OR weight (OR term = p x CE), or the fixed lambda of AT; 0 = plain CE",
     "attention_stride": "output stride of the attention feature map: 32 is the last, 16/8/4 earlier and larger",
     "kd_temperature": "temperature T of the aux-KD losses",
-    "kd_alpha": "weight of KD against CE on each auxiliary head",
+    "kd_alpha": "weight of the distillation loss against CE on each auxiliary head",
+    "kd_loss": "distillation loss of each auxiliary head (kd: Hinton's KD, dkd: decoupled KD, Zhao et al. 2022)",
+    "dkd_alpha": "kd_loss dkd: weight of TCKD, the target class against the rest",
+    "dkd_beta": "kd_loss dkd: weight of NCKD, the teacher's distribution over the non-target classes",
     "amp": "auto (bf16 autocast on CUDA), bf16, off",
     "channels_last": "auto (on CUDA), on, off",
     "device": f"{DEVICE_HELP} (under torchrun, auto = each process its own GPU)",
@@ -65,6 +68,7 @@ CHOICES = {
     "head": ("fgkd.models", "HEADS"),
     "preprocessing": ("fgkd.data.recipes", "PREPROCESSING"),
     "orth": ("fgkd.methods.orthogonal", "ORTHOGONAL_LOSSES"),
+    "kd_loss": ("fgkd.losses", "DISTILLATION_LOSSES"),
     "attention_stride": ("fgkd.models", "ATTENTION_STRIDES"),
     "amp": ("fgkd.train", "AMP_MODES"),
     "channels_last": ("fgkd.train", "CHANNELS_LAST_MODES"),
@@ -128,6 +132,9 @@ class TrainConfig:
     attention_stride: int = 32
     kd_temperature: float = 4.0
     kd_alpha: float = 0.5
+    kd_loss: str = "kd"
+    dkd_alpha: float = 1.0
+    dkd_beta: float = 8.0
     amp: str = "auto"
     channels_last: str = "auto"
     device: str = "auto"
@@ -155,7 +162,8 @@ class TrainConfig:
         for key in positive:
             if not getattr(self, key) > 0:
                 raise FgkdError(f"{key} must be > 0 (got {getattr(self, key)})")
-        for key in ("lr", "backbone_lr", "momentum", "weight_decay", "orth_weight", "workers"):
+        for key in ("lr", "backbone_lr", "momentum", "weight_decay", "orth_weight", "workers", "dkd_alpha",
+                    "dkd_beta"):
             if getattr(self, key) < 0:
                 raise FgkdError(f"{key} must be >= 0 (got {getattr(self, key)})")
         if not 0 <= self.val_fraction < 1:
@@ -185,15 +193,20 @@ class TrainConfig:
 
 # Options that change how fast a run goes, not what it computes: not part of its identity.
 NOT_IDENTITY = ("workers", "device", "compile")
+# Options added after runs were made, each with its default then: at that value an option stays out of a run's
+# identity, so that every model and checkpoint made before it keeps its hash.
+ADDED_LATER = {"kd_loss": "kd", "dkd_alpha": 1.0, "dkd_beta": 8.0}
 TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
 def config_hash(config: TrainConfig, name: str, earlier: list[str], processes: int = 1) -> str:
     """Identity of a run: its options (each of its declared type: a config's `orth_weight: 1` and the command line's
     1.0 are one run), its name, its number of processes (batch_size is per process) and the config hashes of the
-    frozen networks it learns from. Torch-free: the workflow computes the hash each job's model.pt must have."""
-    fields = {f.name: TYPES[f.type](getattr(config, f.name)) for f in dataclasses.fields(config)
-              if f.name not in NOT_IDENTITY}
+    frozen networks it learns from; an option of ADDED_LATER only away from its earlier value. Torch-free: the
+    workflow computes the hash each job's model.pt must have."""
+    values = {f.name: TYPES[f.type](getattr(config, f.name)) for f in dataclasses.fields(config)}
+    fields = {key: value for key, value in values.items()
+              if key not in NOT_IDENTITY and (key not in ADDED_LATER or value != ADDED_LATER[key])}
     payload = json.dumps({"config": fields, "stage": name, "processes": processes, "earlier": list(earlier)},
                          sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

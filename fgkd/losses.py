@@ -1,9 +1,15 @@
-"""The losses of the method, as plain functions (formulas in docs/reference/method.md)."""
+"""The losses of the method, as plain functions (formulas in docs/reference/method.md), and the registry of the
+aux-KD student's distillation losses."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
+
+from .errors import FgkdError
 
 
 def _resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -101,3 +107,65 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float
     log_student = F.log_softmax(student_logits.float() / T, dim=1)
     log_teacher = F.log_softmax(teacher_logits.float() / T, dim=1)
     return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * T * T
+
+
+def _split_at_target(scaled_logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """B x C logits -> the target class's (B) and the other classes' (B x C - 1, in class order), gathered by index:
+    NCKD sees the other classes alone, with no stand-in value in the target's place (mdistiller subtracts 1000)."""
+    others = torch.arange(scaled_logits.shape[1] - 1, device=labels.device)
+    others = others + (others >= labels.unsqueeze(1))
+    return scaled_logits.gather(1, labels.unsqueeze(1)).squeeze(1), scaled_logits.gather(1, others)
+
+
+def _target_or_not(target: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+    """B x 2 log probabilities of (the target class, any other class), from the log-odds d of the others against the
+    target: log p = -softplus(d), log(1 - p) = -softplus(-d), both accurate to float32 rounding also where a network
+    is sure or unsure (the log of summed probabilities loses one end: a sum that underflows to 0 gives -inf)."""
+    log_odds = torch.logsumexp(others, dim=1) - target
+    return torch.stack([-F.softplus(log_odds), -F.softplus(-log_odds)], dim=1)
+
+
+def decoupled_kd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                       T: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, the two parts of KD that decoupled KD (Zhao et al., CVPR 2022) weighs apart, each x T^2: TCKD, the
+    KL between the teacher's and the student's (target, other classes) probabilities, and NCKD, the KL between their
+    distributions over the non-target classes alone. KD = TCKD + (1 - teacher's target probability) x NCKD: the more
+    confident the teacher, the less KD learns from how it ranks the other classes; DKD gives NCKD its own weight."""
+    classes = student_logits.shape[1]
+    if classes < 2:
+        raise FgkdError(f"kd_loss dkd: {classes} class: decoupled KD splits the target class from the others and "
+                        "needs at least 2 classes; use kd_loss kd")
+    (student_target, student_others), (teacher_target, teacher_others) = (
+        _split_at_target(logits.float() / T, labels) for logits in (student_logits, teacher_logits))
+    tckd = F.kl_div(_target_or_not(student_target, student_others), _target_or_not(teacher_target, teacher_others),
+                    reduction="none", log_target=True).sum(dim=1)
+    nckd = F.kl_div(F.log_softmax(student_others, dim=1), F.log_softmax(teacher_others, dim=1), reduction="none",
+                    log_target=True).sum(dim=1)
+    return tckd * T * T, nckd * T * T
+
+
+def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, T: float,
+             alpha: float, beta: float) -> torch.Tensor:
+    """Decoupled KD: batch mean of alpha x TCKD + beta x NCKD (``decoupled_kd_terms``), as mdistiller's dkd_loss but
+    without its warm-up (a method's step is not given the epoch). In the aux-KD student it takes KD's place, weighed
+    by kd_alpha against each head's CE: at kd_alpha 0.5 a head's loss is half of mdistiller's CE + DKD."""
+    tckd, nckd = decoupled_kd_terms(student_logits, teacher_logits, labels, T)
+    return (alpha * tckd + beta * nckd).mean()
+
+
+@dataclass(frozen=True)
+class DistillationLoss:
+    """One way for an auxiliary head to imitate its teacher's logits."""
+
+    # (student logits, teacher logits, labels, temperature, **its own options) -> the batch-mean loss.
+    function: Callable[..., torch.Tensor]
+    # Its own options: TrainConfig field -> keyword of ``function``; the aux-KD student passes them from the config.
+    options: dict[str, str] = field(default_factory=dict)
+
+
+# The aux-KD student's distillation losses by name (TrainConfig.kd_loss); the schema's kd_loss enum is tested against
+# it. Each is weighted by kd_alpha against the head's cross-entropy.
+DISTILLATION_LOSSES = {
+    "kd": DistillationLoss(lambda student, teacher, labels, T: kd_loss(student, teacher, T)),  # Hinton et al. 2015
+    "dkd": DistillationLoss(dkd_loss, {"dkd_alpha": "alpha", "dkd_beta": "beta"}),  # Zhao et al. 2022
+}

@@ -126,6 +126,18 @@ def test_the_hash_of_a_run_is_what_earlier_fgkd_versions_computed():
     assert config_hash(BASE, "student_1", ["abc"], 2) == "879d1bd920057505"
 
 
+def test_kd_and_dkd_are_two_runs_and_kd_keeps_the_hash_it_had_before_kd_loss_existed():
+    """Resume and `fgkd verify` compare this hash: a checkpoint trained with kd is not resumed as dkd, nor one of
+    other DKD weights; an aux-KD run of kd keeps the hash that fgkd computed before kd_loss (pinned from then)."""
+    dkd = dataclasses.replace(BASE, kd_loss="dkd")
+    hashes = {config_hash(config, "auxkd", ["abc"]) for config in
+              (BASE, dkd, dataclasses.replace(dkd, dkd_alpha=2.0), dataclasses.replace(dkd, dkd_beta=4.0))}
+    assert len(hashes) == 4
+    assert config_hash(BASE, "auxkd", ["abc", "def"]) == "5b815f4846edec4a"
+    assert config_hash(dataclasses.replace(BASE, kd_alpha=0.3, kd_temperature=2.0), "auxkd", ["abc"], 2) == \
+        "4162e07ea3750a50"
+
+
 def test_data_digest_ignores_how_the_manifest_rows_are_indexed(tiny_data, tmp_path):
     copy = shutil.copytree(tiny_data, tmp_path / "data")
     frame = pd.read_parquet(copy / MANIFEST)

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fgkd.losses import (at_loss_from_energies, kd_loss, or_loss, or_loss_from_maps, or_reference_maps,
-                         orthogonal_loss, spatial_attention, standardise)
+from fgkd.errors import FgkdError
+from fgkd.losses import (DISTILLATION_LOSSES, at_loss_from_energies, decoupled_kd_terms, dkd_loss, kd_loss, or_loss,
+                         or_loss_from_maps, or_reference_maps, orthogonal_loss, spatial_attention, standardise)
 from fgkd.methods import FrozenNetworks, OrthogonalStudent
 from fgkd.models import FGVCNet
 
@@ -151,6 +152,86 @@ def test_kd_loss_is_the_batch_mean_kl_scaled_by_t_squared():
         kl = (p * (p.log() - q.log())).sum(dim=1).mean()
         torch.testing.assert_close(kd_loss(student, teacher, T), kl * T * T)
     assert kd_loss(teacher, teacher, 3.0).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def paper_dkd(student, teacher, labels, T, alpha, beta):
+    """Decoupled KD from its definitions (Zhao et al., CVPR 2022, section 3.1), image by image in float64: TCKD =
+    KL(b_teacher || b_student) over b = (p_target, 1 - p_target), NCKD = KL over the non-target classes' renormalised
+    probabilities; (alpha TCKD + beta NCKD) x T^2, batch mean. The scaling, the reduction and the argument meanings are
+    those of mdistiller's dkd_loss (megvii-research/mdistiller, mdistiller/distillers/DKD.py, commit
+    e8c5bb331e78c9d79a8894ca233caae78531cf7f), written anew here: its code is not copied into this repository."""
+    total = 0.0
+    for s, t, y in zip(student.double() / T, teacher.double() / T, labels.tolist()):
+        p_s, p_t = s.softmax(0), t.softmax(0)
+        others = [c for c in range(len(s)) if c != y]
+        b_s, b_t = (torch.stack([p[y], p[others].sum()]) for p in (p_s, p_t))
+        q_s, q_t = p_s[others] / b_s[1], p_t[others] / b_t[1]
+        total += alpha * (b_t * (b_t / b_s).log()).sum() + beta * (q_t * (q_t / q_s).log()).sum()
+    return total * T * T / len(labels)
+
+
+def logit_batch(seed: int, images: int, classes: int, confident_teacher: bool):
+    """Fixed random logits and labels; a confident teacher puts 99.99% or more on the target at T = 1."""
+    generator = torch.Generator().manual_seed(seed)
+    student, teacher = (3 * torch.randn(images, classes, generator=generator) for _ in range(2))
+    labels = torch.randint(classes, (images,), generator=generator)
+    if confident_teacher:
+        teacher[torch.arange(images), labels] += 15.0
+    return student, teacher, labels
+
+
+@pytest.mark.parametrize("images, classes", [(1, 2), (5, 4), (16, 200)])
+@pytest.mark.parametrize("confident_teacher", [False, True])
+def test_dkd_loss_is_the_papers_tckd_and_nckd_weighted_by_alpha_and_beta(images, classes, confident_teacher):
+    student, teacher, labels = logit_batch(images + classes, images, classes, confident_teacher)
+    for T in (1.0, 2.0, 4.0):
+        for alpha, beta in ((1.0, 8.0), (0.5, 2.0), (1.0, 0.0), (0.0, 1.0)):
+            expected = paper_dkd(student, teacher, labels, T, alpha, beta).float()
+            # atol: float32 log probabilities are each off by about 1e-7, and the KL is scaled by T^2.
+            torch.testing.assert_close(dkd_loss(student, teacher, labels, T, alpha, beta), expected, rtol=1e-5,
+                                       atol=1e-6 * T * T, msg=lambda m: f"T {T}, alpha {alpha}, beta {beta}: {m}")
+
+
+def test_kd_is_tckd_plus_the_teachers_non_target_probability_times_nckd():
+    """The paper's identity (eq. 5), exact image by image: KD lets a confident teacher silence NCKD."""
+    student, teacher, labels = logit_batch(7, 6, 5, confident_teacher=False)
+    teacher[torch.arange(3), labels[:3]] += 15.0  # half the images with a confident teacher
+    for T in (1.0, 3.0):
+        tckd, nckd = decoupled_kd_terms(student, teacher, labels, T)
+        non_target = 1 - torch.softmax(teacher / T, dim=1).gather(1, labels.unsqueeze(1)).squeeze(1)
+        per_image = torch.stack([kd_loss(student[i:i + 1], teacher[i:i + 1], T) for i in range(len(labels))])
+        torch.testing.assert_close(tckd + non_target * nckd, per_image)
+        assert non_target[:3].max() < 0.1 and non_target[3:].min() > 0.5
+
+
+def test_dkd_stays_finite_where_a_network_is_sure():
+    """A margin of 120 logits at T = 1: the student's other classes sum to 0 in float32 probabilities (a formula
+    that takes their log gives inf); in log space the value is the float64 one."""
+    student = torch.tensor([[120.0, 0.0, 1.0], [0.0, 2.0, 1.0]])
+    teacher = torch.tensor([[30.0, 0.0, 2.0], [0.0, 1.0, 3.0]])
+    labels = torch.tensor([0, 1])
+    assert torch.softmax(student, dim=1)[0, 1:].sum() == 0
+    torch.testing.assert_close(dkd_loss(student, teacher, labels, 1.0, 1.0, 8.0),
+                               paper_dkd(student, teacher, labels, 1.0, 1.0, 8.0).float())
+
+
+def test_dkd_of_one_class_is_one_line_naming_the_fix():
+    with pytest.raises(FgkdError, match=r"^kd_loss dkd: 1 class: .* needs at least 2 classes; use kd_loss kd$"):
+        dkd_loss(torch.zeros(2, 1), torch.zeros(2, 1), torch.zeros(2, dtype=torch.long), 4.0, 1.0, 8.0)
+
+
+def test_each_distillation_loss_takes_the_labels_and_its_own_options():
+    """The registry's one call signature: kd ignores the labels, dkd gets alpha and beta from its declared options."""
+    student, teacher, labels = logit_batch(3, 4, 6, confident_teacher=False)
+    kd = DISTILLATION_LOSSES["kd"]
+    assert kd.options == {}
+    assert torch.equal(kd.function(student, teacher, labels, 2.0), kd_loss(student, teacher, 2.0))
+    assert torch.equal(kd.function(student, teacher, labels.flip(0), 2.0), kd_loss(student, teacher, 2.0))
+    dkd = DISTILLATION_LOSSES["dkd"]
+    options = {keyword: weight for keyword, weight in zip(dkd.options.values(), (0.5, 3.0))}
+    assert options == {"alpha": 0.5, "beta": 3.0}
+    assert torch.equal(dkd.function(student, teacher, labels, 2.0, **options),
+                       dkd_loss(student, teacher, labels, 2.0, 0.5, 3.0))
 
 
 def or_student(weight: float) -> OrthogonalStudent:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fgkd.config import TrainConfig
-from fgkd.losses import kd_loss, or_loss, orthogonal_loss, spatial_attention
+from fgkd.losses import dkd_loss, kd_loss, or_loss, orthogonal_loss, spatial_attention
 from fgkd.methods import METHODS, AuxKD, CrossEntropy, FrozenNetworks, OrthogonalStudent
 from fgkd.models import FGVCNet
 
@@ -78,6 +78,29 @@ def test_a_stage_config_reaches_each_method():
     student = METHODS["student"].from_config(model, frozen, config)
     assert isinstance(student, OrthogonalStudent) and (student.variant, student.weight) == ("at", 0.7)
     assert isinstance(METHODS["teacher"].from_config(model, frozen, config), CrossEntropy)
+
+
+def test_kd_loss_dkd_gives_each_head_the_decoupled_kd_of_its_teacher_with_the_configs_weights():
+    """From the stage's config to the step's losses: kd_loss picks DKD, dkd_alpha and dkd_beta weigh its parts, and
+    kd_alpha still weighs it against each head's CE."""
+    config = dataclasses.replace(TrainConfig(), kd_loss="dkd", dkd_alpha=2.0, dkd_beta=5.0, kd_temperature=2.0,
+                                 kd_alpha=0.3)
+    torch.manual_seed(0)
+    model = FGVCNet("resnet10", 4, "gap", 8, attention_stride=8, aux_heads=2)
+    method = METHODS["auxkd"].from_config(model, FrozenNetworks([FixedLogits(t) for t in teachers()]), config)
+    images, labels = batch()
+    out = method(images, labels)
+    main, aux = method.model(images)
+    first, second = teachers()
+    dkd = dkd_loss(aux[0], first, labels, 2.0, 2.0, 5.0) + dkd_loss(aux[1], second, labels, 2.0, 2.0, 5.0)
+    others = {"kd": kd_loss(aux[0], first, 2.0) + kd_loss(aux[1], second, 2.0),
+              "swapped weights": dkd_loss(aux[0], first, labels, 2.0, 5.0, 2.0)
+              + dkd_loss(aux[1], second, labels, 2.0, 5.0, 2.0)}
+    assert all(abs(float((dkd - other).detach())) > 0.1 for other in others.values())  # the check can tell them
+    torch.testing.assert_close(out.losses["kd"], 0.3 * dkd)
+    torch.testing.assert_close(out.losses["aux_ce"], 0.7 * (F.cross_entropy(aux[0], labels)
+                                                           + F.cross_entropy(aux[1], labels)))
+    torch.testing.assert_close(out.losses["ce"], F.cross_entropy(main, labels))
 
 
 def student_of(variant: str, weight: float) -> OrthogonalStudent:

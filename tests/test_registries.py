@@ -12,7 +12,7 @@ import click
 import pytest
 import yaml
 
-from fgkd.config import CHOICES, DEVICES, WEIGHT_KEYWORDS, TrainConfig, cli_flags
+from fgkd.config import CHOICES, CONFIG_HELP, DEVICES, WEIGHT_KEYWORDS, TrainConfig, cli_flags
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +34,43 @@ def test_cli_flags_parse_back_into_the_same_config(tmp_path):
         "train", ["--stage", "teacher", "--data", str(tmp_path), "--out", str(tmp_path / "out"), *flags])
     parsed = TrainConfig(**{f.name: context.params[f.name] for f in dataclasses.fields(TrainConfig)})
     assert parsed == config
+
+
+def test_the_distillation_loss_and_its_options_go_through_the_flags_and_train_help(tmp_path):
+    """kd_loss and DKD's weights: `fgkd train` offers them and reads cli_flags' spelling back into the same config."""
+    from click.testing import CliRunner
+
+    from fgkd.cli import main
+
+    config = TrainConfig(kd_loss="dkd", dkd_alpha=0.5, dkd_beta=2.0)
+    flags = cli_flags({"kd_loss": "dkd", "dkd_alpha": 0.5, "dkd_beta": 2.0})
+    assert flags == ["--dkd-alpha", "0.5", "--dkd-beta", "2.0", "--kd-loss", "dkd"]
+    context = main.commands["train"].make_context(
+        "train", ["--stage", "auxkd", "--data", str(tmp_path), "--out", str(tmp_path / "out"), *flags])
+    assert TrainConfig(**{f.name: context.params[f.name] for f in dataclasses.fields(TrainConfig)}) == config
+    text = " ".join(CliRunner().invoke(main, ["train", "--help"], terminal_width=200).output.split())
+    assert "--kd-loss [kd|dkd]" in text and "--dkd-alpha FLOAT" in text and "--dkd-beta FLOAT" in text
+
+
+def test_every_option_a_distillation_loss_declares_is_a_checked_train_option():
+    """A loss's own options are declared with its registry entry: each must be a number of TrainConfig with help, in
+    the schema with its lower bound, a keyword of the loss, and refused in one line when negative."""
+    import inspect
+
+    from fgkd.errors import FgkdError
+    from fgkd.losses import DISTILLATION_LOSSES
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    checked = set()
+    for name, loss in DISTILLATION_LOSSES.items():
+        for option, keyword in loss.options.items():
+            assert fields[option].type == "float" and CONFIG_HELP[option], (name, option)
+            assert TRAIN_OPTIONS[option]["type"] == "number" and TRAIN_OPTIONS[option]["minimum"] == 0, (name, option)
+            assert keyword in inspect.signature(loss.function).parameters, (name, option)
+            with pytest.raises(FgkdError, match=rf"^{option} must be >= 0 \(got -1\)$"):
+                TrainConfig(**{option: -1}).check_values()
+            checked.add(option)
+    assert {"dkd_alpha", "dkd_beta"} <= checked
 
 
 def test_schema_lists_every_train_option():
@@ -105,6 +142,7 @@ CLI_CHOICES = {
     ("train", "attention_stride"): ("fgkd.models", "ATTENTION_STRIDES"),
     ("train", "preprocessing"): ("fgkd.data.recipes", "PREPROCESSING"),
     ("train", "orth"): ("fgkd.methods.orthogonal", "ORTHOGONAL_LOSSES"),
+    ("train", "kd_loss"): ("fgkd.losses", "DISTILLATION_LOSSES"),
     ("train", "amp"): ("fgkd.train", "AMP_MODES"),
     ("train", "channels_last"): ("fgkd.train", "CHANNELS_LAST_MODES"),
     ("train", "compile"): ("fgkd.train", "COMPILE_MODES"),
