@@ -42,8 +42,8 @@ class BackboneName(RegistryChoice):
         if value in self.choices or (isinstance(value, str) and value.startswith(TIMM_PREFIX)):
             return value
         hint = f" (write {TIMM_PREFIX}{value[5:]}: the name is a folder of results/)" if value.startswith("timm/") else ""
-        self.fail(f"{value!r} is not one of {', '.join(self.choices)}, or {TIMM_PREFIX}NAME for a model of "
-                  f"timm{hint}", param, ctx)
+        self.fail(f"{value!r} is not one of {', '.join(map(repr, self.choices))}, or {TIMM_PREFIX}NAME for a model "
+                  f"of timm{hint}", param, ctx)
 
 
 COMBINE = RegistryChoice("fgkd.metrics", "COMBINES")
