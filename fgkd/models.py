@@ -107,6 +107,10 @@ def _pretrained_weights(name: str):
 CLASSIFIER_KEYS = {"resnet": "fc.", "vgg": "classifier.", "densenet": "classifier."}
 
 
+# What timm's conversion of a weights file may resize to the model's input size: position embeddings and tables.
+RESIZED_TO_THE_INPUT = ("pos_embed", "relative_position_bias_table")
+
+
 def load_weights_file(model: nn.Module, name: str, path: str | Path) -> None:
     """Load a local weights file into ``model``, torchvision's classifier or timm's model of backbone ``name`` (for
     clusters without internet): a state dict (safetensors for timm, or torch.save's) plain, wrapped as
@@ -141,11 +145,18 @@ def load_weights_file(model: nn.Module, name: str, path: str | Path) -> None:
         state = {key.removeprefix("module."): value for key, value in state.items()}
     given = {k: v for k, v in state.items() if not k.startswith(heads)}
     if is_timm(name):
+        before = {k: tuple(v.shape) for k, v in given.items()}
         try:
             given = timm_checkpoint_filter(model, given)
         except Exception as err:  # timm's conversion of a file it cannot make sense of: shapes, missing keys
             raise FgkdError(f"pretrained: {path} does not fit {name} (timm's conversion failed: "
                             f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); {fix}") from None
+        # timm resizes position tables to the input size, as it should, but also resamples a patch embedding of
+        # another patch size: that is another network's weights, not this one's.
+        resampled = [f"{k} {before[k]} (expected {tuple(v.shape)})" for k, v in given.items()
+                     if k in before and before[k] != tuple(v.shape) and not k.endswith(RESIZED_TO_THE_INPUT)]
+        if resampled:
+            raise FgkdError(f"pretrained: {path} does not fit {name} (wrong shape: {some(resampled)}); {fix}")
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith(heads)}
     missing = [k for k in expected if k not in given and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in given if k not in expected]

@@ -37,6 +37,10 @@ def timm_name(backbone: str) -> str:
     import timm
 
     name = backbone.removeprefix(TIMM_PREFIX)
+    if "." in name:
+        raise FgkdError(f"backbone {backbone!r}: give the architecture without a .tag of its weights "
+                        f"({TIMM_PREFIX}{name.split('.')[0]}); the weights are pretrained's (a file, or imagenet: "
+                        "timm's default ones)")
     if not timm.is_model(name):
         raise FgkdError(f"backbone {backbone!r}: timm has no model {name!r}; give timm-<name> with a name of "
                         "timm.list_models() (an architecture, without a .tag of its weights)")
@@ -50,10 +54,22 @@ def _create(backbone: str, image_size: int | None) -> nn.Module:
 
     name = timm_name(backbone)
     sized = {"img_size": image_size} if timm.get_pretrained_cfg(name).fixed_input_size and image_size else {}
-    model = timm.create_model(name, pretrained=False, num_classes=0, global_pool="", **sized)
-    if type(model).__name__ not in FAMILIES:
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=0, **sized)
+    except Exception as err:  # timm's own checks of an architecture it cannot build without its classifier
+        raise FgkdError(f"backbone {backbone!r}: timm cannot build it without its classifier ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''}); choose another model") from None
+    family = FAMILIES.get(type(model).__name__)
+    if family is None:
         raise FgkdError(f"backbone {backbone!r} is a timm {type(model).__name__}; fgkd knows where these families "
                         f"attend: {', '.join(FAMILIES)} (docs/guides/extending.md#a-backbone)")
+    if family == "tokens":
+        # A ViT keeps its own pooling's layers, so that timm's weights fit it (an average-pooled one norms after
+        # pooling: fc_norm); a MAP-pooled one's attention pool reads the tokens for timm's classifier, which fgkd's
+        # heads replace (its keys are left out of a weights file like the classifier's).
+        model.attn_pool = None
+    else:
+        model.reset_classifier(0, global_pool="")  # no pooling: the pre-logits are the map
     return model
 
 
@@ -66,6 +82,11 @@ class TimmTrunk(nn.Module):
         self.layout = FAMILIES[type(self.model).__name__]
         self.channels = getattr(self.model, "head_hidden_size", None) or self.model.num_features
         reductions = [info["reduction"] for info in self.model.feature_info]
+        if self.layout == "tokens" and image_size:
+            patch = reductions[-1]  # pixels per patch token (a hybrid ViT's CNN stem included)
+            if image_size % patch or image_size < 2 * patch:
+                raise FgkdError(f"crop {image_size} does not cut into {backbone}'s patches of {patch} px; give a "
+                                f"multiple of {patch} of at least {2 * patch}")
         offered = sorted(r for r in set(reductions) if r >= 4)
         if attention_stride not in offered:
             raise FgkdError(f"attention_stride {attention_stride} is not available for {backbone}; choose one of "
@@ -74,24 +95,27 @@ class TimmTrunk(nn.Module):
         last = max(i for i, r in enumerate(reductions) if r == attention_stride)
         self.attention_index = None if attention_stride == reductions[-1] else last
 
-    def _pooled_map(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    def _pooled_map(self, features: torch.Tensor) -> torch.Tensor:
         """The features before timm's classifier (its pre-logits), B x C x H x W."""
         features = self.model.forward_head(features, pre_logits=True)
-        if self.layout == "nhwc":
-            return features.permute(0, 3, 1, 2)
-        if self.layout == "tokens":
-            patch_h, patch_w = self.model.patch_embed.patch_size
-            grid = (image.shape[-2] // patch_h, image.shape[-1] // patch_w)
-            patches = features[:, self.model.num_prefix_tokens:]
-            return patches.transpose(1, 2).reshape(features.shape[0], features.shape[-1], *grid)
-        return features
+        return features.permute(0, 3, 1, 2) if self.layout == "nhwc" else features
+
+    def _patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """A ViT's patch tokens after its final norm (and its per-token fc_norm, which an average-pooled ViT applies
+        after pooling), without class or register tokens, on their grid: timm's own reshaping (hybrid stems too)."""
+        (tokens,) = self.model.forward_intermediates(images, indices=[len(self.model.blocks) - 1], norm=True,
+                                                     output_fmt="NCHW", intermediates_only=True)
+        return self.model.fc_norm(tokens.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.layout == "tokens":
+            pooled = self._patch_tokens(images)
+            return pooled, pooled
         if self.attention_index is None:
-            pooled = self._pooled_map(self.model.forward_features(images), images)
+            pooled = self._pooled_map(self.model.forward_features(images))
             return pooled, pooled
         features, (attention,) = self.model.forward_intermediates(images, indices=[self.attention_index])
-        return self._pooled_map(features, images), attention
+        return self._pooled_map(features), attention
 
     def attention_only(self, images: torch.Tensor) -> torch.Tensor:
         """The attention map without the layers after it (the frozen earlier networks of a student)."""
@@ -99,6 +123,13 @@ class TimmTrunk(nn.Module):
             return self.forward(images)[1]
         return self.model.forward_intermediates(images, indices=[self.attention_index], stop_early=True,
                                                 intermediates_only=True)[0]
+
+
+def check_trunk(backbone: str, attention_stride: int, image_size: int) -> None:
+    """The trunk built on the meta device (no memory, no weights: a second at most): its name, family, attention
+    stride and crop checked, for the workflow while it plans."""
+    with torch.device("meta"):
+        TimmTrunk(backbone, attention_stride, image_size)
 
 
 def cached_imagenet_file(backbone: str) -> Path:
@@ -146,4 +177,4 @@ def classifier_prefixes(backbone: str) -> tuple[str, ...]:
 
     classifier = timm.get_pretrained_cfg(timm_name(backbone)).classifier
     names = classifier if isinstance(classifier, (tuple, list)) else (classifier,)
-    return tuple(f"{name}." for name in names)
+    return (*(f"{name}." for name in names), "attn_pool.")  # a MAP-pooled ViT's pool belongs to its classifier

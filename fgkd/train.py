@@ -111,7 +111,13 @@ def initialise_from(model: FGVCNet, path: str | Path, config: TrainConfig, num_c
     if meta["backbone"] != config.backbone:
         raise FgkdError(f"init_from: {path} is a {meta['backbone']} model, this stage trains a {config.backbone}; "
                         "give a model of the same backbone")
-    model.trunk.load_state_dict(source.trunk.state_dict())
+    theirs_trunk, ours_trunk = source.trunk.state_dict(), model.trunk.state_dict()
+    shapes = [f"{k} {tuple(v.shape)} (here {tuple(ours_trunk[k].shape)})" for k, v in theirs_trunk.items()
+              if k in ours_trunk and v.shape != ours_trunk[k].shape]
+    if shapes:  # a ViT's or Swin's position tables are sized for its crop
+        raise FgkdError(f"init_from: {path} was trained at crop {meta['crop']}, this stage at {config.crop}, and its "
+                        f"trunk's shapes differ ({some(shapes)}); train this stage at crop {meta['crop']}")
+    model.trunk.load_state_dict(theirs_trunk)
     theirs = (meta["num_classes"], meta["head"], meta["head_hidden"])
     ours = (num_classes, config.head, config.head_hidden)
     if theirs == ours:

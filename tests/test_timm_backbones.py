@@ -95,10 +95,31 @@ def test_a_stride_the_family_does_not_have_is_one_line(stride):
 
 
 @pytest.mark.unit
+def test_a_hybrid_vit_lays_its_tokens_on_the_grid_of_its_stem_and_patches():
+    """A CNN stem before the patches (stride 2 x 2 x 2 x 2 here, then 8 px patches): 32 px per token, 2 x 2 at 64."""
+    model = net("timm-vit_tiny_r_s16_p8_224", 32)
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 64))
+        (reference,) = model.trunk.model.forward_intermediates(torch.zeros(1, 3, 64, 64), indices=1, norm=True,
+                                                               intermediates_only=True)
+    assert model.attention_features.shape[-2:] == reference.shape[-2:] == (2, 2)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("crop", [40, 16])
+def test_a_crop_that_does_not_cut_into_whole_patches_is_one_line(crop):
+    with pytest.raises(FgkdError, match=f"crop {crop} does not cut into timm-test_vit's patches of 16 px; give a "
+                                        "multiple of 16 of at least 32"):
+        net("timm-test_vit", 16, size=crop)
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize("backbone, culprit, status", [
     ("timm/test_vit", "write timm-test_vit", 2), ("resnet5", "or timm-NAME for a model of timm", 2),
     ("timm-no_such_model", "timm has no model 'no_such_model'", 1),
-    ("timm-test_byobnet", "is a timm ByobNet; fgkd knows where these families attend", 1)])
+    ("timm-test_byobnet", "is a timm ByobNet; fgkd knows where these families attend", 1),
+    ("timm-test_vit.r160_in1k", "give the architecture without a .tag of its weights (timm-test_vit)", 1),
+    ("timm-deit_tiny_distilled_patch16_224", "is a timm VisionTransformerDistilled", 1)])
 def test_a_backbone_fgkd_cannot_build_is_one_line(tiny_data, tmp_path, backbone, culprit, status):
     result = run("train", "--stage", "teacher", "--data", tiny_data, "--out", tmp_path / "out", "--backbone", backbone,
                  "--epochs", 1, "--crop", 32, "--resize", 36, "--attention-stride", 16)
@@ -172,6 +193,18 @@ def test_a_transformer_student_exports_and_classifies(family_run, tiny_data, tmp
     assert (tmp_path / "overlay" / "wide.jpg.png").is_file()
 
 
+def test_init_from_a_vit_of_another_crop_is_one_line(family_run, tiny_data, tmp_path):
+    """Its position embeddings are of another grid: refused, naming the crop to train at."""
+    family, members, _ = family_run
+    if family != "vit":
+        pytest.skip("the position tables of a ViT are sized for its crop")
+    result = run("train", "--stage", "teacher", "--data", tiny_data, "--out", tmp_path / "out", "--backbone",
+                 "timm-test_vit", "--attention-stride", 16, "--crop", 64, "--resize", 64, "--epochs", 1,
+                 "--init-from", members[0])
+    one_line_error(result, f"init_from: {members[0]} was trained at crop 32, this stage at 64", "model.pos_embed",
+                   "train this stage at crop 32")
+
+
 # ----- local weights files
 
 
@@ -203,6 +236,33 @@ def test_a_vit_file_of_another_input_size_loads_with_its_position_embeddings_res
     for key, value in loaded.items():
         if key != "pos_embed":
             torch.testing.assert_close(value, state[key], msg=key)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", ["test_vit2", "test_vit3"])
+def test_an_average_or_attention_pooled_vit_takes_timms_own_weights(tmp_path, name):
+    """test_vit2 norms after pooling (fc_norm, applied here per patch token); test_vit3 pools by attention (its pool
+    belongs to the classifier fgkd replaces, so its keys are left out like the classifier's)."""
+    path, state = timm_file(tmp_path, name, img_size=64)
+    model = FGVCNet(f"timm-{name}", 5, "gap", 16, 16, pretrained=str(path), image_size=64)
+    loaded = model.trunk.model.state_dict()
+    assert not any(k.startswith("attn_pool.") for k in loaded)
+    for key, value in loaded.items():
+        torch.testing.assert_close(value, state[key], msg=key)
+    if name == "test_vit2":
+        tokens = model.trunk.model.forward_intermediates(torch.zeros(1, 3, 64, 64), indices=1, norm=True,
+                                                         intermediates_only=True)[0]
+        normed = model.trunk.model.fc_norm(tokens.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        model.eval()(torch.zeros(1, 3, 64, 64))
+        torch.testing.assert_close(model.attention_features, normed)
+
+
+@pytest.mark.unit
+def test_a_vit_file_of_another_patch_size_is_refused_not_resampled(tmp_path):
+    path, _ = timm_file(tmp_path, "test_vit", patch_size=8, img_size=64)
+    with pytest.raises(FgkdError, match=r"does not fit timm-test_vit \(wrong shape: patch_embed.proj.weight "
+                                        r"\(64, 3, 8, 8\) \(expected \(64, 3, 16, 16\)\)\)"):
+        FGVCNet("timm-test_vit", 5, "gap", 16, 16, pretrained=str(path), image_size=64)
 
 
 @pytest.mark.unit

@@ -208,6 +208,12 @@ def test_changing_one_students_weight_reruns_it_and_downstream_only(finished):
     ({"train": {"pretrained": 5}}, "train.pretrained: 5 is not allowed here (the trunk's start weights"),
     ({"train": {"init_from": "results/nothing/model.pt"}},
      "synthetic / shared / teacher: results/nothing/model.pt: under results/, but no job of this workflow makes it"),
+    # A timm backbone: its spelling by the schema, its name, family, stride and crop by building it on the meta device.
+    ({"backbones": ["timm/test_vit"]}, "backbones.0: 'timm/test_vit' is not one of ['resnet10', "),
+    ({"backbones": ["timm-test_vit"]},
+     "synthetic / shared / teacher: attention_stride 8 is not available for timm-test_vit; choose one of [16]"),
+    ({"backbones": ["timm-test_vit"], "train": {"attention_stride": 16, "crop": 24, "resize": 36}},
+     "synthetic / shared / teacher: crop 24 does not cut into timm-test_vit's patches of 16 px"),
 ])
 def test_config_errors_are_one_line_before_any_job(tmp_path, override, first_line):
     project = project_copy(tmp_path / "project")

@@ -51,15 +51,17 @@ def describe_invalid(error):
         )
     if error.validator == "oneOf" and list(error.absolute_path)[:1] == ["datasets"] and len(error.absolute_path) == 2:
         return f"{where}: give exactly one of `raw` (the folder or archive) and `synth` (generator settings)"
-    if error.validator == "oneOf":
-        return f"{where}: {error.instance!r} is not allowed here ({error.schema.get('description', error.message)})"
+    if "propertyNames" in error.absolute_schema_path:
+        return f"{where}: the name {error.instance!r} is not allowed ({error.schema.get('description', error.message)})"
+    if error.validator in ("oneOf", "anyOf"):
+        named = [value for option in error.validator_value for value in option.get("enum", [])]
+        listed = f"not one of {named}" if named else "not allowed here"
+        return f"{where}: {error.instance!r} is {listed} ({error.schema.get('description', error.message)})"
     if error.validator == "enum" and isinstance(error.instance, bool) and {"on", "off"} & set(error.validator_value):
         return (
             f"{where}: {str(error.instance).lower()} is not one of {error.validator_value}: YAML reads an unquoted on "
             'or off as true or false; write it quoted ("on", "off")'
         )
-    if "propertyNames" in error.absolute_schema_path:
-        return f"{where}: the name {error.instance!r} is not allowed ({error.schema.get('description', error.message)})"
     message = error.message if len(error.message) < 300 else f"{error.message[:300]}..."
     return f"{where}: {message}"
 
@@ -399,6 +401,14 @@ MADE_HERE = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=None)
+def checked_timm_trunk(backbone, attention_stride, crop):
+    """timm's model of a backbone, checked once per backbone, stride and crop (timm imports in seconds: only then)."""
+    from fgkd.timm_trunk import check_trunk
+
+    check_trunk(backbone, attention_stride, crop)
+
+
 def check_stage_options():
     """What the schema cannot say, for every network the config trains (e.g. a crop larger than its resize, a
     start-weights file that is not there): the checks of `fgkd train` itself, run while planning rather than after
@@ -423,6 +433,8 @@ def check_stage_options():
                             "of such a model, or of a file outside results/"
                         )
                 options.check_files(made_later=made_later)
+                if options.backbone.startswith("timm-"):
+                    checked_timm_trunk(options.backbone, options.attention_stride, options.crop)
                 made_here.update(made_later)
             except FgkdError as err:
                 config_error(f"{dataset} / {variant or 'shared'} / {stage}: {err}")
