@@ -15,7 +15,7 @@ TINY = TrainConfig(backbone="resnet10", epochs=2, batch_size=8, resize=36, crop=
 # scripts/test runs the test files in parallel (pytest-xdist, --dist loadfile: a file in one process, in this order),
 # so the longest files start first: one started last would run alone at the end.
 SLOWEST_FIRST = ["test_workflow.py", "test_slurm.py", "test_paper.py", "test_distributed.py", "test_faults.py",
-                 "test_train.py"]
+                 "test_train.py", "test_timm_backbones.py"]
 
 
 def pytest_collection_modifyitems(items):
