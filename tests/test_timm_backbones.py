@@ -95,6 +95,22 @@ def test_a_stride_the_family_does_not_have_is_one_line(stride):
 
 
 @pytest.mark.unit
+@pytest.mark.parametrize("backbone, stride, crop, channels, grid", [
+    ("timm-vit_base_patch16_224", 16, 448, 768, 28),  # config/paper-vit.yaml's network: position embeddings of 28 x 28
+    ("timm-resnet50", 32, 448, 2048, 14), ("timm-resnet50", 8, 448, 512, 56),
+    ("timm-swin_base_patch4_window7_224", 32, 448, 1024, 14), ("timm-convnext_tiny", 16, 224, 384, 14),
+    ("timm-efficientnet_b0", 32, 224, 1280, 7)])
+def test_the_full_size_models_give_the_maps_the_docs_state(backbone, stride, crop, channels, grid):
+    """Built and run on the meta device (shapes only, no memory): the attention map's channels and grid."""
+    with torch.device("meta"):
+        model = FGVCNet(backbone, 200, "official", 512, stride, image_size=crop)
+        _, attention = model.trunk(torch.empty(2, 3, crop, crop))
+    assert attention.shape == (2, channels, grid, grid)
+    if backbone.startswith("timm-vit"):
+        assert model.trunk.model.pos_embed.shape == (1, 1 + grid * grid, 768)
+
+
+@pytest.mark.unit
 def test_a_hybrid_vit_lays_its_tokens_on_the_grid_of_its_stem_and_patches():
     """A CNN stem before the patches (stride 2 x 2 x 2 x 2 here, then 8 px patches): 32 px per token, 2 x 2 at 64."""
     model = net("timm-vit_tiny_r_s16_p8_224", 32)
