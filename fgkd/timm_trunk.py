@@ -158,8 +158,9 @@ def read_weights(path: str | Path) -> object:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as err:
-            raise FgkdError(f"pretrained: {path}: not a readable safetensors file ({err}); give the model's "
-                            "model.safetensors as timm writes it") from None
+            raise FgkdError(f"pretrained: {path}: not a readable safetensors file ({err}); give a whole weights "
+                            "file (safetensors.torch.save_file's, or torch.save's without the .safetensors suffix)"
+                            ) from None
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
