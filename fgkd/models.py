@@ -16,7 +16,7 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from .errors import FgkdError, some
+from .errors import FgkdError, brief, some
 from .timm_trunk import (TIMM_PREFIX, TimmTrunk, cached_imagenet_file, classifier_prefixes, is_timm, read_weights,
                          timm_checkpoint_filter, timm_name)
 
@@ -150,7 +150,7 @@ def load_weights_file(model: nn.Module, name: str, path: str | Path) -> None:
             given = timm_checkpoint_filter(model, given)
         except Exception as err:  # timm's conversion of a file it cannot make sense of: shapes, missing keys
             raise FgkdError(f"pretrained: {path} does not fit {name} (timm's conversion failed: "
-                            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); {fix}") from None
+                            f"{type(err).__name__}: {brief(err)}); {fix}") from None
         # timm resizes position tables to the input size, as it should, but also resamples a patch embedding of
         # another patch size: that is another network's weights, not this one's.
         resampled = [f"{k} {before[k]} (expected {tuple(v.shape)})" for k, v in given.items()

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import FgkdError
+from .errors import FgkdError, brief
 
 TIMM_PREFIX = "timm-"  # not "timm/": the backbone names a folder of results/ and a field of `--run d/b/s`
 
@@ -58,7 +58,7 @@ def _create(backbone: str, image_size: int | None) -> nn.Module:
         model = timm.create_model(name, pretrained=False, num_classes=0, **sized)
     except Exception as err:  # timm's own checks of an architecture it cannot build without its classifier
         raise FgkdError(f"backbone {backbone!r}: timm cannot build it without its classifier ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0] if str(err) else ''}); choose another model") from None
+                        f"{brief(err)}); choose another model") from None
     family = FAMILIES.get(type(model).__name__)
     if family is None:
         raise FgkdError(f"backbone {backbone!r} is a timm {type(model).__name__}; fgkd knows where these families "

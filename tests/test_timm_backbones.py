@@ -8,8 +8,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import timm
 import torch
 from click.testing import CliRunner
+from safetensors.torch import save_file
 
 from fgkd.cli import main
 from fgkd.ensemble import ensemble, predict
@@ -21,8 +23,6 @@ from artifacts import one_line_error
 from conftest import TINY
 from fixtures import write_image
 
-timm = pytest.importorskip("timm")
-from safetensors.torch import save_file  # noqa: E402  (timm's dependency)
 
 # One model per family: the smallest of timm's registry (its test_* models; Swin has none, so its tiny one), and the
 # stride of the attention map each trains with on 32 px crops (Swin's last stage is 1 x 1 there: no "where").
@@ -186,13 +186,12 @@ def test_every_stage_of_every_family_trains_and_its_model_file_gives_back_the_ne
     assert figure.stat().st_size > 0 and np.isfinite(pd.read_parquet(overlap).select_dtypes("number")).all().all()
 
 
+@pytest.mark.parametrize("family_run", ["vit"], indirect=True)  # one transformer: an ONNX export takes a minute
 @pytest.mark.parametrize("export_format", ["onnx", "torchscript"])
 def test_a_transformer_student_exports_and_classifies(family_run, tiny_data, tmp_path, export_format):
     """The exported ViT student gives predict's logits (export checks its own file; this reads it back), and
-    `classify` draws its attention on a photo. (One transformer: an ONNX export of one takes a minute here.)"""
-    family, members, _ = family_run
-    if family != "vit":
-        pytest.skip("one transformer is exported: the ViT")
+    `classify` draws its attention on a photo."""
+    _, members, _ = family_run
     from test_export import card_inputs, predicted, run_exported
 
     out = tmp_path / f"student.{export_format}"
@@ -209,11 +208,10 @@ def test_a_transformer_student_exports_and_classifies(family_run, tiny_data, tmp
     assert (tmp_path / "overlay" / "wide.jpg.png").is_file()
 
 
+@pytest.mark.parametrize("family_run", ["vit"], indirect=True)  # the position tables of a ViT are sized for its crop
 def test_init_from_a_vit_of_another_crop_is_one_line(family_run, tiny_data, tmp_path):
     """Its position embeddings are of another grid: refused, naming the crop to train at."""
-    family, members, _ = family_run
-    if family != "vit":
-        pytest.skip("the position tables of a ViT are sized for its crop")
+    _, members, _ = family_run
     result = run("train", "--stage", "teacher", "--data", tiny_data, "--out", tmp_path / "out", "--backbone",
                  "timm-test_vit", "--attention-stride", 16, "--crop", 64, "--resize", 64, "--epochs", 1,
                  "--init-from", members[0])
