@@ -18,6 +18,8 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 from torch import nn
 
+from .errors import FgkdError
+
 
 @dataclass(frozen=True)
 class Processes:
@@ -107,22 +109,47 @@ class ProcessSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         return out * self.weight.view(shape) + self.bias.view(shape) if self.affine else out
 
 
+class ProcessSyncBatchNormAct(ProcessSyncBatchNorm):
+    """ProcessSyncBatchNorm followed by the dropout and activation of the timm layer it replaces (BatchNormAct2d, as
+    in EfficientNet): the norm alone would train a network without those activations."""
+
+    def __init__(self, layer: nn.modules.batchnorm._BatchNorm):
+        super().__init__(layer.num_features, layer.eps, layer.momentum, layer.affine, layer.track_running_stats)
+        self.drop, self.act = layer.drop, layer.act
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(super().forward(input)))
+
+
 def _sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over the processes; its gradient is the sum of the processes' gradients."""
     return funcol.wait_tensor(funcol.all_reduce(tensor, "sum", dist.group.WORLD))
 
 
 def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
-    """Every batch-norm layer made to normalise over all processes' images (torch's SyncBatchNorm on GPUs)."""
+    """Every batch-norm layer made to normalise over all processes' images: on GPUs torch's SyncBatchNorm through
+    timm's conversion, which keeps the activation of timm's fused norm + activation layers (torch's own drops it)."""
+    from timm.layers import BatchNormAct2d, convert_sync_batchnorm
+
+    plain = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, BatchNormAct2d)
+    for name, layer in module.named_modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and type(layer) not in plain:
+            raise FgkdError(f"sync_batchnorm: the network's layer {name} is a {type(layer).__name__}, which fgkd "
+                            "cannot make synchronous; set train.sync_batchnorm: false")
     if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        return convert_sync_batchnorm(module)
+    return _process_sync_batchnorm(module, BatchNormAct2d)
+
+
+def _process_sync_batchnorm(module: nn.Module, fused: type) -> nn.Module:
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        synced = ProcessSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                      module.track_running_stats)
+        synced = (ProcessSyncBatchNormAct(module) if isinstance(module, fused) else
+                  ProcessSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                       module.track_running_stats))
         synced.load_state_dict(module.state_dict())
         return synced.train(module.training)
     for name, child in module.named_children():
-        module.add_module(name, sync_batchnorm(child, device))
+        module.add_module(name, _process_sync_batchnorm(child, fused))
     return module
 
 

@@ -321,3 +321,114 @@ def test_imagenet_weights_that_are_not_cached_are_one_line_and_nothing_downloads
                                         "pretrained=True\\)"):
         FGVCNet("timm-test_vit", 5, "gap", 16, 16, pretrained="imagenet", image_size=64)
     assert not any((tmp_path / "hf").rglob("*.safetensors"))
+
+
+# ----- the paths a GPU run takes (bf16, channels_last, torch.compile, data-parallel), run on CPU
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("device", ["cpu", "cuda"])  # converting the layers needs no GPU
+def test_synchronised_batch_norm_keeps_the_activation_of_timms_fused_norm_layers(device):
+    """EfficientNet's BatchNormAct2d is a batch norm with an activation inside: made synchronous, it must compute
+    what it did (torch's conversion keeps the norm and drops the activation)."""
+    from fgkd.distributed import sync_batchnorm
+
+    model = net("timm-test_efficientnet", 8, size=32)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(images)
+        synced = sync_batchnorm(model, torch.device(device)).eval()
+        kinds = {type(m).__name__ for m in synced.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+        synced_kinds = {"SyncBatchNormAct", "SyncBatchNorm"} if device == "cuda" else {"ProcessSyncBatchNormAct",
+                                                                                      "ProcessSyncBatchNorm"}
+        assert kinds == synced_kinds  # the trunk's fused layers and the official head's plain one
+        torch.testing.assert_close(synced(images), expected)
+
+
+@pytest.mark.unit
+def test_a_batch_norm_fgkd_cannot_make_synchronous_is_one_line():
+    """A batch-norm subclass of unknown forward would lose what it adds: refused, naming the layer and the way out."""
+    from fgkd.distributed import sync_batchnorm
+
+    class Shifted(torch.nn.BatchNorm2d):
+        def forward(self, input):
+            return super().forward(input) + 1
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), Shifted(4))
+    with pytest.raises(FgkdError, match=r"^sync_batchnorm: the network's layer 1 is a Shifted, which fgkd cannot make "
+                                        r"synchronous; set train.sync_batchnorm: false$"):
+        sync_batchnorm(model, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def one_batch_data(tmp_path_factory):
+    """48 training images: one batch per epoch, so that one process and two see the same images in each step."""
+    from fgkd.data.prepare import prepare
+    from fgkd.data.synth import generate
+
+    base = tmp_path_factory.mktemp("one_batch")
+    generate(base / "raw", classes=4, images_per_class=32, size=32, seed=3)
+    prepare("cub", base / "raw", base / "prepared", progress=False)
+    return base / "prepared"
+
+
+@pytest.mark.parametrize("family", ["efficientnet", "vit"])  # batch norm with activations inside; layer norm only
+def test_two_processes_train_a_timm_network_like_one_process_with_the_doubled_batch(family, one_batch_data, tmp_path):
+    from test_distributed import CONFIG, FIRST_EPOCH_RTOL, UPDATE_RTOL, run_two_processes
+
+    backbone, stride = FAMILIES[family]
+    config = dataclasses.replace(CONFIG, backbone=backbone, attention_stride=stride)
+    one = pd.read_parquet(train("teacher", one_batch_data, tmp_path / "one", config, progress=False).parent
+                          / "history.parquet")
+    two = run_two_processes(config, tmp_path / "two", one_batch_data)
+    assert two["loss"].iloc[0] == pytest.approx(one["loss"].iloc[0], rel=FIRST_EPOCH_RTOL)
+    assert two["loss"].iloc[1] == pytest.approx(one["loss"].iloc[1], rel=UPDATE_RTOL)
+    assert two["val_acc"].tolist() == one["val_acc"].tolist()
+    model, meta = load_model(tmp_path / "two" / "model.pt")  # a plain network again
+    assert meta["processes"] == 2 and not any("Sync" in type(m).__name__ for m in model.modules())
+
+
+@pytest.mark.parametrize("family", ["vit", "efficientnet"])
+def test_bf16_and_channels_last_compute_like_float32(family, tiny_data, tmp_path):
+    """The CUDA defaults forced on CPU; with a zero learning rate the epoch's loss is the forward pass of the same
+    initial weights: equal to bf16's precision."""
+    backbone, stride = FAMILIES[family]
+    config = dataclasses.replace(TINY, backbone=backbone, attention_stride=stride, epochs=1, lr=0.0, backbone_lr=0.0)
+    plain = train("teacher", tiny_data, tmp_path / "fp32", config, progress=False)
+    fast = train("teacher", tiny_data, tmp_path / "bf16", dataclasses.replace(config, amp="bf16", channels_last="on"),
+                 progress=False)
+    a, b = (pd.read_parquet(p.parent / "history.parquet")["loss"].iloc[0] for p in (plain, fast))
+    assert b == pytest.approx(a, rel=0.01) and b != a
+    logits = pd.read_parquet(predict(fast, tiny_data, tmp_path / "logits.parquet")).filter(like="logit_")
+    assert logits.notna().all().all()
+
+
+def test_a_compiled_vit_trains_like_the_eager_one(tiny_data, tmp_path):
+    backbone, stride = FAMILIES["vit"]
+    config = dataclasses.replace(TINY, backbone=backbone, attention_stride=stride, epochs=1)
+    eager = train("teacher", tiny_data, tmp_path / "eager", config, progress=False)
+    compiled = train("teacher", tiny_data, tmp_path / "compiled", dataclasses.replace(config, compile="on"),
+                     progress=False)
+    a, b = (pd.read_parquet(p.parent / "history.parquet") for p in (eager, compiled))
+    assert b["loss"].iloc[0] == pytest.approx(a["loss"].iloc[0], rel=1e-4)  # fused kernels round differently
+    assert b["train_acc"].iloc[0] == a["train_acc"].iloc[0]
+    assert set(torch.load(compiled, weights_only=True)["state_dict"]) == set(
+        torch.load(eager, weights_only=True)["state_dict"])  # saved without torch.compile's wrapper names
+
+
+def test_a_vit_trains_on_the_official_recipe_and_its_model_file_carries_it(tiny_data, tmp_path):
+    """Square resize, RandomCrop with padding 8, mean = std = 0.5 (config/paper-vit.yaml's recipe): predict feeds the
+    network the recipe's test images, read from the model file alone."""
+    from fgkd.data.dataset import load_split
+    from fgkd.data.recipes import ImageSizes
+
+    backbone, stride = FAMILIES["vit"]
+    config = dataclasses.replace(TINY, backbone=backbone, attention_stride=stride, epochs=1, preprocessing="official")
+    teacher = train("teacher", tiny_data, tmp_path / "teacher", config, progress=False)
+    model, meta = load_model(teacher)
+    assert meta["preprocessing"] == "official"
+    test_set = load_split(tiny_data, "test", ImageSizes(36, 32, "official"))
+    with torch.no_grad():
+        expected = model(torch.stack([test_set[i][0] for i in range(len(test_set))]))
+    logits = pd.read_parquet(predict(teacher, tiny_data, tmp_path / "logits.parquet")).filter(like="logit_")
+    np.testing.assert_allclose(logits.to_numpy(), expected.numpy(), atol=1e-5)
