@@ -186,11 +186,10 @@ def test_every_stage_of_every_family_trains_and_its_model_file_gives_back_the_ne
     assert figure.stat().st_size > 0 and np.isfinite(pd.read_parquet(overlap).select_dtypes("number")).all().all()
 
 
-@pytest.mark.parametrize("family_run", ["vit"], indirect=True)  # one transformer: an ONNX export takes a minute
 @pytest.mark.parametrize("export_format", ["onnx", "torchscript"])
-def test_a_transformer_student_exports_and_classifies(family_run, tiny_data, tmp_path, export_format):
-    """The exported ViT student gives predict's logits (export checks its own file; this reads it back), and
-    `classify` draws its attention on a photo."""
+def test_every_familys_student_exports_and_classifies(family_run, tiny_data, tmp_path, export_format):
+    """The exported student gives predict's logits (export checks its own file; this reads it back), and `classify`
+    draws its attention on a photo."""
     _, members, _ = family_run
     from test_export import card_inputs, predicted, run_exported
 
