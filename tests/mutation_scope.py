@@ -36,7 +36,12 @@ SCOPE = {
     "fgkd.classify.*": ["tests/test_classify.py"],
     "fgkd.export.*": ["tests/test_export.py"],
     "fgkd.train.x_is_best*": SELECTION,
+    "fgkd.train.x_initialise_from*": ["tests/test_start_weights.py",
+                                      "tests/test_timm_backbones.py::test_init_from_a_vit_of_another_crop"],
     "fgkd.train.*": ["tests/test_train.py", "tests/test_start_weights.py", "tests/test_evaluate.py"],
+    "fgkd.distributed.*": ["tests/test_timm_backbones.py::test_synchronised_batch_norm",
+                           "tests/test_timm_backbones.py::test_a_synchronised_batch_norm_trains",
+                           "tests/test_timm_backbones.py::test_a_batch_norm_fgkd_cannot_make_synchronous"],
 }
 
 

@@ -345,6 +345,41 @@ def test_synchronised_batch_norm_keeps_the_activation_of_timms_fused_norm_layers
 
 
 @pytest.mark.unit
+def test_a_synchronised_batch_norm_trains_as_the_layer_it_replaced(tmp_path):
+    """In one process of a gloo group the CPU layer computes what the original does in training: the output, the
+    running statistics its momentum moves, with or without affine weights and running statistics."""
+    import copy
+
+    import torch.distributed as dist
+    from timm.layers import BatchNormAct2d
+
+    from fgkd.distributed import sync_batchnorm
+
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d
+    layers = torch.nn.Sequential(BatchNormAct2d(4), bn(4, momentum=None), bn(4, affine=False),
+                                 bn(4, track_running_stats=False), bn(4, eps=0.5, momentum=0.3),
+                                 BatchNormAct2d(4, track_running_stats=False))
+    for layer in layers:
+        if layer.affine:
+            torch.nn.init.uniform_(layer.weight, 0.5, 2.0)
+            torch.nn.init.uniform_(layer.bias, -1.0, 1.0)
+    images = torch.randn(6, 4, 5, 5) * 3 + 1
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        synced = sync_batchnorm(copy.deepcopy(layers), torch.device("cpu")).train()
+        for _ in range(2):  # momentum None: a cumulative average, so the second step tells it from a momentum of 1
+            expected, got = layers.train()(images), synced(images)
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(synced.state_dict(), layers.state_dict())
+    for ours, theirs in zip(synced, layers):
+        assert (ours.eps, ours.momentum, ours.affine, ours.track_running_stats) == (
+            theirs.eps, theirs.momentum, theirs.affine, theirs.track_running_stats)
+
+
+@pytest.mark.unit
 def test_a_batch_norm_fgkd_cannot_make_synchronous_is_one_line():
     """A batch-norm subclass of unknown forward would lose what it adds: refused, naming the layer and the way out."""
     from fgkd.distributed import sync_batchnorm
