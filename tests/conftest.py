@@ -36,6 +36,19 @@ def tiny_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def one_batch_data(tmp_path_factory):
+    """4 classes x 32 images of 32 px, 48 of them for training: one batch per epoch at batch size 48, so that one
+    process and N processes see the same images in each step (data-parallel tests)."""
+    from fgkd.data.prepare import prepare
+    from fgkd.data.synth import generate
+
+    base = tmp_path_factory.mktemp("one_batch")
+    generate(base / "raw", classes=4, images_per_class=32, size=32, seed=3)
+    prepare("cub", base / "raw", base / "prepared", progress=False)
+    return base / "prepared"
+
+
+@pytest.fixture(scope="session")
 def tiny_teacher(tiny_data, tmp_path_factory):
     """model.pt of a teacher trained for one epoch on tiny_data (history.parquet beside it); tests must not change
     its folder."""

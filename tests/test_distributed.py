@@ -7,8 +7,6 @@ import pandas as pd
 import pytest
 import torch
 
-from fgkd.data.prepare import prepare
-from fgkd.data.synth import generate
 from fgkd.modelfile import load_model
 from fgkd.train import TrainConfig, train
 from fixtures import checkpoint_position, cli_train_args, optimizer_steps, resumed_at, torchrun_args, wait_for_file
@@ -25,12 +23,9 @@ CONFIG = TrainConfig(backbone="resnet10", head="official", head_hidden=32, epoch
 FIRST_EPOCH_RTOL, UPDATE_RTOL = 1e-5, 1e-3
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    base = tmp_path_factory.mktemp("ddp")
-    generate(base / "raw", classes=4, images_per_class=32, size=32, seed=3)
-    prepare("cub", base / "raw", base / "prepared", progress=False)
-    return base / "prepared"
+@pytest.fixture
+def data(one_batch_data):
+    return one_batch_data
 
 
 def per_process(config: TrainConfig, processes: int) -> TrainConfig:

@@ -394,18 +394,6 @@ def test_a_batch_norm_fgkd_cannot_make_synchronous_is_one_line():
         sync_batchnorm(model, torch.device("cpu"))
 
 
-@pytest.fixture(scope="module")
-def one_batch_data(tmp_path_factory):
-    """48 training images: one batch per epoch, so that one process and two see the same images in each step."""
-    from fgkd.data.prepare import prepare
-    from fgkd.data.synth import generate
-
-    base = tmp_path_factory.mktemp("one_batch")
-    generate(base / "raw", classes=4, images_per_class=32, size=32, seed=3)
-    prepare("cub", base / "raw", base / "prepared", progress=False)
-    return base / "prepared"
-
-
 @pytest.mark.parametrize("family", ["efficientnet", "vit"])  # batch norm with activations inside; layer norm only
 def test_two_processes_train_a_timm_network_like_one_process_with_the_doubled_batch(family, one_batch_data, tmp_path):
     from test_distributed import CONFIG, FIRST_EPOCH_RTOL, UPDATE_RTOL, run_two_processes
