@@ -95,9 +95,11 @@ class ProcessSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(input)
         dims = [0, *range(2, input.dim())]
         shape = [1, -1, *[1] * (input.dim() - 2)]
+        # bf16 under autocast: statistics and output in float32 (rounded once at the end), as torch's batch norm
+        values = input.to(torch.promote_types(input.dtype, torch.float32))
         count = _sum(torch.tensor(float(input.numel() // input.shape[1]), device=input.device))
-        mean = _sum(input.sum(dims)) / count
-        centred = input - mean.view(shape)
+        mean = _sum(values.sum(dims)) / count
+        centred = values - mean.view(shape)
         var = _sum((centred * centred).sum(dims)) / count
         if self.track_running_stats:
             with torch.no_grad():
@@ -106,7 +108,9 @@ class ProcessSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
                 self.running_mean.lerp_(mean, factor)
                 self.running_var.lerp_(var * count / (count - 1), factor)
         out = centred * torch.rsqrt(var.view(shape) + self.eps)
-        return out * self.weight.view(shape) + self.bias.view(shape) if self.affine else out
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out.to(input.dtype)  # then rounded once to the input's type
 
 
 class ProcessSyncBatchNormAct(ProcessSyncBatchNorm):

@@ -12,6 +12,12 @@ from fgkd.train import TrainConfig  # noqa: E402
 TINY = TrainConfig(backbone="resnet10", epochs=2, batch_size=8, resize=36, crop=32, lr=0.05, backbone_lr=0.05,
                    val_fraction=0.25, attention_stride=8, head_hidden=32)
 
+# The backbones the speed paths (bf16 + channels_last, torch.compile, data-parallel training) are tested with, and
+# the stride of their attention map on 32 px crops: torchvision's ResNet, a timm ViT (layer norm only) and a timm
+# EfficientNet (batch norm with its activation inside, which synchronisation must keep).
+SPEED_PATH_BACKBONES = {"resnet10": ("resnet10", 8), "timm_vit": ("timm-test_vit", 16),
+                        "timm_efficientnet": ("timm-test_efficientnet", 8)}
+
 # scripts/test runs the test files in parallel (pytest-xdist, --dist loadfile: a file in one process, in this order),
 # so the longest files start first: one started last would run alone at the end.
 SLOWEST_FIRST = ["test_workflow.py", "test_slurm.py", "test_paper.py", "test_distributed.py", "test_faults.py",

@@ -1,5 +1,6 @@
 """Data-parallel training through torchrun (gloo on CPU): N processes train like one with N x the batch."""
 
+import dataclasses
 import signal
 import subprocess
 
@@ -9,6 +10,7 @@ import torch
 
 from fgkd.modelfile import load_model
 from fgkd.train import TrainConfig, train
+from conftest import SPEED_PATH_BACKBONES
 from fixtures import checkpoint_position, cli_train_args, optimizer_steps, resumed_at, torchrun_args, wait_for_file
 
 # Batch-norm layers in the trunk and in the official head, so that synchronised statistics matter; one batch
@@ -39,20 +41,25 @@ def run_two_processes(config: TrainConfig, out, data, *extra):
     return pd.read_parquet(out / "history.parquet")
 
 
-def test_two_processes_train_like_one_process_with_the_doubled_batch(data, tmp_path):
-    one = pd.read_parquet(train("teacher", data, tmp_path / "one", CONFIG, progress=False).parent / "history.parquet")
-    two = run_two_processes(CONFIG, tmp_path / "two", data)
-    unsynced = run_two_processes(TrainConfig(**{**CONFIG.__dict__, "sync_batchnorm": False}), tmp_path / "unsynced", data)
+@pytest.mark.parametrize("backbone", SPEED_PATH_BACKBONES)
+def test_two_processes_train_like_one_process_with_the_doubled_batch(backbone, data, tmp_path):
+    name, stride = SPEED_PATH_BACKBONES[backbone]
+    config = dataclasses.replace(CONFIG, backbone=name, attention_stride=stride)
+    one = pd.read_parquet(train("teacher", data, tmp_path / "one", config, progress=False).parent / "history.parquet")
+    two = run_two_processes(config, tmp_path / "two", data)
+    unsynced = run_two_processes(dataclasses.replace(config, sync_batchnorm=False), tmp_path / "unsynced", data)
 
     assert two["loss"].iloc[0] == pytest.approx(one["loss"].iloc[0], rel=FIRST_EPOCH_RTOL)
     assert two["loss"].iloc[1] == pytest.approx(one["loss"].iloc[1], rel=UPDATE_RTOL)
     assert two["train_acc"].tolist() == one["train_acc"].tolist()
     assert two["val_acc"].tolist() == one["val_acc"].tolist()  # every validation image scored once over both
-    # Per-process batch statistics are another training: the test would see a broken synchronisation.
-    assert unsynced["loss"].iloc[0] != pytest.approx(one["loss"].iloc[0], rel=100 * FIRST_EPOCH_RTOL)
+    # Per-process batch statistics are another training: the test would see a broken synchronisation (the tiny
+    # EfficientNet's first loss moves by 5e-4 relative, the others' by more).
+    assert unsynced["loss"].iloc[0] != pytest.approx(one["loss"].iloc[0], rel=10 * FIRST_EPOCH_RTOL)
 
     model, meta = load_model(tmp_path / "two" / "model.pt")  # a plain network again: no SyncBatchNorm inside
     assert meta["processes"] == 2 and type(model.head.classifier[0]).__name__ == "BatchNorm1d"
+    assert not any("Sync" in type(m).__name__ for m in model.modules())
     assert not (tmp_path / "two" / "checkpoint.pt").exists()
 
 
@@ -99,3 +106,14 @@ def test_one_process_under_torchrun_runs_data_parallel_and_trains_like_a_plain_r
     assert one["loss"].iloc[0] == pytest.approx(plain["loss"].iloc[0], rel=FIRST_EPOCH_RTOL)
     assert one["loss"].iloc[1] == pytest.approx(plain["loss"].iloc[1], rel=UPDATE_RTOL)
     assert load_model(tmp_path / "one" / "model.pt")[1]["processes"] == 1
+
+
+def test_two_processes_train_in_bf16_like_one_process_with_the_doubled_batch(data, tmp_path):
+    """CPU autocast hands batch norm bf16 activations: the synchronised layer keeps float32 statistics, as torch's
+    batch norm does, and returns bf16 (it used to stop with a dtype error)."""
+    config = dataclasses.replace(CONFIG, amp="bf16", channels_last="on")
+    one = pd.read_parquet(train("teacher", data, tmp_path / "one", config, progress=False).parent / "history.parquet")
+    two = run_two_processes(config, tmp_path / "two", data)
+    # bf16 rounds each process's activations on their own (1e-3 apart here); the float32 tolerance is
+    # test_timm_backbones.py's, layer by layer
+    assert two["loss"].tolist() == pytest.approx(one["loss"].tolist(), rel=0.01)

@@ -20,7 +20,7 @@ from fgkd.ensemble import ensemble, predict
 from fgkd.errors import FgkdError
 from fgkd.modelfile import load_model
 from fgkd.train import TrainConfig, train
-from conftest import TINY
+from conftest import SPEED_PATH_BACKBONES, TINY
 from fixtures import checkpoint_position, cli_train_args, optimizer_steps, resumed_at, wait_for_file
 
 @pytest.fixture
@@ -314,24 +314,27 @@ def test_model_pt_records_the_arithmetic_of_every_process_that_trained_it(data, 
     assert torch.load(older / "model.pt", weights_only=True)["metadata"]["arithmetic"] == [arithmetic.UNRECORDED, second]
 
 
-def test_compiled_network_trains_like_the_eager_one(data, tmp_path):
-    config = TrainConfig(**{**TINY.__dict__, "epochs": 1})
+@pytest.mark.parametrize("backbone", SPEED_PATH_BACKBONES)
+def test_compiled_network_trains_like_the_eager_one(backbone, data, tmp_path):
+    name, stride = SPEED_PATH_BACKBONES[backbone]
+    config = dataclasses.replace(TINY, backbone=name, attention_stride=stride, epochs=1)
     eager = train("teacher", data, tmp_path / "eager", config, progress=False)
-    compiled = train("teacher", data, tmp_path / "compiled", TrainConfig(**{**config.__dict__, "compile": "on"}),
-                     progress=False)
+    compiled = train("teacher", data, tmp_path / "compiled", dataclasses.replace(config, compile="on"), progress=False)
     a, b = (pd.read_parquet(p.parent / "history.parquet") for p in (eager, compiled))
     assert b["loss"].iloc[0] == pytest.approx(a["loss"].iloc[0], rel=1e-4)  # fused kernels round differently
     assert b["train_acc"].iloc[0] == a["train_acc"].iloc[0]
     assert set(weights(compiled)) == set(weights(eager))  # saved without torch.compile's wrapper names
 
 
-def test_gpu_fast_path_settings_compute_like_float32(data, tmp_path):
+@pytest.mark.parametrize("backbone", SPEED_PATH_BACKBONES)
+def test_gpu_fast_path_settings_compute_like_float32(backbone, data, tmp_path):
     """bf16 autocast and channels_last (the CUDA defaults) forced on CPU. With a zero learning rate the
     epoch's loss is the forward pass of the same initial weights: equal to bf16's precision."""
-    config = TrainConfig(**{**TINY.__dict__, "epochs": 1, "lr": 0.0, "backbone_lr": 0.0})
+    name, stride = SPEED_PATH_BACKBONES[backbone]
+    config = dataclasses.replace(TINY, backbone=name, attention_stride=stride, epochs=1, lr=0.0, backbone_lr=0.0)
     plain = train("teacher", data, tmp_path / "fp32", config, progress=False)
-    fast = train("teacher", data, tmp_path / "bf16", TrainConfig(**{**config.__dict__, "amp": "bf16",
-                                                                   "channels_last": "on"}), progress=False)
+    fast = train("teacher", data, tmp_path / "bf16", dataclasses.replace(config, amp="bf16", channels_last="on"),
+                 progress=False)
     a, b = (pd.read_parquet(p.parent / "history.parquet")["loss"].iloc[0] for p in (plain, fast))
     assert b == pytest.approx(a, rel=0.01) and b != a  # bf16 keeps 8 bits of mantissa: close, not equal
     assert all(v.dtype == torch.float32 for v in weights(fast).values() if v.is_floating_point())
