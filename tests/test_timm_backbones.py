@@ -366,11 +366,12 @@ def test_a_synchronised_batch_norm_trains_as_the_layer_it_replaced(tmp_path, dty
         if layer.affine:
             torch.nn.init.uniform_(layer.weight, 0.5, 2.0)
             torch.nn.init.uniform_(layer.bias, -1.0, 1.0)
-    images = (torch.randn(6, 4, 5, 5) * 3 + 1).to(dtype)
+    batches = [(torch.randn(6, 4, 5, 5) * scale + 1).to(dtype) for scale in (3, 1)]
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         synced = sync_batchnorm(copy.deepcopy(layers), torch.device("cpu")).train()
-        for _ in range(2):  # momentum None: a cumulative average, so the second step tells it from a momentum of 1
+        # momentum None: a cumulative average, which two batches of other statistics tell from any other weighting
+        for images in batches:
             expected, got = layers.train()(images), synced(images)
     finally:
         dist.destroy_process_group()

@@ -316,10 +316,15 @@ def test_model_pt_records_the_arithmetic_of_every_process_that_trained_it(data, 
 
 @pytest.mark.parametrize("backbone", SPEED_PATH_BACKBONES)
 def test_compiled_network_trains_like_the_eager_one(backbone, data, tmp_path):
+    from torch._dynamo.utils import counters
+
     name, stride = SPEED_PATH_BACKBONES[backbone]
     config = dataclasses.replace(TINY, backbone=name, attention_stride=stride, epochs=1)
+    counters.clear()
     eager = train("teacher", data, tmp_path / "eager", config, progress=False)
+    assert counters["stats"]["unique_graphs"] == 0
     compiled = train("teacher", data, tmp_path / "compiled", dataclasses.replace(config, compile="on"), progress=False)
+    assert counters["stats"]["unique_graphs"] > 0  # it was compiled: training like eager alone would not show it
     a, b = (pd.read_parquet(p.parent / "history.parquet") for p in (eager, compiled))
     assert b["loss"].iloc[0] == pytest.approx(a["loss"].iloc[0], rel=1e-4)  # fused kernels round differently
     assert b["train_acc"].iloc[0] == a["train_acc"].iloc[0]
