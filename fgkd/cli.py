@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
+from pathlib import Path
 
 import click
 
 from .config import DEVICE_HELP, DEVICES, registry_names
 from .data.synth import SynthParams
-from .errors import FgkdError, one_line
+from .errors import LAUNCHED_ERRORS, FgkdError, one_line
 from .metrics import COMBINES
 
 
@@ -52,13 +54,18 @@ SYNTH_DEFAULTS = SynthParams()  # the embedded default data set's difficulty
 
 
 def _friendly(command):
-    """Report FgkdError as one line (`Error: ...`, exit 1) instead of a traceback."""
+    """Report FgkdError as one line (`Error: ...`, exit 1) instead of a traceback; in a process of `--processes N`, to
+    the launcher, which prints it once for all (distributed.launch)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except FgkdError as err:
+            folder = os.environ.get(LAUNCHED_ERRORS)
+            if folder and "RANK" in os.environ:
+                Path(folder, os.environ["RANK"]).write_text(one_line(err), encoding="utf-8")
+                sys.exit(1)
             raise click.ClickException(one_line(err)) from None
 
     return wrapper
@@ -177,8 +184,6 @@ def train(stage, index, data, out, earlier, name, progress, processes, **config)
 
     Several GPUs of one node: --processes N, or torchrun --nproc-per-node N -m fgkd train ... yourself.
     """
-    import sys
-
     from .distributed import from_environment, launch
     from .train import TrainConfig, train as run_train
 

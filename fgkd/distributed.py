@@ -10,15 +10,18 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 from torch import nn
 
-from .errors import FgkdError
+from .errors import LAUNCHED_ERRORS, FgkdError
 
 
 @dataclass(frozen=True)
@@ -157,11 +160,36 @@ def _process_sync_batchnorm(module: nn.Module, fused: type) -> nn.Module:
     return module
 
 
-def launch(count: int, argv: list[str]) -> None:
-    """Replace this process by torchrun starting ``count`` copies of ``fgkd <argv>`` on this node.
+def launch(count: int, argv: list[str]) -> NoReturn:
+    """Run ``fgkd <argv>`` in ``count`` processes on this node through torchrun, in this process: SLURM's signals
+    reach torchrun, which passes SIGTERM and SIGUSR1 (the warning before the time limit) on to its workers; each then
+    saves the mid-epoch checkpoint, and torchrun returns only after they have.
 
-    torchrun passes SIGTERM to its workers, and here SIGUSR1 too (SLURM's warning before the time
-    limit): each then saves the mid-epoch checkpoint and the launcher exits only after they have."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={count}",
-               "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1", "-m", "fgkd", *argv]
-    os.execv(sys.executable, command)
+    An FgkdError (bad input, a stop by a signal) is the same in every process, and torchrun stops the others when the
+    first fails, maybe before they print it: each process leaves it in a file, and the launcher prints it once, in
+    one line (the first written first), instead of torchrun's traceback and report. When the first process to fail
+    failed otherwise, the launcher shows those."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    args = parse_args(["--standalone", f"--nproc-per-node={count}",
+                       "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1", "-m", "fgkd", *argv])
+    if count > 1:  # what torchrun sets, less its four lines of warning about it
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+    with tempfile.TemporaryDirectory(prefix="fgkd-launch-") as folder:
+        os.environ[LAUNCHED_ERRORS] = folder
+        # its log lines on a failure say what the one line, or else the ChildFailedError's report, says
+        logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+        try:
+            run(args)
+        except (ChildFailedError, SignalException) as failure:
+            errors = sorted(Path(folder).iterdir(), key=lambda path: path.stat().st_mtime_ns)
+            # a process that failed first without an FgkdError (the others then stop, by torchrun's signal) is a bug
+            first = failure.get_first_failure()[0] if isinstance(failure, ChildFailedError) else None
+            if not errors or (first is not None and not Path(folder, str(first)).exists()):
+                raise
+            raise FgkdError("; ".join(dict.fromkeys(path.read_text(encoding="utf-8") for path in errors))) from None
+        finally:
+            del os.environ[LAUNCHED_ERRORS]
+    sys.exit(0)

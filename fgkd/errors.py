@@ -9,6 +9,11 @@ class FgkdError(Exception):
     """A failure caused by input, configuration or environment, not by a bug in fgkd."""
 
 
+# Set by distributed.launch for the processes it starts: the folder where each leaves its FgkdError's line, which the
+# launcher prints once for all of them.
+LAUNCHED_ERRORS = "FGKD_LAUNCHED_ERRORS"
+
+
 class DataError(FgkdError):
     """A data set on disk is missing, malformed or inconsistent."""
 

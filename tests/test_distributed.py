@@ -1,6 +1,7 @@
 """Data-parallel training through torchrun (gloo on CPU): N processes train like one with N x the batch."""
 
 import dataclasses
+import os
 import signal
 import subprocess
 
@@ -8,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from fgkd.errors import LAUNCHED_ERRORS
 from fgkd.modelfile import load_model
 from fgkd.train import TrainConfig, train
 from conftest import SPEED_PATH_BACKBONES
@@ -76,6 +78,8 @@ def test_a_signal_stops_every_process_at_one_step_and_the_rerun_resumes_exactly(
     launcher.send_signal(signal.SIGUSR1)  # SLURM's --signal=USR1@... reaches the launcher; it tells the workers
     _, stderr = launcher.communicate(timeout=120)
     assert launcher.returncode != 0 and "stopped by SIGUSR1" in stderr, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("Error: ")]  # once, not once per process
+    assert len(errors) == 1 and errors[0].startswith("Error: stopped by SIGUSR1") and "Traceback" not in stderr
     epoch, step = checkpoint_position(out / "checkpoint.pt")
     assert epoch < config.epochs and not (out / "model.pt").exists()
 
@@ -117,3 +121,31 @@ def test_two_processes_train_in_bf16_like_one_process_with_the_doubled_batch(dat
     # bf16 rounds each process's activations on their own (1e-3 apart here); the float32 tolerance is
     # test_timm_backbones.py's, layer by layer
     assert two["loss"].tolist() == pytest.approx(one["loss"].tolist(), rel=0.01)
+
+
+def test_bad_input_to_several_processes_is_one_line_not_one_per_process_and_torchruns_report(data, tmp_path):
+    """Each process finds it, and torchrun stops the others when the first fails, maybe before they print it: the
+    launcher prints it once."""
+    args = cli_train_args(per_process(CONFIG, 2), tmp_path / "student", data, "--processes", "2", stage="student")
+    result = subprocess.run([*args, "--index", "1"], capture_output=True, text=True, timeout=600)
+    assert (result.returncode, result.stderr) == (
+        1, "Error: student 1 learns against the teacher and students 1..0: expected 1 --earlier models, got 0\n")
+    assert not (tmp_path / "student").exists()
+
+
+def test_a_process_that_fails_first_without_fgkds_error_keeps_torchruns_report(data, tmp_path):
+    """The other process, stopped by torchrun's SIGTERM, may leave a "stopped by SIGTERM" line: that is not what
+    went wrong."""
+    (tmp_path / "site").mkdir()  # process 1 dies at its start; process 0 leaves such a line and goes on
+    (tmp_path / "site" / "sitecustomize.py").write_text(
+        "import os, pathlib\n"
+        "if os.environ.get('RANK') == '1':\n    os._exit(3)\n"
+        "if os.environ.get('RANK') == '0':\n"
+        f"    pathlib.Path(os.environ['{LAUNCHED_ERRORS}'], '0').write_text('stopped by SIGTERM')\n")
+    args = cli_train_args(per_process(CONFIG, 2), tmp_path / "out", data, "--processes", "2")
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    assert result.returncode == 1 and "ChildFailedError" in result.stderr, result.stderr[-3000:]
+    root_cause = result.stderr[result.stderr.index("Root Cause"):]
+    assert "rank      : 1" in root_cause and "exitcode  : 3" in root_cause
+    assert "Error: stopped by SIGTERM" not in result.stderr
