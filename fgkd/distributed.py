@@ -173,23 +173,26 @@ def launch(count: int, argv: list[str]) -> NoReturn:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    args = parse_args(["--standalone", f"--nproc-per-node={count}",
-                       "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1", "-m", "fgkd", *argv])
     if count > 1:  # what torchrun sets, less its four lines of warning about it
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-    with tempfile.TemporaryDirectory(prefix="fgkd-launch-") as folder:
-        os.environ[LAUNCHED_ERRORS] = folder
+    with tempfile.TemporaryDirectory(prefix="fgkd-launch-") as scratch:
+        # torchrun's log folder in it too, or each run leaves a torchelastic_* folder in the temporary directory
+        args = parse_args(["--standalone", f"--nproc-per-node={count}", f"--log-dir={Path(scratch, 'torchrun')}",
+                           "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1", "-m", "fgkd", *argv])
+        errors = Path(scratch, "errors")
+        errors.mkdir()
+        os.environ[LAUNCHED_ERRORS] = str(errors)
         # its log lines on a failure say what the one line, or else the ChildFailedError's report, says
         logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
         try:
             run(args)
         except (ChildFailedError, SignalException) as failure:
-            errors = sorted(Path(folder).iterdir(), key=lambda path: path.stat().st_mtime_ns)
+            lines = sorted(errors.iterdir(), key=lambda path: path.stat().st_mtime_ns)
             # a process that failed first without an FgkdError (the others then stop, by torchrun's signal) is a bug
             first = failure.get_first_failure()[0] if isinstance(failure, ChildFailedError) else None
-            if not errors or (first is not None and not Path(folder, str(first)).exists()):
+            if not lines or (first is not None and not (errors / str(first)).exists()):
                 raise
-            raise FgkdError("; ".join(dict.fromkeys(path.read_text(encoding="utf-8") for path in errors))) from None
+            raise FgkdError("; ".join(dict.fromkeys(path.read_text(encoding="utf-8") for path in lines))) from None
         finally:
             del os.environ[LAUNCHED_ERRORS]
     sys.exit(0)

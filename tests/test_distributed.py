@@ -127,10 +127,13 @@ def test_bad_input_to_several_processes_is_one_line_not_one_per_process_and_torc
     """Each process finds it, and torchrun stops the others when the first fails, maybe before they print it: the
     launcher prints it once."""
     args = cli_train_args(per_process(CONFIG, 2), tmp_path / "student", data, "--processes", "2", stage="student")
-    result = subprocess.run([*args, "--index", "1"], capture_output=True, text=True, timeout=600)
+    (tmp_path / "tmp").mkdir()
+    result = subprocess.run([*args, "--index", "1"], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
     assert (result.returncode, result.stderr) == (
         1, "Error: student 1 learns against the teacher and students 1..0: expected 1 --earlier models, got 0\n")
     assert not (tmp_path / "student").exists()
+    assert not any((tmp_path / "tmp").iterdir())  # nor torchrun's folder (torchelastic_*) left behind
 
 
 def test_a_process_that_fails_first_without_fgkds_error_keeps_torchruns_report(data, tmp_path):
