@@ -436,11 +436,15 @@ def report(results: str | Path, runs: list[tuple[str, str, int]], variant: str, 
               .mean().reset_index())
     with atomic_path(out / "curves.csv") as tmp:
         curves.to_csv(tmp, index=False)
+    written = {out / "figures" / "training_curves.png", out / "figures" / "ensemble_members.png", *figures.values()}
     _training_curves(curves, out / "figures" / "training_curves.png")
     _ensemble_members(ensembles, combine, out / "figures" / "ensemble_members.png")
     for source, target in figures.items():
         with atomic_path(target) as tmp:
             tmp.write_bytes(source.read_bytes())
+    # an earlier report's figure of a data set or backbone no longer run would pass for this report's
+    for stale in set((out / "figures").glob("*.png")) - written:
+        stale.unlink()
     _write_text(out / PROVENANCE, json.dumps(facts, indent=1) + "\n")
 
 

@@ -166,6 +166,19 @@ def test_the_two_combine_rules_give_different_ensemble_rows(results, tmp_path):
     assert (top1["probs"] != top1["logits"]).all()
 
 
+def test_the_report_leaves_no_figure_of_an_earlier_report_of_other_runs(results, tmp_path):
+    """An earlier report over another data set left its attention figure in results/reports/figures: the next report,
+    over other runs, must not show it as its own (publish-results publishes every figure there)."""
+    root = results[0]
+    write_ensembles(root, "logits")
+    stale = tmp_path / "figures" / "attention_parts_any_resnet10.png"
+    stale.parent.mkdir()
+    Image.new("RGB", (8, 8)).save(stale)
+    assert run_report(root, tmp_path, "logits").exit_code == 0
+    assert sorted(f.name for f in (tmp_path / "figures").iterdir()) == [
+        "attention_synthetic_resnet10.png", "ensemble_members.png", "training_curves.png"]
+
+
 def test_an_ensemble_file_of_another_combine_rule_or_stale_is_refused(results, tmp_path):
     root, labels, _, _ = results
     write_ensembles(root, "logits")
