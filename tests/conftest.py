@@ -12,11 +12,17 @@ from fgkd.train import TrainConfig  # noqa: E402
 TINY = TrainConfig(backbone="resnet10", epochs=2, batch_size=8, resize=36, crop=32, lr=0.05, backbone_lr=0.05,
                    val_fraction=0.25, attention_stride=8, head_hidden=32)
 
-# The backbones the speed paths (bf16 + channels_last, torch.compile, data-parallel training) are tested with, and
-# the stride of their attention map on 32 px crops: torchvision's ResNet, a timm ViT (layer norm only) and a timm
-# EfficientNet (batch norm with its activation inside, which synchronisation must keep).
-SPEED_PATH_BACKBONES = {"resnet10": ("resnet10", 8), "timm_vit": ("timm-test_vit", 16),
-                        "timm_efficientnet": ("timm-test_efficientnet", 8)}
+# timm: one model per family, the smallest of timm's registry (its test_* models; Swin has none, so its tiny one), and
+# the stride of the attention map each trains with on 32 px crops (Swin's last stage is 1 x 1 there: no "where").
+FAMILIES = {"vit": ("timm-test_vit", 16), "swin": ("timm-swin_tiny_patch4_window7_224", 16),
+            "convnext": ("timm-test_convnext", 8), "efficientnet": ("timm-test_efficientnet", 8),
+            "resnet": ("timm-test_resnet", 8)}
+
+# The backbones the speed paths (bf16 + channels_last, torch.compile, data-parallel training) are tested with:
+# torchvision's ResNet, a timm ViT (layer norm only) and a timm EfficientNet (batch norm with its activation inside,
+# which synchronisation must keep).
+SPEED_PATH_BACKBONES = {"resnet10": (TINY.backbone, TINY.attention_stride), "timm_vit": FAMILIES["vit"],
+                        "timm_efficientnet": FAMILIES["efficientnet"]}
 
 # scripts/test runs the test files in parallel (pytest-xdist, --dist loadfile: a file in one process, in this order),
 # so the longest files start first: one started last would run alone at the end.

@@ -20,15 +20,8 @@ from fgkd.modelfile import load_model
 from fgkd.models import FGVCNet
 from fgkd.train import train
 from artifacts import one_line_error
-from conftest import TINY
+from conftest import FAMILIES, TINY
 from fixtures import write_image
-
-
-# One model per family: the smallest of timm's registry (its test_* models; Swin has none, so its tiny one), and the
-# stride of the attention map each trains with on 32 px crops (Swin's last stage is 1 x 1 there: no "where").
-FAMILIES = {"vit": ("timm-test_vit", 16), "swin": ("timm-swin_tiny_patch4_window7_224", 16),
-            "convnext": ("timm-test_convnext", 8), "efficientnet": ("timm-test_efficientnet", 8),
-            "resnet": ("timm-test_resnet", 8)}
 
 
 def run(*args):
